@@ -1,0 +1,39 @@
+"""Command-line interface: ``rtseg <command>``.
+
+Each command lives in a small module below and registers itself on :data:`app`. Heavy
+libraries (torch, onnxruntime) are imported inside the commands so ``rtseg --help`` is fast.
+:func:`main` turns :class:`rtseg.errors.UserError` into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+from rtseg.cli.app import app
+from rtseg.errors import UserError
+
+# command modules (import order = order in --help)
+from rtseg.cli import propagation  # noqa: F401,E402  features, propagate
+from rtseg.cli import training  # noqa: F401,E402  train
+from rtseg.cli import inference  # noqa: F401,E402  predict, eval, run
+from rtseg.cli import exporting  # noqa: F401,E402  export
+from rtseg.cli import streaming  # noqa: F401,E402  stream, bench
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _one_line_warning
+    try:
+        # standalone mode: typer/click handle usage errors (exit 2) and --help themselves
+        app(args=argv, prog_name="rtseg")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    return 0
