@@ -1,0 +1,160 @@
+"""Grad-CAM on the real network, for the polyp logit.
+
+Design (after pytorch-grad-cam): :class:`BaseCAM` owns the hook on the target layer and the
+shared maths; a CAM method overrides only :meth:`BaseCAM.get_weights`. Hooks are released by
+the context manager, so a model is never left with stray hooks.
+
+Definition used everywhere in rtseg (the fused exported graph reproduces it exactly):
+1. ``A`` = output of the target layer: ``model._blocks[i]`` (0..22 for b1) or ``"head"``
+   (the Swish after the head convolution + BN);
+2. ``z`` = the polyp logit (no activation on it); ``G = dz/dA`` (per image: the batch is
+   independent in eval mode, so the gradient of the summed logits gives each image's own);
+3. Grad-CAM weights ``w_c`` = spatial mean of ``G``; ``cam = ReLU(sum_c w_c A_c)``;
+4. bilinear upsampling (``align_corners=False``) to the network input size S x S;
+5. per-image min-max: ``(cam - min) / (max - min + EPS)``, values in [0, 1].
+
+Unlike the paper's reference code this keeps every Swish activation of the network and puts no
+activation on the logit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rtseg.model import check_layer
+
+EPS = 1e-7
+
+
+def target_module(model, layer: int | str):
+    """The module whose output is the CAM's activation map."""
+    if layer == "head":
+        return model._swish  # called for the stem and then the head: the last call wins
+    return model._blocks[layer]
+
+
+def normalize_cam(raw: torch.Tensor, size: int) -> torch.Tensor:
+    """Steps 4-5 of the definition: [B, h, w] raw CAM -> [B, size, size] in [0, 1]."""
+    cam = F.interpolate(raw[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    flat = cam.reshape(cam.shape[0], -1)
+    lo = flat.min(dim=1).values.view(-1, 1, 1)
+    hi = flat.max(dim=1).values.view(-1, 1, 1)
+    return (cam - lo) / (hi - lo + EPS)
+
+
+class BaseCAM:
+    """Hooks ``layer`` of ``model``; call with a preprocessed batch to get (prob, cam)."""
+
+    def __init__(self, model, layer: int | str, arch: str = "efficientnet-b1") -> None:
+        self.model = model
+        self.layer = check_layer(arch, layer)
+        self._handle = None
+        self._acts: torch.Tensor | None = None
+
+    # --- hooks ------------------------------------------------------------------------
+    def _hook(self, module, inputs, output) -> None:
+        self._acts = output
+
+    def __enter__(self) -> "BaseCAM":
+        self._handle = target_module(self.model, self.layer).register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._acts = None
+
+    # --- the one method a CAM variant overrides ----------------------------------------
+    def get_weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """Channel weights [B, C, 1, 1] from activations and gradients [B, C, h, w]."""
+        raise NotImplementedError
+
+    # --- shared maths ----------------------------------------------------------------------
+    def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B], raw CAM [B, h, w]) before upsampling and normalisation."""
+        if self._handle is None:
+            raise RuntimeError("use the CAM object as a context manager: `with GradCAM(...) as cam:`")
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(False)
+            logits = self.model(x).reshape(-1)
+            acts = self._acts
+            grads, = torch.autograd.grad(logits.sum(), acts)
+        with torch.no_grad():
+            w = self.get_weights(acts, grads)
+            cam = F.relu((w * acts).sum(dim=1))
+        return logits.detach(), cam
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prob [B], cam [B, S, S] in [0, 1]) for a preprocessed batch [B, 3, S, S]."""
+        logits, raw = self.raw(x)
+        return torch.sigmoid(logits), normalize_cam(raw, x.shape[-1])
+
+
+class GradCAM(BaseCAM):
+    """Grad-CAM (Selvaraju et al.): weights = spatial mean of the gradients."""
+
+    def get_weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        return grads.mean(dim=(2, 3), keepdim=True)
+
+
+@dataclass
+class CamResult:
+    prob: np.ndarray  # float32 [N]
+    cams: list[np.ndarray]  # float32 [S, S] each (tiles mode: [2S, 2S], gated by tile prob)
+
+
+def cam_images(bundle, images: Sequence[np.ndarray], layer: int | str | None = None,
+               batch_size: int = 16, device: str | None = None) -> CamResult:
+    """Grad-CAM of RGB uint8 images with the bundle's preprocessing and CAM layer.
+
+    In tiles mode (``manifest.tiles``, the paper's Run 1) every image is split into 2 x 2
+    tiles, each tile gets its own CAM, and the four are put back together; a tile the
+    classifier calls non-polyp (prob < 0.5) contributes zeros. The image's prob is the
+    largest tile prob.
+    """
+    from rtseg.imageio import split_tiles
+    from rtseg.preprocess import images_to_input
+
+    m = bundle.manifest
+    layer = m.cam_layer if layer is None else layer
+    dev = device or next(bundle.model.parameters()).device
+    tiles = m.tiles
+    inputs = [t for im in images for t in split_tiles(im)] if tiles else list(images)
+    probs, cams = [], []
+    with GradCAM(bundle.model, layer, m.arch) as cam:
+        for i in range(0, len(inputs), batch_size):
+            x = images_to_input(inputs[i:i + batch_size], m).to(dev)
+            p, c = cam(x)
+            probs.append(p.float().cpu().numpy())
+            cams.extend(c.float().cpu().numpy())
+    prob = np.concatenate(probs) if probs else np.zeros(0, np.float32)
+    if not tiles:
+        return CamResult(prob.astype(np.float32), cams)
+    out_p, out_c = [], []
+    for k in range(len(images)):
+        tp, tc = prob[4 * k:4 * k + 4], cams[4 * k:4 * k + 4]
+        tc = [c if p >= 0.5 else np.zeros_like(c) for p, c in zip(tp, tc)]
+        out_c.append(np.block([[tc[0], tc[1]], [tc[2], tc[3]]]).astype(np.float32))
+        out_p.append(tp.max())
+    return CamResult(np.asarray(out_p, np.float32), out_c)
+
+
+def resize_to(cam: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a CAM to an image's (H, W)."""
+    import cv2
+
+    return cv2.resize(cam.astype(np.float32), (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def cam_to_mask(cam: np.ndarray, policy, hw: tuple[int, int]) -> np.ndarray:
+    """Resize a CAM to (H, W) and threshold it with ``policy``: bool [H, W]."""
+    return np.asarray(policy.apply(np.clip(resize_to(cam, hw), 0.0, 1.0)), dtype=bool)

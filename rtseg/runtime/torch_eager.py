@@ -1,0 +1,41 @@
+"""The eager PyTorch segmenter: preprocessing + :class:`rtseg.cam.GradCAM` + threshold.
+
+The reference every other backend is checked against; the model is loaded once and kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rtseg.cam import GradCAM
+from rtseg.preprocess import frames_to_input
+from rtseg.runtime.base import Segmenter, SegOutput, check_frames
+
+
+class EagerSegmenter(Segmenter):
+    name = "torch-eager"
+
+    def __init__(self, bundle, device: str = "cpu", layer: int | str | None = None) -> None:
+        self.bundle = bundle.to(device)
+        self.manifest = bundle.manifest if layer is None else bundle.manifest.replace(cam_layer=layer)
+        self.device = device
+        self._cam = GradCAM(bundle.model, self.manifest.cam_layer, self.manifest.arch).__enter__()
+
+    def __call__(self, frames: np.ndarray) -> SegOutput:
+        m = self.manifest
+        x = torch.from_numpy(check_frames(frames)).to(self.device)
+        x = frames_to_input(x, m.input_size, m.mean, m.std, bgr=True, fov=m.fov_mask)
+        prob, cam = self._cam(x)
+        mask = m.threshold.apply(cam)
+        return SegOutput(prob.float().cpu().numpy(), cam.float().cpu().numpy(),
+                         mask.to(torch.uint8).cpu().numpy())
+
+    def close(self) -> None:
+        self._cam.release()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
