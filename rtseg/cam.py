@@ -155,6 +155,38 @@ def resize_to(cam: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(cam.astype(np.float32), (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def cam_to_mask(cam: np.ndarray, policy, hw: tuple[int, int]) -> np.ndarray:
-    """Resize a CAM to (H, W) and threshold it with ``policy``: bool [H, W]."""
-    return np.asarray(policy.apply(np.clip(resize_to(cam, hw), 0.0, 1.0)), dtype=bool)
+def cam_to_mask(cam: np.ndarray, policy, hw: tuple[int, int], steps=()) -> np.ndarray:
+    """Resize a CAM to (H, W), threshold it with ``policy`` and apply the post-processing
+    ``steps`` (a manifest's ``postprocess``): bool [H, W]."""
+    from rtseg.postprocess import refine
+
+    mask = np.asarray(policy.apply(np.clip(resize_to(cam, hw), 0.0, 1.0)), dtype=bool)
+    return refine(mask, steps)
+
+
+def multi_layer_cams(model, x: torch.Tensor, layers: Sequence[int | str],
+                     method: type[BaseCAM] = GradCAM, arch: str = "efficientnet-b1"
+                     ) -> tuple[torch.Tensor, dict[int | str, torch.Tensor]]:
+    """CAMs of several layers from ONE forward and ONE backward pass.
+
+    Returns (prob [B], {layer: cam [B, S, S] in [0, 1]}); each CAM is exactly what
+    ``method(model, layer)`` would give alone (the gradients of the logit with respect to
+    several activations come from the same backward pass).
+    """
+    cams = [method(model, layer, arch) for layer in layers]
+    for c in cams:
+        c.__enter__()
+    try:
+        with torch.enable_grad():
+            logits = model(x.detach()).reshape(-1)
+            acts = [c._acts for c in cams]
+            grads = torch.autograd.grad(logits.sum(), acts)
+        out = {}
+        with torch.no_grad():
+            for c, a, g in zip(cams, acts, grads):
+                raw = F.relu((c.get_weights(a, g) * a).sum(dim=1))
+                out[c.layer] = normalize_cam(raw, x.shape[-1])
+        return torch.sigmoid(logits.detach()), out
+    finally:
+        for c in cams:
+            c.release()

@@ -40,6 +40,7 @@ class Manifest:
     cam_layer: int | str = 14  # block index 0..22 for b1, or "head"
     threshold: ThresholdPolicy = field(default_factory=ThresholdPolicy)
     tiles: bool = False  # Run 1: one CAM per 2x2 tile, merged back
+    postprocess: tuple[str, ...] = ()  # mask clean-up steps (rtseg.postprocess), in order
     class_names: tuple[str, str] = ("non_polyp", "polyp")
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -49,6 +50,9 @@ class Manifest:
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
         self.class_names = tuple(self.class_names)
+        from rtseg.postprocess import check_steps
+
+        self.postprocess = check_steps(tuple(self.postprocess))
         if isinstance(self.threshold, dict):
             self.threshold = ThresholdPolicy.from_dict(self.threshold)
         elif isinstance(self.threshold, str):
@@ -61,6 +65,7 @@ class Manifest:
         d = dataclasses.asdict(self)
         d["threshold"] = self.threshold.to_dict()
         d["mean"], d["std"], d["class_names"] = list(self.mean), list(self.std), list(self.class_names)
+        d["postprocess"] = list(self.postprocess)
         return d
 
     def to_json(self) -> str:

@@ -17,6 +17,7 @@ from rtseg.errors import UserError
 from rtseg.cli import propagation  # noqa: F401,E402  features, propagate
 from rtseg.cli import training  # noqa: F401,E402  train
 from rtseg.cli import inference  # noqa: F401,E402  predict, eval, run
+from rtseg.cli import tuning  # noqa: F401,E402  tune
 from rtseg.cli import exporting  # noqa: F401,E402  export
 from rtseg.cli import streaming  # noqa: F401,E402  stream, bench
 

@@ -1,0 +1,69 @@
+"""``rtseg tune``: choose the CAM layer, threshold and mask clean-up on validation data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from rtseg.cli.app import app
+
+
+@app.command(epilog="Example: rtseg tune --model runs/bundle --images val/images --masks val/masks --write")
+def tune(
+    model: Path = typer.Option(..., "--model", help="Bundle folder to tune."),
+    images: Path = typer.Option(..., "--images", help="Validation images (never your test images)."),
+    masks: Path = typer.Option(..., "--masks", help="Their masks, matched by file stem."),
+    layers: Optional[str] = typer.Option(None, "--layers",
+                                         help="Comma-separated layers, e.g. '12,14,20,head' "
+                                              "(default: the last 15 blocks and head)."),
+    write: bool = typer.Option(False, "--write", help="Write the best choice into the bundle's manifest."),
+    top: int = typer.Option(10, "--top", help="Rows to show."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write all rows as JSON."),
+) -> None:
+    """Choose the CAM layer, threshold and mask clean-up on validation images.
+
+    Scores every (layer, threshold policy, clean-up) combination with the Medico per-image
+    metrics at the network's input resolution and picks the best by mean Dice.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from rtseg.atomic import write_json
+    from rtseg.imageio import pair_images_masks, warn_skipped
+    from rtseg.model import check_layer, load_bundle, parse_layer, resolve_device, save_bundle
+    from rtseg.tune import apply_best
+    from rtseg.tune import tune as run_tune
+
+    dev = resolve_device(device)
+    bundle = load_bundle(model, dev)
+    pairs, missing = pair_images_masks(images, masks)
+    warn_skipped([str(p) for p in missing], "image without mask")
+    lay = None
+    if layers:
+        lay = [check_layer(bundle.manifest.arch, parse_layer(t)) for t in layers.split(",")]
+    res = run_tune(bundle, [(p.image, p.mask) for p in pairs], lay, device=dev, progress=True)
+    t = Table(title=f"rtseg tune: {model} on {res.n_images} images (best first)")
+    for c in ("layer", "threshold", "clean-up", "Dice", "Jaccard", "recall", "precision"):
+        t.add_column(c)
+    for r in res.rows[:top]:
+        t.add_row(str(r.layer), r.threshold, "+".join(r.postprocess) or "-", f"{r.dice:.4f}",
+                  f"{r.jaccard:.4f}", f"{r.recall:.4f}", f"{r.precision:.4f}")
+    Console().print(t)
+    if json_out:
+        write_json(json_out, {"n_images": res.n_images, "rows": [r.__dict__ for r in res.rows]})
+    if write:
+        apply_best(bundle, res, split_note=f"images={images}")
+        save_bundle(bundle, model, half=_is_half(model))
+        b = res.best
+        typer.echo(f"wrote layer {b.layer}, threshold '{b.threshold}', clean-up "
+                   f"{'+'.join(b.postprocess) or 'none'} into {model}/manifest.json")
+
+
+def _is_half(bundle_dir: Path) -> bool:
+    import torch
+
+    state = torch.load(bundle_dir / "weights.pt", map_location="cpu", weights_only=True)
+    return any(v.dtype == torch.float16 for v in state.values())
