@@ -1,0 +1,203 @@
+"""``rtseg predict``: masks (and heat maps) for a folder of images.
+
+For every image below ``images_dir`` (recursive, natural order):
+
+- ``OUT/<relative path>.png``: the mask, 0/255 single-channel PNG at the image's own size
+  (same relative folder and stem as the image, extension ``.png``);
+- with ``heatmaps=True``, ``OUT/heatmaps/<relative path>.png``: the CAM as a JET colour map
+  blended over the image;
+- ``OUT/predictions.csv``: ``path,prob`` (the polyp probability of each image; ``path`` as found
+  below ``images_dir``).
+
+CAMs come from :func:`rtseg.cam.cam_images` (batched; the manifest's tiles mode is handled
+there) and masks from :func:`rtseg.cam.cam_to_mask`, with the manifest's CAM layer and
+threshold policy unless ``layer`` / ``threshold`` override them. Every file is written
+atomically. Unreadable images are skipped with one warning.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from rtseg.atomic import atomic_open, atomic_path
+from rtseg.errors import UserError
+from rtseg.thresholds import ThresholdPolicy
+
+PREDICTIONS_CSV = "predictions.csv"
+HEATMAP_DIR = "heatmaps"
+
+
+def resolve_settings(bundle, layer: int | str | None = None,
+                     threshold: str | ThresholdPolicy | None = None
+                     ) -> tuple[int | str, ThresholdPolicy]:
+    """(CAM layer, threshold policy): the manifest's unless overridden; both validated."""
+    from rtseg.model import check_layer, parse_layer
+
+    m = bundle.manifest
+    lay = m.cam_layer if layer is None else parse_layer(layer)
+    lay = check_layer(m.arch, lay)
+    if threshold is None:
+        policy = m.threshold
+    elif isinstance(threshold, ThresholdPolicy):
+        policy = threshold
+    else:
+        policy = ThresholdPolicy.parse(str(threshold))
+    return lay, policy
+
+
+def prepare_out_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder; UserError if it cannot be created or written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output folder is a file: {path}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to output folder {path}: permission denied")
+    return path
+
+
+def output_name(image: Path, root: Path) -> Path:
+    """Relative output name of an image: its path below ``root`` with extension ``.png``."""
+    try:
+        rel = image.relative_to(root)
+    except ValueError:
+        rel = Path(image.name)
+    return rel.with_suffix(".png")
+
+
+def check_unique_outputs(images: Sequence[Path], root: Path, out: Path | None = None) -> None:
+    """UserError if two images would write the same mask file (``a.jpg`` and ``a.png``), or
+    if a mask would overwrite an input image (``out`` is the images folder)."""
+    seen: dict[str, Path] = {}
+    inputs = {os.path.normcase(os.path.abspath(p)) for p in images}
+    for p in images:
+        key = os.path.normcase(str(output_name(p, root)))
+        if key in seen:
+            raise UserError(f"images {seen[key]} and {p} would both write the mask "
+                            f"{output_name(p, root)}: rename one of them")
+        seen[key] = p
+        if out is not None:
+            for target in (out / output_name(p, root), out / HEATMAP_DIR / output_name(p, root)):
+                if os.path.normcase(os.path.abspath(target)) in inputs:
+                    raise UserError(f"--out {out} would overwrite the input image {target}: "
+                                    "choose another output folder")
+
+
+@dataclass
+class ImagePrediction:
+    path: Path
+    image: np.ndarray  # RGB uint8 [H, W, 3]
+    prob: float  # polyp probability
+    cam: np.ndarray  # float32 [S, S] in [0, 1] (tiles mode: [2S, 2S])
+    mask: np.ndarray  # bool [H, W]
+
+
+def iter_predictions(bundle, paths: Sequence[Path], layer: int | str | None = None,
+                     threshold: str | ThresholdPolicy | None = None, batch_size: int = 16,
+                     skipped: list[Path] | None = None) -> Iterator[ImagePrediction]:
+    """Predict ``paths`` ``batch_size`` images at a time (memory stays bounded).
+
+    Unreadable images are left out and appended to ``skipped`` (if given).
+    """
+    from rtseg.cam import cam_images, cam_to_mask
+    from rtseg.imageio import try_read_image
+
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, not {batch_size}")
+    lay, policy = resolve_settings(bundle, layer, threshold)
+    for i in range(0, len(paths), batch_size):
+        chunk, images = [], []
+        for p in paths[i:i + batch_size]:
+            img = try_read_image(p)
+            if img is None:
+                if skipped is not None:
+                    skipped.append(Path(p))
+                continue
+            chunk.append(Path(p))
+            images.append(img)
+        if not images:
+            continue
+        res = cam_images(bundle, images, layer=lay, batch_size=batch_size)
+        for p, img, prob, cam in zip(chunk, images, res.prob, res.cams):
+            mask = cam_to_mask(cam, policy, img.shape[:2])
+            yield ImagePrediction(p, img, float(prob), cam, mask)
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """A bool mask as a 0/255 single-channel PNG, atomically."""
+    import cv2
+
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), np.asarray(mask, bool).astype(np.uint8) * 255):
+            raise UserError(f"cannot write mask {path}")
+
+
+def write_predictions_csv(path: str | os.PathLike, rows: Sequence[tuple[str, float]]) -> None:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(("path", "prob"))
+        for name, prob in rows:
+            w.writerow((name, f"{prob:.6f}"))
+
+
+@dataclass
+class PredictSummary:
+    out: Path
+    n_images: int
+    n_polyp: int  # images with prob >= 0.5
+    layer: int | str
+    threshold: str
+    csv: Path
+    skipped: list[Path] = field(default_factory=list)
+    heatmaps: Path | None = None
+
+
+def predict_folder(bundle, images_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                   layer: int | str | None = None,
+                   threshold: str | ThresholdPolicy | None = None, heatmaps: bool = False,
+                   batch_size: int = 16,
+                   progress: Callable[[int], None] | None = None) -> PredictSummary:
+    """Write a mask per image (and heat maps) plus ``predictions.csv`` into ``out_dir``.
+
+    ``progress(n)`` is called with the number of images handled since its last call.
+    """
+    from rtseg.figure import heatmap_overlay, write_png
+    from rtseg.imageio import list_images
+
+    root = Path(images_dir)
+    paths = list_images(root, "images folder")
+    lay, policy = resolve_settings(bundle, layer, threshold)  # bad options fail before any work
+    check_unique_outputs(paths, root, Path(out_dir))
+    out = prepare_out_dir(out_dir)
+    skipped: list[Path] = []
+    rows: list[tuple[str, float]] = []
+    for pred in iter_predictions(bundle, paths, lay, policy, batch_size, skipped):
+        name = output_name(pred.path, root)
+        write_mask(out / name, pred.mask)
+        if heatmaps:
+            write_png(out / HEATMAP_DIR / name, heatmap_overlay(pred.image, pred.cam))
+        rows.append((str(pred.path), pred.prob))
+        if progress is not None:
+            progress(1)
+    if skipped and progress is not None:
+        progress(len(skipped))
+    if not rows:
+        raise UserError(f"no readable image in {root} ({len(skipped)} unreadable)")
+    if skipped:
+        names = ", ".join(str(p) for p in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s): {names}{more}", stacklevel=2)
+    csv_path = out / PREDICTIONS_CSV
+    write_predictions_csv(csv_path, rows)
+    return PredictSummary(out, len(rows), sum(p >= 0.5 for _, p in rows), lay, str(policy),
+                          csv_path, skipped, out / HEATMAP_DIR if heatmaps else None)
