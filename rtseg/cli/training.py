@@ -1,2 +1,66 @@
-"""(commands to be added)"""
-from rtseg.cli.app import app  # noqa: F401
+"""``rtseg train``: the polyp / non-polyp classifier from a labels CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from rtseg.cli.app import app
+
+TRAIN_HELP = """Train the EfficientNet classifier on a labels CSV and write a model bundle.
+
+The labels CSV has columns path,label[,source,round] (as written by [bold]rtseg propagate[/]);
+a path may name a 2x2 tile as IMAGE#t0..IMAGE#t3; relative paths resolve against the CSV's
+folder. --val images are held out (stratified, seeded) and measured every epoch; the best epoch
+(validation accuracy, then loss) is saved as OUT/weights.pt + OUT/manifest.json, and
+OUT/checkpoint.pt after every epoch (continue with --resume).
+
+[bold]Example:[/] rtseg train --labels runs/labels.csv --out runs/model --epochs 25
+"""
+
+
+@app.command("train", help=TRAIN_HELP)
+def train_cmd(
+    labels: Path = typer.Option(..., "--labels", help="Labels CSV (path,label[,source,round]).",
+                                show_default=False),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to write.", show_default=False),
+    epochs: int = typer.Option(25, "--epochs", help="Epochs in total (counting resumed ones)."),
+    batch: int = typer.Option(16, "--batch", help="Batch size."),
+    size: int = typer.Option(224, "--size", help="Network input size (pixels, square)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation, split, shuffling and "
+                             "augmentation."),
+    val: int = typer.Option(60, "--val", help="Images held out for validation (0 = none)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment",
+                                 help="Flips, rotations, zoom and colour jitter on the device."),
+    fov: bool = typer.Option(True, "--fov/--no-fov",
+                             help="Common field-of-view mask on every input (manifest fov_mask)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Local efficientnet-pytorch "
+                                        "ImageNet state_dict to start from (its _fc is dropped).",
+                                        show_default=False),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
+    layer: str = typer.Option("14", "--layer", help="Grad-CAM layer stored in the manifest "
+                              "(block index or 'head')."),
+    threshold: str = typer.Option("above 0.28", "--threshold", help="Threshold policy stored "
+                                  "in the manifest: 'band LO HI', 'above T' or 'otsu'."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Image-decoding threads "
+                                          "(default: min(8, CPUs)).", show_default=False),
+) -> None:
+    from rtseg.model import parse_layer
+    from rtseg.train import TrainConfig, train
+
+    config = TrainConfig(labels=labels, out=out, epochs=epochs, batch=batch, size=size, lr=lr,
+                         device=device, seed=seed, val=val, augment=augment, fov=fov, init=init,
+                         resume=resume, layer=parse_layer(layer), threshold=threshold,
+                         workers=workers)
+    result = train(config, progress=True)
+    if result.val_accuracy is not None:
+        how = (f"best epoch {result.best_epoch}: val accuracy {result.val_accuracy:.3f}, "
+               f"val loss {result.val_loss:.4f}")
+    else:
+        how = f"last epoch {result.best_epoch}, no validation set"
+    typer.echo(f"saved {result.bundle} ({how}; {result.epochs_run} epoch(s) in "
+               f"{result.seconds:.1f} s on {result.device})")
