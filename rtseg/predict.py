@@ -129,7 +129,7 @@ def iter_predictions(bundle, paths: Sequence[Path], layer: int | str | None = No
             continue
         res = cam_images(bundle, images, layer=lay, batch_size=batch_size)
         for p, img, prob, cam in zip(chunk, images, res.prob, res.cams):
-            mask = cam_to_mask(cam, policy, img.shape[:2])
+            mask = cam_to_mask(cam, policy, img.shape[:2], bundle.manifest.postprocess)
             yield ImagePrediction(p, img, float(prob), cam, mask)
 
 
