@@ -121,7 +121,7 @@ def cam_images(bundle, images: Sequence[np.ndarray], layer: int | str | None = N
     classifier calls non-polyp (prob < 0.5) contributes zeros. The image's prob is the
     largest tile prob.
     """
-    from rtseg.imageio import split_tiles
+    from rtseg.tiles import split_tiles
     from rtseg.preprocess import images_to_input
 
     m = bundle.manifest

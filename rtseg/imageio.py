@@ -175,9 +175,3 @@ def labeled_folder(root: str | os.PathLike) -> list[tuple[Path, str]]:
         out += [(p, label) for p in list_images(sub, f"'{label}' folder")]
     return out
 
-
-def split_tiles(image: np.ndarray) -> list[np.ndarray]:
-    """2 x 2 tiles (the paper's Run 1): t0 top-left, t1 top-right, t2 bottom-left, t3 bottom-right."""
-    h, w = image.shape[:2]
-    h2, w2 = h // 2, w // 2
-    return [image[:h2, :w2], image[:h2, w2:], image[h2:, :w2], image[h2:, w2:]]

@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -81,6 +80,7 @@ import numpy as np
 
 from rtseg.errors import UserError
 from rtseg.imageio import CLASS_NAMES
+from rtseg.tiles import parse_tile_path, split_tiles, tile_path  # noqa: F401
 
 UNLABELED = -1
 NON_POLYP = CLASS_NAMES.index("non_polyp")
@@ -291,32 +291,6 @@ def propagate(
 
 # ----------------------------------------------------------------------------- tiles
 
-_TILE_RE = re.compile(r"^(.*)#t([0-3])$")
-
-
-def split_tiles(image: np.ndarray) -> list[np.ndarray]:
-    """The 2x2 tiles of ``image`` [H, W, ...]: t0 top-left, t1 top-right, t2 bottom-left,
-    t3 bottom-right (views; the bottom/right tiles take the extra row/column of an odd size)."""
-    h, w = image.shape[:2]
-    if h < 2 or w < 2:
-        raise ValueError(f"image of {h}x{w} pixels is too small to split into 2x2 tiles")
-    h2, w2 = h // 2, w // 2
-    return [image[:h2, :w2], image[:h2, w2:], image[h2:, :w2], image[h2:, w2:]]
-
-
-def tile_path(path: str | os.PathLike, index: int) -> str:
-    """``"x.jpg"``, 2 -> ``"x.jpg#t2"``."""
-    if index not in (0, 1, 2, 3):
-        raise ValueError(f"tile index must be 0..3, got {index}")
-    return f"{path}#t{index}"
-
-
-def parse_tile_path(name: str | os.PathLike) -> tuple[Path, int | None]:
-    """``"x.jpg#t2"`` -> ``(Path("x.jpg"), 2)``; a plain path -> ``(Path(name), None)``."""
-    m = _TILE_RE.match(str(name))
-    if m:
-        return Path(m.group(1)), int(m.group(2))
-    return Path(str(name)), None
 
 
 def crop_item(name: str | os.PathLike) -> np.ndarray:

@@ -116,7 +116,8 @@ def _rows(path: Path) -> list[dict]:
 
 def pack(variants: dict[str, list[dict]], out: Path, size: int = PACK_SIZE, quality: int = 92) -> None:
     """Resize every image (or tile) of the labels CSVs to size x size JPEGs, one CSV per variant."""
-    from rtseg.imageio import read_image, split_tiles
+    from rtseg.imageio import read_image
+    from rtseg.tiles import split_tiles
 
     shutil.rmtree(out, ignore_errors=True)
     (out / "images").mkdir(parents=True)
