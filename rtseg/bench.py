@@ -1,0 +1,313 @@
+"""``rtseg bench``: speed of each runtime backend against the pytorch-grad-cam way of doing it.
+
+Rows in the layout of the paper's Table 2 (Av-time, Mi-time, Ma-time [ms]; Av-fps, Mi-fps,
+Ma-fps), plus the median, next to the paper's reported figures (reference rows) and the speed-up
+over the baseline at the same batch size (ratio of median frame times).
+
+Without ``--source`` the segmenter alone is timed on generated 384 x 288 frames (one call per
+batch; frame time = call time / batch). With ``--source`` the whole loop (decode, inference,
+overlay) runs headless through :func:`rtseg.stream.run_stream`. Warm-up runs are excluded.
+
+:class:`PytorchGradCamBaseline` is the reference: Grad-CAM computed as the pytorch-grad-cam
+library does it (what the paper used): trainable parameters, a forward hook storing the
+activations and a tensor hook storing their gradient, ``model.zero_grad()`` and a full
+``loss.backward(retain_graph=True)`` that also computes every weight gradient, then the CAM in
+numpy (per-image min-max, then ``cv2.resize`` to the input size).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from rtseg.errors import UserError
+from rtseg.fpsstats import TABLE2_FIELDS, RunningStats, table2
+from rtseg.runtime.base import Segmenter, SegOutput, check_frames
+
+FRAME_HW = (288, 384)  # generated frames: CVC-ClinicDB size
+# The paper's Table 2 (MediaEval 2021 Medico, real-time task): reported frame rates.
+PAPER_FPS = (("paper, Table 2 run A", 9.34), ("paper, Table 2 run B", 11.00))
+BACKEND_CHOICES = ("all", "torch", "torch-eager", "torch-fused", "onnxruntime", "tensorrt")
+
+
+class PytorchGradCamBaseline(Segmenter):
+    """Grad-CAM the way pytorch-grad-cam computes it (see the module doc). A Segmenter."""
+
+    name = "baseline-gradcam"
+
+    def __init__(self, bundle, device: str = "cpu", layer: int | str | None = None) -> None:
+        from rtseg.cam import target_module
+
+        self.manifest = bundle.manifest if layer is None else bundle.manifest.replace(cam_layer=layer)
+        self.device = device
+        self.model = bundle.model.to(device).eval()
+        for p in self.model.parameters():  # a trainable model, as handed to pytorch-grad-cam
+            p.requires_grad_(True)
+        self.activations: list = []
+        self.gradients: list = []
+        target = target_module(self.model, self.manifest.cam_layer)
+        self._handles = [target.register_forward_hook(self._save_activation),
+                         target.register_forward_hook(self._save_gradient)]
+
+    # --- pytorch-grad-cam's ActivationsAndGradients -----------------------------------------
+    def _save_activation(self, module, inputs, output) -> None:
+        self.activations.append(output.cpu().detach())
+
+    def _save_gradient(self, module, inputs, output) -> None:
+        if not getattr(output, "requires_grad", False):
+            return
+
+        def _store_grad(grad):
+            self.gradients = [grad.cpu().detach()] + self.gradients
+
+        output.register_hook(_store_grad)
+
+    def __call__(self, frames: np.ndarray) -> SegOutput:
+        import torch
+
+        from rtseg.preprocess import frames_to_input
+
+        m = self.manifest
+        x = torch.from_numpy(check_frames(frames)).to(self.device)
+        x = frames_to_input(x, m.input_size, m.mean, m.std, bgr=True, fov=m.fov_mask)
+        self.activations, self.gradients = [], []
+        with torch.enable_grad():
+            outputs = self.model(x)
+            self.model.zero_grad()
+            loss = sum(o[0] for o in outputs)  # ClassifierOutputTarget(0) per image
+            loss.backward(retain_graph=True)
+        acts = self.activations[-1].numpy()  # "head": the last call of the shared Swish
+        grads = self.gradients[-1].numpy()  # prepended in backward order: head's comes last
+        weights = grads.mean(axis=(2, 3))
+        cam = np.maximum((weights[:, :, None, None] * acts).sum(axis=1), 0)
+        s = m.input_size
+        cams = np.empty((cam.shape[0], s, s), np.float32)
+        for i, c in enumerate(cam):  # scale_cam_image
+            c = c - c.min()
+            c = c / (1e-7 + c.max())
+            cams[i] = cv2.resize(c.astype(np.float32), (s, s))
+        prob = torch.sigmoid(outputs.detach().reshape(-1)).cpu().numpy().astype(np.float32)
+        mask = np.asarray(m.threshold.apply(cams), dtype=np.uint8)
+        return SegOutput(prob, cams, mask)
+
+    def describe(self) -> str:
+        return f"{self.name} (pytorch-grad-cam style, full backward) on {self.device}"
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+# --- timing --------------------------------------------------------------------------------
+def device_name(device: str) -> str:
+    """A human name for the device the timings ran on."""
+    if device.startswith("cuda"):
+        import torch
+
+        try:
+            return torch.cuda.get_device_name(torch.device(device))
+        except Exception:
+            return device
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def generated_frames(n: int = 16) -> list[np.ndarray]:
+    from rtseg.synthetic import clip_frames
+
+    return list(clip_frames(n, FRAME_HW, seed=0))
+
+
+def time_model(seg, frames: Sequence[np.ndarray], batch: int, n_frames: int,
+               warmup: int = 3) -> dict[str, Any]:
+    """Time ``seg`` alone: ceil(n_frames / batch) calls; per-frame time = call time / batch."""
+    h, w = frames[0].shape[:2]
+    seg.warmup(h, w, batch, runs=warmup)
+    st = RunningStats()
+    calls = max(1, -(-n_frames // batch))
+    k = 0
+    wall = 0.0
+    for _ in range(calls):
+        x = np.stack([frames[(k + j) % len(frames)] for j in range(batch)])
+        k += batch
+        t0 = time.perf_counter()
+        seg(x)
+        dt = time.perf_counter() - t0
+        wall += dt
+        st.add(dt / batch, batch)
+    return {**table2(st, wall), "frames": st.count}
+
+
+def time_loop(seg, source: str, batch: int, n_frames: int) -> dict[str, Any]:
+    """Time the whole headless loop (decode -> segmenter -> overlay) on ``source``."""
+    from rtseg.stream import StreamConfig, run_stream
+
+    cfg = StreamConfig(source=source, headless=True, max_frames=n_frames, batch=batch, loop=True,
+                       quiet=True, log_every=0)
+    res = run_stream(cfg, segmenter=seg).stats
+    return {**res["table2"], "frames": res["frames_processed"], "stages_ms": res["stages_ms"]}
+
+
+def parse_batches(text: str) -> list[int]:
+    try:
+        out = [int(t) for t in str(text).replace(" ", "").split(",") if t]
+    except ValueError:
+        raise UserError(f"--batch must be a comma-separated list of integers, not '{text}'") from None
+    if not out or any(b < 1 or b > 256 for b in out):
+        raise UserError(f"--batch values must be 1..256: '{text}'")
+    return out
+
+
+def run_bench(model: str | None = None, backend: str = "all", size: int | None = None,
+              batches: Sequence[int] = (1, 8), frames: int = 200, source: str | None = None,
+              device: str = "auto", baseline: bool = True, json_path: str | None = None,
+              console=None, threads: int = 0) -> dict[str, Any]:
+    """Run the benchmark; print the table; return (and optionally write) the results."""
+    from rtseg.atomic import ensure_parent, write_json
+    from rtseg.model import resolve_device
+    from rtseg.stream import (backends_here, create, default_model_available, make_console,
+                              untrained_fallback_bundle)
+
+    console = console or make_console()
+    if backend not in BACKEND_CHOICES:
+        raise UserError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, not '{backend}'")
+    if frames < 1:
+        raise UserError("--frames must be at least 1")
+    if size is not None and not 32 <= size <= 1024:
+        raise UserError("--size must be 32..1024")
+    if json_path:
+        ensure_parent(json_path)
+    if source is not None:
+        from rtseg.capture import open_source
+
+        open_source(source).close()  # fail early on a bad source
+    dev = resolve_device(device)
+    avail = backends_here(dev)
+    if backend == "all":
+        backends = list(avail)
+    elif backend not in avail and not (backend.startswith("torch-") and "torch" in avail):
+        raise UserError(f"backend '{backend}' is not available here (available: {', '.join(avail)})")
+    else:
+        backends = [backend]
+
+    keep = None
+    untrained = False
+    if model is None and not default_model_available():
+        model, keep = untrained_fallback_bundle(size or 224, calibrate=False,
+                                                say=lambda m: console.print(m, markup=False))
+        untrained = True
+
+    mode = "loop" if source else "model"
+    frame_pool = None if source else generated_frames()
+    rows: list[dict[str, Any]] = []
+
+    def bench_one(seg, label: str, kind: str) -> None:
+        if size is not None and seg.manifest.input_size != size:
+            raise UserError(f"the model's input size is {seg.manifest.input_size}; --size "
+                            f"{size} applies only when no trained model is given")
+        for b in batches:
+            console.print(f"timing {label} batch {b} ({mode}) ...", markup=False)
+            r = time_loop(seg, source, b, frames) if source else time_model(seg, frame_pool, b, frames)
+            rows.append({"label": f"{label} b{b}", "kind": kind, "backend": seg.name,
+                         "device": seg.device, "batch": b, "mode": mode,
+                         "input_size": seg.manifest.input_size, **r})
+
+    try:
+        for name in backends:
+            seg = create(model, name, dev, threads=threads)
+            bench_one(seg, name, "backend")
+            _close(seg)
+            del seg
+        if baseline:
+            from pathlib import Path
+
+            from rtseg.model import resolve_bundle
+
+            if model is not None and not Path(model).is_dir():
+                console.print("baseline skipped: it needs a bundle folder (torch weights)")
+            else:
+                seg = PytorchGradCamBaseline(resolve_bundle(model, "cpu"), dev)
+                bench_one(seg, "baseline", "baseline")
+                seg.close()
+    finally:
+        if keep is not None:
+            keep.cleanup()
+
+    base = {r["batch"]: r["Med-time"] for r in rows if r["kind"] == "baseline"}
+    for r in rows:
+        b = base.get(r["batch"])
+        r["x_baseline"] = (b / r["Med-time"]) if b and r["Med-time"] else None
+    paper = [{"label": lab, "kind": "paper", "Av-fps": fps, "Av-time": 1000.0 / fps}
+             for lab, fps in PAPER_FPS]
+    import torch
+
+    result = {
+        "mode": mode, "source": source, "frames_per_row": frames, "device": dev,
+        "device_name": device_name(dev), "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "frame_size": [FRAME_HW[1], FRAME_HW[0]] if not source else None,
+        "untrained_model": untrained, "rows": rows, "paper": paper,
+    }
+    print_bench(console, result)
+    if json_path:
+        write_json(json_path, result)
+    return result
+
+
+def _close(seg) -> None:
+    close = getattr(seg, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            pass
+
+
+def print_bench(console, result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    what = ("whole loop on " + str(result["source"])) if result["mode"] == "loop" else \
+        f"segmenter alone on generated {result['frame_size'][0]}x{result['frame_size'][1]} frames"
+    t = Table(title=f"rtseg bench: {what}\n(Table 2 layout, times in ms per frame; warm-up "
+                    "excluded; x baseline = ratio of median times)")
+    t.add_column("run", no_wrap=True)
+    t.add_column("S", justify="right")
+    for k in TABLE2_FIELDS[:3]:
+        t.add_column(k, justify="right")
+    t.add_column("Med-time", justify="right")
+    for k in TABLE2_FIELDS[3:]:
+        t.add_column(k, justify="right")
+    t.add_column("x baseline", justify="right")
+
+    def f(v, d=2):
+        return "-" if v is None else f"{v:.{d}f}"
+
+    for r in result["rows"]:
+        t.add_row(r["label"], str(r["input_size"]), *(f(r[k]) for k in TABLE2_FIELDS[:3]),
+                  f(r["Med-time"]), *(f(r[k]) for k in TABLE2_FIELDS[3:]),
+                  f(r.get("x_baseline")) + ("x" if r.get("x_baseline") else ""))
+    for r in result["paper"]:
+        t.add_row(r["label"], "-", f(r["Av-time"]), "-", "-", "-", f(r["Av-fps"]), "-", "-", "-",
+                  style="dim")
+    console.print(t)
+    console.print(f"device: {result['device']} ({result['device_name']}); torch {result['torch']} "
+                  f"({result['torch_threads']} threads); "
+                  f"{result['frames_per_row']} frames per row; the paper's rows ran on its own "
+                  "hardware (Av-time derived from its fps)", markup=False)
+    if result["untrained_model"]:
+        console.print("note: no trained model given or shipped: timed an untrained network "
+                      "(speed does not depend on the weights)", markup=False)

@@ -1,0 +1,501 @@
+"""Frame sources for the live loop, decoded in a background thread.
+
+A source is one of (see :func:`open_source`):
+
+- ``None``: the built-in synthetic demo clip (:func:`rtseg.synthetic.clip_frames`), labelled
+  "SYNTHETIC DEMO" on screen;
+- a camera index (``"0"``) or a stream URL (``rtsp://``, ``http://``, ...): *live* sources;
+- a video file (anything OpenCV/FFmpeg decodes);
+- a folder of frames (natural sort order, :func:`rtseg.imageio.natural_key`), or one image.
+
+Frames are BGR uint8 ``[H, W, 3]``. :class:`FrameReader` decodes in a daemon thread into a
+small bounded queue: for live sources the *oldest* queued frame is dropped when the queue is
+full (the loop always gets the most recent picture), for files and folders the reader blocks
+(nothing is dropped). Corrupt frames are counted and skipped; the end of a file ends the
+stream; a live source that stops delivering is reopened a few times, then the stream ends.
+
+Decisions on damaged input: a video file that OpenCV cannot open at all (missing index, e.g. an
+mp4 cut before its ``moov`` atom) is a :class:`~rtseg.errors.UserError`; a file that opens but
+stops early (e.g. a truncated AVI) ends cleanly, and the frames its header promised but that
+could not be decoded are counted as unreadable.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from rtseg.errors import UserError
+from rtseg.imageio import IMAGE_EXTENSIONS, list_images
+
+# FFmpeg's own messages ("moov atom not found", ...) would add lines to our one-line errors
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+DEMO_FRAMES = 250  # 10 s at 25 fps
+DEMO_SIZE = (288, 384)  # (H, W): CVC-ClinicDB frame size
+DEFAULT_FPS = 25.0
+MAX_BAD_IN_A_ROW = 5  # consecutive failed reads of a file before it counts as ended
+
+
+# --- what a source is --------------------------------------------------------------------
+@dataclass
+class SourceInfo:
+    spec: str  # what the user gave ("" for the demo)
+    kind: str  # demo | camera | url | video | folder | image
+    live: bool
+    fps: float = DEFAULT_FPS
+    size: tuple[int, int] | None = None  # (H, W) of the first frame, when known
+    frame_count: int | None = None  # declared by the container / number of files
+    label: str | None = None  # on-screen label (the demo)
+
+    def describe(self) -> str:
+        return "synthetic demo clip" if self.kind == "demo" else f"{self.kind} {self.spec}"
+
+
+@dataclass
+class ReadResult:
+    status: str  # "ok" | "bad" | "end"
+    frame: np.ndarray | None = None
+
+
+class FrameSource:
+    """A synchronous frame producer; :class:`FrameReader` runs it in a thread."""
+
+    info: SourceInfo
+
+    def read(self) -> ReadResult:
+        raise NotImplementedError
+
+    def reopen(self) -> bool:
+        """Live sources: try to reconnect after a failure; True on success."""
+        return False
+
+    def rewind(self) -> bool:
+        """Files: start again from the first frame (for looping); True on success."""
+        return False
+
+    def close(self) -> None:
+        pass
+
+    # counts that only the source knows (frames a truncated file promised but never gave)
+    missing: int = 0
+
+
+def _quiet_capture(target, api: int = cv2.CAP_ANY) -> cv2.VideoCapture:
+    """Open a VideoCapture without OpenCV's own WARN lines on stderr."""
+    log = getattr(cv2, "utils", None) and getattr(cv2.utils, "logging", None)
+    old = None
+    if log is not None:
+        try:
+            old = log.getLogLevel()
+            log.setLogLevel(log.LOG_LEVEL_SILENT)
+        except Exception:  # pragma: no cover - very old OpenCV
+            old = None
+    try:
+        return cv2.VideoCapture(target, api)
+    finally:
+        if old is not None:
+            log.setLogLevel(old)
+
+
+class VideoSource(FrameSource):
+    """A video file, a camera index or a stream URL via cv2.VideoCapture."""
+
+    def __init__(self, info: SourceInfo, target) -> None:
+        self.info = info
+        self._target = target
+        self._cap = None
+        self._bad_run = 0
+        self._pos = 0  # frames read or skipped since the last (re)start
+        self.missing = 0
+        self._open(first=True)
+
+    def _open(self, first: bool = False) -> bool:
+        if self._cap is not None:
+            self._cap.release()
+        self._cap = _quiet_capture(self._target)
+        if not self._cap.isOpened():
+            self._cap.release()
+            self._cap = None
+            if first:
+                what = {"camera": f"camera {self._target}", "url": f"stream {self._target}"}.get(
+                    self.info.kind, f"video file {self._target}")
+                hint = " (truncated, corrupt or not a video?)" if self.info.kind == "video" else ""
+                raise UserError(f"cannot open {what}{hint}")
+            return False
+        cap = self._cap
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        if fps and np.isfinite(fps) and 1.0 <= fps <= 1000.0:
+            self.info.fps = float(fps)
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if w > 0 and h > 0:
+            self.info.size = (h, w)
+        n = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        if not self.info.live and n and np.isfinite(n) and n > 0:
+            self.info.frame_count = int(n)
+        self._bad_run = 0
+        self._pos = 0
+        return True
+
+    def read(self) -> ReadResult:
+        if self._cap is None:
+            return ReadResult("end")
+        ok, frame = self._cap.read()
+        if ok and frame is not None and frame.ndim == 3 and frame.shape[2] == 3 and frame.size:
+            self._bad_run = 0
+            self._pos += 1
+            return ReadResult("ok", frame)
+        if ok and frame is not None and frame.ndim == 2:  # grey camera
+            self._bad_run = 0
+            self._pos += 1
+            return ReadResult("ok", cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+        if self.info.live:
+            return ReadResult("end")  # the reader decides whether to reconnect
+        # a file: a failed read before the declared end is a corrupt frame, up to a point
+        declared = self.info.frame_count or 0
+        self._bad_run += 1
+        if self._pos < declared - 1 and self._bad_run <= MAX_BAD_IN_A_ROW:
+            self._pos += 1
+            return ReadResult("bad")
+        # ended: frames the header promised beyond what we got are unreadable (truncated file)
+        self.missing += max(0, declared - self._pos) if declared - self._pos > 1 else 0
+        self._pos = declared
+        return ReadResult("end")
+
+    def reopen(self) -> bool:
+        return self._open()
+
+    def rewind(self) -> bool:
+        return self._open()
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+def _read_bgr(path: Path) -> np.ndarray | None:
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if img is None or img.ndim != 3 or not img.size:
+        return None
+    return img
+
+
+class FilesSource(FrameSource):
+    """A folder of frames (natural order) or a single image."""
+
+    def __init__(self, info: SourceInfo, files: list[Path]) -> None:
+        self.info = info
+        self._files = files
+        self._i = 0
+        self.missing = 0
+        info.frame_count = len(files)
+
+    def read(self) -> ReadResult:
+        if self._i >= len(self._files):
+            return ReadResult("end")
+        p = self._files[self._i]
+        self._i += 1
+        img = _read_bgr(p)
+        return ReadResult("bad") if img is None else ReadResult("ok", img)
+
+    def rewind(self) -> bool:
+        self._i = 0
+        return True
+
+
+class DemoSource(FrameSource):
+    """The synthetic demo clip, generated on the fly (no frames kept in memory)."""
+
+    def __init__(self, info: SourceInfo, n: int = DEMO_FRAMES) -> None:
+        self.info = info
+        self._n = n
+        self.missing = 0
+        self._it = self._gen()
+
+    def _gen(self) -> Iterator[np.ndarray]:
+        from rtseg.synthetic import clip_frames
+
+        return iter(clip_frames(self._n, DEMO_SIZE, seed=0))
+
+    def read(self) -> ReadResult:
+        f = next(self._it, None)
+        return ReadResult("end") if f is None else ReadResult("ok", f)
+
+    def rewind(self) -> bool:
+        self._it = self._gen()
+        return True
+
+
+def classify_source(spec: str | None) -> str:
+    """demo | camera | url | folder | image | video (without opening anything)."""
+    if spec is None or str(spec).strip() == "":
+        return "demo"
+    s = str(spec).strip()
+    if s.isdigit():
+        return "camera"
+    if s.lower().startswith(URL_SCHEMES):
+        return "url"
+    p = Path(s)
+    if p.is_dir():
+        return "folder"
+    if p.suffix.lower() in IMAGE_EXTENSIONS:
+        return "image"
+    return "video"
+
+
+def open_source(spec: str | None) -> FrameSource:
+    """Open ``spec`` (see the module doc); raises UserError for a missing/unusable source."""
+    kind = classify_source(spec)
+    if kind == "demo":
+        return DemoSource(SourceInfo("", "demo", False, DEFAULT_FPS, DEMO_SIZE, DEMO_FRAMES,
+                                     "SYNTHETIC DEMO"))
+    s = str(spec).strip()
+    if kind == "camera":
+        return VideoSource(SourceInfo(s, "camera", True), int(s))
+    if kind == "url":
+        return VideoSource(SourceInfo(s, "url", True), s)
+    p = Path(s)
+    if kind == "folder":
+        files = list_images(p, "frame folder")
+        first = next((im for im in map(_read_bgr, files[:20]) if im is not None), None)
+        if first is None:
+            raise UserError(f"no readable image among the first frames of {p}")
+        return FilesSource(SourceInfo(s, "folder", False, DEFAULT_FPS, first.shape[:2]), files)
+    if not p.exists():
+        raise UserError(f"source not found: {p}")
+    if not p.is_file():
+        raise UserError(f"source is not a file, folder, camera index or URL: {p}")
+    if kind == "image":
+        img = _read_bgr(p)
+        if img is None:
+            raise UserError(f"not a readable image: {p}")
+        return FilesSource(SourceInfo(s, "image", False, DEFAULT_FPS, img.shape[:2]), [p])
+    return VideoSource(SourceInfo(s, "video", False), s)
+
+
+# --- the background reader ---------------------------------------------------------------
+@dataclass
+class Frame:
+    index: int  # position in the source (0-based, counting every frame read)
+    image: np.ndarray  # BGR uint8 [H, W, 3]
+
+
+@dataclass
+class ReaderCounts:
+    read: int = 0  # frames decoded
+    dropped: int = 0  # decoded but discarded (live sources, queue full)
+    unreadable: int = 0  # corrupt/undecodable frames skipped (incl. a truncated file's tail)
+    reconnects: int = 0
+    lost: bool = False  # a live source stopped and could not be reopened
+    loops: int = 0
+
+
+_END = object()
+
+
+class FrameReader:
+    """Decode ``source`` in a daemon thread into a bounded queue.
+
+    ``limit``: stop after this many frames have been read (non-live sources only: for a live
+    source the loop decides, since frames are dropped). ``loop``: start a file/folder/demo
+    again at its end. ``on_decode(seconds)`` is called with each frame's decode time.
+    """
+
+    def __init__(self, source: FrameSource, queue_size: int = 4, limit: int | None = None,
+                 loop: bool = False, retries: int = 3, retry_delay: float = 0.5,
+                 on_decode=None) -> None:
+        self.source = source
+        self.live = source.info.live
+        self.counts = ReaderCounts()
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self._limit = None if self.live else limit
+        self._loop = loop and not self.live
+        self._retries = retries
+        self._retry_delay = retry_delay
+        self._on_decode = on_decode
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._pending: Frame | None = None
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, name="rtseg-decode", daemon=True)
+
+    # --- producer ------------------------------------------------------------------------
+    def start(self) -> "FrameReader":
+        self._thread.start()
+        return self
+
+    def _put(self, item) -> bool:
+        """Queue ``item``; live: drop the oldest when full; else block. False if stopped."""
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1 if not self.live else 0)
+                return True
+            except queue.Full:
+                if self.live:
+                    try:
+                        self._q.get_nowait()
+                        with self._lock:
+                            self.counts.dropped += 1
+                    except queue.Empty:
+                        pass
+        return False
+
+    def _put_end(self) -> None:
+        # the end marker is never dropped: make room for it if need be
+        while True:
+            try:
+                self._q.put(_END, timeout=0.1)
+                return
+            except queue.Full:
+                if self._stop.is_set() or self.live:
+                    try:
+                        self._q.get_nowait()
+                        if self.live:
+                            with self._lock:
+                                self.counts.dropped += 1
+                    except queue.Empty:
+                        pass
+
+    def _run(self) -> None:
+        src, c = self.source, self.counts
+        index = 0
+        got_this_pass = 0
+        try:
+            while not self._stop.is_set():
+                if self._limit is not None and c.read >= self._limit:
+                    break
+                t0 = time.perf_counter()
+                r = src.read()
+                dt = time.perf_counter() - t0
+                if r.status == "ok":
+                    if self._on_decode is not None:
+                        self._on_decode(dt)
+                    with self._lock:
+                        c.read += 1
+                    got_this_pass += 1
+                    if not self._put(Frame(index, r.frame)):
+                        break
+                    index += 1
+                elif r.status == "bad":
+                    with self._lock:
+                        c.unreadable += 1
+                    index += 1
+                else:  # end of the source
+                    if self.live and not self._stop.is_set():
+                        if self._reconnect():
+                            continue
+                        with self._lock:
+                            c.lost = True
+                        break
+                    if self._loop and got_this_pass and src.rewind():
+                        with self._lock:
+                            c.unreadable += src.missing
+                            c.loops += 1
+                        src.missing = 0
+                        got_this_pass = 0
+                        continue
+                    break
+        except BaseException as exc:  # surfaced in the loop's thread
+            self._error = exc
+        finally:
+            with self._lock:
+                c.unreadable += src.missing
+            src.missing = 0
+            self._put_end()
+
+    def _reconnect(self) -> bool:
+        for k in range(self._retries):
+            if self._stop.wait(self._retry_delay * (2 ** k)):
+                return False
+            if self.source.reopen():
+                with self._lock:
+                    self.counts.reconnects += 1
+                return True
+        return False
+
+    # --- consumer ------------------------------------------------------------------------
+    def _get(self, block: bool):
+        while True:
+            try:
+                return self._q.get(timeout=0.1) if block else self._q.get_nowait()
+            except queue.Empty:
+                if not block:
+                    return None
+                if not self._thread.is_alive() and self._q.empty():
+                    return _END
+
+    def get_batch(self, size: int = 1) -> list[Frame] | None:
+        """Up to ``size`` frames of one shape; None at the end of the source.
+
+        Blocks for the first frame; the rest: files wait for them, live sources take only
+        what is already queued (so a batch never waits on a camera).
+        """
+        if self._ended and self._pending is None:
+            self._raise_error()
+            return None
+        out: list[Frame] = []
+        if self._pending is not None:
+            out.append(self._pending)
+            self._pending = None
+        while len(out) < size and not self._ended:
+            item = self._get(block=not out or not self.live)
+            if item is None:
+                break
+            if item is _END:
+                self._ended = True
+                break
+            if out and item.image.shape != out[0].image.shape:
+                self._pending = item  # a new frame size starts the next batch
+                break
+            out.append(item)
+        if not out:
+            self._raise_error()
+            return None
+        return out
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def snapshot(self) -> ReaderCounts:
+        with self._lock:
+            return ReaderCounts(**vars(self.counts))
+
+    def stop(self) -> None:
+        self._stop.set()
+        # unblock a producer waiting on a full queue
+        try:
+            while True:
+                self._q.get_nowait()
+        except queue.Empty:
+            pass
+        self._thread.join(timeout=5)
+        self.source.close()
+
+    def __enter__(self) -> "FrameReader":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+__all__ = ["SourceInfo", "FrameSource", "VideoSource", "FilesSource", "DemoSource", "Frame",
+           "FrameReader", "ReaderCounts", "open_source", "classify_source", "DEFAULT_FPS"]

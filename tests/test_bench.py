@@ -1,0 +1,100 @@
+"""rtseg bench and the pytorch-grad-cam style baseline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rtseg.bench import PAPER_FPS, PytorchGradCamBaseline, parse_batches
+from rtseg.cli import main
+from rtseg.errors import UserError
+from rtseg.fpsstats import TABLE2_FIELDS
+from rtseg.model import load_bundle, save_bundle
+from rtseg.runtime import create_segmenter
+from rtseg.synthetic import clip_frames, write_video
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(calibrated_bundle, tmp_path_factory):
+    return str(save_bundle(calibrated_bundle, tmp_path_factory.mktemp("model") / "b64"))
+
+
+def run_cli(args, capsys):
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bench_model_rows_and_json(bundle_dir, tmp_path, capsys):
+    js = tmp_path / "bench.json"
+    code, out, err = run_cli(["bench", "--model", bundle_dir, "--backend", "torch",
+                              "--batch", "1,2", "--frames", "4", "--json", str(js)], capsys)
+    assert code == 0, err
+    r = json.loads(js.read_text())
+    rows = {x["label"]: x for x in r["rows"]}
+    assert set(rows) == {"torch b1", "torch b2", "baseline b1", "baseline b2"}
+    for x in rows.values():
+        for k in TABLE2_FIELDS:
+            assert x[k] > 0
+        assert x["frames"] == 4 and x["mode"] == "model" and x["input_size"] == 64
+    assert rows["baseline b1"]["x_baseline"] == pytest.approx(1.0)
+    assert rows["torch b1"]["x_baseline"] > 0 and rows["torch b2"]["x_baseline"] > 0
+    assert [p["Av-fps"] for p in r["paper"]] == [fps for _, fps in PAPER_FPS]
+    assert r["device"] == "cpu" and r["device_name"]
+    assert "torch b1" in out and "baseline b2" in out and "9.34" in out and "11.00" in out
+
+
+def test_bench_whole_loop_on_a_video(bundle_dir, tmp_path, capsys):
+    vid = tmp_path / "clip.mp4"
+    write_video(vid, n=6, size=(48, 64))
+    js = tmp_path / "bench.json"
+    code, out, err = run_cli(["bench", "--model", bundle_dir, "--backend", "torch", "--batch", "1",
+                              "--frames", "8", "--source", str(vid), "--json", str(js)], capsys)
+    assert code == 0, err
+    r = json.loads(js.read_text())
+    assert r["mode"] == "loop"
+    for x in r["rows"]:
+        assert x["frames"] == 8  # the 6-frame clip is looped
+        assert {"decode", "infer", "overlay"} <= set(x["stages_ms"])
+
+
+def test_bench_errors(bundle_dir, capsys):
+    code, _, err = run_cli(["bench", "--model", bundle_dir, "--backend", "tensorrt"], capsys)
+    assert code == 2 and "not available" in err  # no TensorRT on a CPU machine
+    code, _, err = run_cli(["bench", "--model", bundle_dir, "--batch", "1,x"], capsys)
+    assert code == 2 and err.startswith("error: --batch")
+    code, _, err = run_cli(["bench", "--model", bundle_dir, "--size", "128", "--frames", "1",
+                            "--batch", "1", "--backend", "torch"], capsys)
+    assert code == 2 and "input size is 64" in err
+    with pytest.raises(UserError):
+        parse_batches("0")
+
+
+def test_baseline_matches_the_eager_cam_and_computes_weight_grads(bundle_dir):
+    frames = np.stack(list(clip_frames(2, (72, 96))))
+    base = PytorchGradCamBaseline(load_bundle(bundle_dir))
+    eager = create_segmenter(bundle_dir, "torch", "cpu")
+    b, e = base(frames), eager(frames)
+    assert b.cam.shape == e.cam.shape == (2, 64, 64) and b.mask.dtype == np.uint8
+    assert b.cam.min() >= 0 and b.cam.max() <= 1.0 + 1e-6
+    np.testing.assert_allclose(b.prob, e.prob, rtol=1e-4, atol=1e-6)
+    for i in range(2):  # same Grad-CAM; only the resize/normalise order differs
+        assert np.corrcoef(b.cam[i].ravel(), e.cam[i].ravel())[0, 1] > 0.95
+    grads = [p.grad for p in base.model.parameters()]
+    assert all(g is not None for g in grads)  # the full backward pass: every weight gradient
+    base.close()
