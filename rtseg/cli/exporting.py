@@ -1,2 +1,147 @@
-"""(commands to be added)"""
-from rtseg.cli.app import app  # noqa: F401
+"""``rtseg export``: the fused forward + Grad-CAM graph as ONNX (and a TensorRT engine)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import List, Optional
+
+import typer
+
+from rtseg.cli.app import app
+from rtseg.errors import UserError
+
+DEFAULT_FRAME_SIZES = ("1280x720", "1920x1080")
+DEFAULT_BATCHES = (1, 8)
+
+
+def parse_frame_sizes(values: List[str] | None, input_size: int) -> list[tuple[int, int]]:
+    """["1280x720", "640x480,320x240"] -> [(1280, 720), ...] as (width, height)."""
+    out = []
+    for v in values or []:
+        for part in str(v).replace(" ", "").split(","):
+            if not part:
+                continue
+            m = re.fullmatch(r"(\d+)[xX](\d+)", part)
+            if not m:
+                raise UserError(f"--frame-size must be WxH (e.g. 1280x720), not '{part}'")
+            w, h = int(m.group(1)), int(m.group(2))
+            if not (1 <= w <= 8192 and 1 <= h <= 8192):
+                raise UserError(f"--frame-size {part}: width and height must be 1..8192")
+            out.append((w, h))
+    if not out:
+        out = [(input_size, input_size)] + [tuple(int(x) for x in s.split("x")) for s in DEFAULT_FRAME_SIZES]
+    return out
+
+
+def parse_batches(values: List[str] | None) -> list[int]:
+    out = []
+    for v in values or []:
+        for part in str(v).replace(" ", "").split(","):
+            if not part:
+                continue
+            if not part.isdigit() or not 1 <= int(part) <= 1024:
+                raise UserError(f"--batch must be a whole number 1..1024, not '{part}'")
+            out.append(int(part))
+    return out or list(DEFAULT_BATCHES)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n}"
+
+
+@app.command(
+    "export",
+    epilog="Examples:\n\n"
+    "  rtseg export --model runs/b1                      # export/b1.onnx\n\n"
+    "  rtseg export --model runs/b1 --fp16 --frame-size 1920x1080 --batch 1 --batch 8\n\n"
+    "  rtseg export --model runs/b1 --layer head --out /tmp/graphs",
+)
+def export(
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Bundle folder. Default: the model shipped with rtseg."),
+    out: str = typer.Option("export", "--out", "-o", help="Output folder."),
+    fp16: bool = typer.Option(
+        False, "--fp16", help="Also write <name>.fp16.onnx (and a TensorRT FP16 engine where "
+        "TensorRT and a GPU exist)."),
+    layer: Optional[str] = typer.Option(
+        None, help="CAM layer (block index or 'head'). Default: the manifest's."),
+    frame_size: Optional[List[str]] = typer.Option(
+        None, "--frame-size", help="Frame size WxH the engine is built for; repeat or comma-"
+        "separate (first = optimum). The ONNX graph takes any size. Default: SxS, 1280x720, "
+        "1920x1080."),
+    batch: Optional[List[str]] = typer.Option(
+        None, "--batch", help="Batch sizes for the engine's profile; repeat or comma-separate "
+        "(first = optimum). Default: 1, 8."),
+    cache: bool = typer.Option(
+        True, "--cache/--no-cache", help="Reuse an identical graph from the export cache "
+        "($RTSEG_CACHE or ~/.cache/rtseg; keyed by weights, manifest, layer, precision and "
+        "the rtseg/torch versions and source)."),
+) -> None:
+    """Export the fused forward + Grad-CAM graph: ONNX (fp32, --fp16) and a TensorRT engine.
+
+    The graph takes BGR uint8 frames [B, H, W, 3] and returns prob [B], cam [B, S, S] and mask [B, S, S]; the bundle's manifest is embedded. Every file is checked (onnx.checker, ONNX Runtime against the eager Grad-CAM on one frame) before it is put in place.
+    """  # noqa: E501
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from rtseg.atomic import ensure_parent
+    from rtseg.model import parse_layer, resolve_bundle
+
+    console = Console(stderr=False)
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a folder")
+    ensure_parent(out_dir / "probe")  # fail early (exit 2) on an unwritable folder
+    layer_v = parse_layer(layer)
+    batches = parse_batches(batch)
+    bundle = resolve_bundle(model, "cpu")
+    from rtseg.fused import resolve_layer
+
+    used_layer = resolve_layer(bundle.manifest, layer_v)
+    sizes = parse_frame_sizes(frame_size, bundle.manifest.input_size)
+    w0, h0 = sizes[0]
+
+    from rtseg.exporter import build_engine, export_onnx, tensorrt_status
+
+    name = bundle.name
+    files = []
+    console.print(f"exporting {name} ({bundle.manifest.arch}, input {bundle.manifest.input_size}, "
+                  f"CAM layer {used_layer}) to {out_dir}/ ...", markup=False)
+    files.append(export_onnx(bundle, out_dir / f"{name}.onnx", used_layer, fp16=False,
+                             check=True, frame_hw=(h0, w0), cache=cache))
+    if fp16:
+        files.append(export_onnx(bundle, out_dir / f"{name}.fp16.onnx", used_layer, fp16=True,
+                                 check=True, frame_hw=(h0, w0), cache=cache))
+    ok, why = tensorrt_status()
+    engine_error = None
+    if ok and fp16:
+        console.print("building the TensorRT engine (FP16, takes minutes) ...", markup=False)
+        try:
+            files.append(build_engine(files[0].path, out_dir / f"{name}.engine", sizes, batches,
+                                      fp16=True))
+        except Exception as exc:  # the ONNX files stand; report the engine's failure
+            engine_error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    elif ok:
+        console.print("TensorRT engine skipped: add --fp16 to build one.", markup=False)
+    else:
+        console.print(f"TensorRT engine skipped: {why}; the ONNX files are written.", markup=False)
+
+    table = Table(title=f"rtseg export: {name}, CAM layer {used_layer}")
+    table.add_column("file")
+    table.add_column("size", justify="right")
+    table.add_column("checks")
+    for f in files:
+        table.add_row(str(f.path), _human(f.size), "; ".join(f.checks) or "-")
+    if engine_error:
+        table.add_row(str(out_dir / f"{name}.engine"), "-", f"FAILED: {engine_error}")
+    console.print(table)
+    if engine_error:
+        print(f"error: TensorRT engine not built: {engine_error}", file=sys.stderr)
+        raise typer.Exit(1)

@@ -1,6 +1,8 @@
 """The eager PyTorch segmenter: preprocessing + :class:`rtseg.cam.GradCAM` + threshold.
 
 The reference every other backend is checked against; the model is loaded once and kept.
+On CPU denormal floats are flushed to zero during a call (see
+:func:`rtseg.fused.cpu_flush_denormal`: up to 80x faster, same CAM).
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ class EagerSegmenter(Segmenter):
         self._cam = GradCAM(bundle.model, self.manifest.cam_layer, self.manifest.arch).__enter__()
 
     def __call__(self, frames: np.ndarray) -> SegOutput:
+        from rtseg.fused import cpu_flush_denormal
+
         m = self.manifest
         x = torch.from_numpy(check_frames(frames)).to(self.device)
-        x = frames_to_input(x, m.input_size, m.mean, m.std, bgr=True, fov=m.fov_mask)
-        prob, cam = self._cam(x)
-        mask = m.threshold.apply(cam)
+        with cpu_flush_denormal(self.device):
+            x = frames_to_input(x, m.input_size, m.mean, m.std, bgr=True, fov=m.fov_mask)
+            prob, cam = self._cam(x)
+            mask = m.threshold.apply(cam)
         return SegOutput(prob.float().cpu().numpy(), cam.float().cpu().numpy(),
                          mask.to(torch.uint8).cpu().numpy())
 

@@ -1,0 +1,99 @@
+"""``rtseg export``: files, metadata, checks, table, and exit 2 for bad input.
+
+The command runs in-process (``rtseg.cli.main``); graphs come from the session's shared export
+cache (see tests/test_fused.py), so this file adds no export of its own when run with it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from rtseg.cli import main
+from rtseg.model import default_bundle_path, save_bundle
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "rtseg-cache" / "onnx"
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(onnx_cache, monkeypatch):
+    monkeypatch.setenv("RTSEG_CACHE", str(onnx_cache.parent))
+    monkeypatch.setenv("COLUMNS", "200")  # a wide rich table: no wrapped paths
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(calibrated_bundle, tmp_path_factory):
+    return save_bundle(calibrated_bundle, tmp_path_factory.mktemp("cli") / "polyp64")
+
+
+def run(argv, capsys):
+    """(exit code, stdout, stderr) of ``rtseg <argv>``."""
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_export_writes_checked_onnx_files(bundle_dir, tmp_path, capsys):
+    out_dir = tmp_path / "exp"
+    code, out, err = run(["export", "--model", str(bundle_dir), "--out", str(out_dir), "--fp16",
+                          "--layer", "14", "--frame-size", "90x70", "--batch", "1", "--batch", "3"],
+                         capsys)
+    assert code == 0, err
+    fp32, fp16 = out_dir / "polyp64.onnx", out_dir / "polyp64.fp16.onnx"
+    assert fp32.is_file() and fp16.is_file()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["polyp64.fp16.onnx", "polyp64.onnx"]
+    for path, prec in ((fp32, "fp32"), (fp16, "fp16")):
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        manifest = json.loads(meta["rtseg_manifest"])
+        assert manifest["cam_layer"] == 14 and manifest["input_size"] == 64
+        assert meta["rtseg_layer"] == "14" and meta["rtseg_precision"] == prec
+    # the table lists both files with their checks; TensorRT skipped in one line
+    assert "onnx.checker" in out and "ORT vs eager 90x70" in out
+    assert "polyp64.fp16.onnx" in out
+    assert sum("TensorRT" in line for line in out.splitlines()) >= 1
+
+
+def test_export_help_has_example(capsys):
+    code, out, _ = run(["export", "--help"], capsys)
+    assert code == 0 and "rtseg export --model" in out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--layer", "99"], "out of range"),
+    (["--frame-size", "big"], "WxH"),
+    (["--batch", "0"], "--batch"),
+])
+def test_export_bad_options(bundle_dir, tmp_path, capsys, args, needle):
+    out_dir = tmp_path / "exp"
+    code, _, err = run(["export", "--model", str(bundle_dir), "--out", str(out_dir), *args], capsys)
+    assert code == 2 and needle in err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_export_unwritable_out(bundle_dir, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, _, err = run(["export", "--model", str(bundle_dir), "--out", str(blocker / "sub")], capsys)
+    assert code == 2 and err.startswith("error: ")
+    code, _, err = run(["export", "--model", str(bundle_dir), "--out", str(blocker)], capsys)
+    assert code == 2 and "is a file" in err
+
+
+def test_export_missing_model(tmp_path, capsys):
+    code, _, err = run(["export", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "not found" in err
+    if not (default_bundle_path() / "manifest.json").is_file():
+        code, _, err = run(["export", "--out", str(tmp_path / "o")], capsys)
+        assert code == 2 and "no --model given" in err
