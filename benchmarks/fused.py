@@ -48,96 +48,8 @@ CUDA_BACKENDS = ("tensorrt", "torch-fused-fp16-compile", "torch-fused-fp16-graph
                  "torch-fused-fp32-graph", "onnxruntime", "eager", "pytorch-grad-cam")
 
 
-# --------------------------------------------------------------------------------------------
-# the pytorch-grad-cam baseline
-# --------------------------------------------------------------------------------------------
-class GradCamLibStyle:
-    """Grad-CAM as pytorch-grad-cam computes it (see the module doc); frames -> SegOutput."""
-
-    name = "pytorch-grad-cam"
-
-    def __init__(self, bundle, device: str) -> None:
-        import copy
-
-        import torch
-
-        from rtseg.cam import target_module
-
-        self.manifest = bundle.manifest
-        self.device = device
-        self.model = copy.deepcopy(bundle.model).to(device).eval()
-        for p in self.model.parameters():  # a trainable model, as handed to the library
-            p.requires_grad_(True)
-        self.acts: list = []
-        self.grads: list = []
-        target = target_module(self.model, self.manifest.cam_layer)
-        self._handles = [target.register_forward_hook(self._save_act),
-                         target.register_forward_hook(self._save_grad)]
-        self._torch = torch
-
-    def _save_act(self, module, inputs, output) -> None:
-        self.acts.append(output.cpu().detach())
-
-    def _save_grad(self, module, inputs, output) -> None:
-        if output.requires_grad:
-            def store(grad):
-                self.grads = [grad.cpu().detach()] + self.grads
-            output.register_hook(store)
-
-    def __call__(self, frames: np.ndarray):
-        import cv2
-
-        from rtseg.preprocess import frames_to_input
-        from rtseg.runtime.base import SegOutput, check_frames
-
-        torch = self._torch
-        m = self.manifest
-        x = torch.from_numpy(check_frames(frames)).to(self.device)
-        x = frames_to_input(x, m.input_size, m.mean, m.std, bgr=True, fov=m.fov_mask)
-        self.acts, self.grads = [], []
-        with torch.enable_grad():
-            out = self.model(x)
-            self.model.zero_grad()
-            loss = sum(o[0] for o in out)  # ClassifierOutputTarget(0) per image
-            loss.backward(retain_graph=True)
-        acts, grads = self.acts[-1].numpy(), self.grads[-1].numpy()
-        w = grads.mean(axis=(2, 3))
-        cam = np.maximum((w[:, :, None, None] * acts).sum(axis=1), 0)
-        s = m.input_size
-        cams = np.empty((cam.shape[0], s, s), np.float32)
-        for i, c in enumerate(cam):  # scale_cam_image
-            c = c - c.min()
-            c = c / (1e-7 + c.max())
-            cams[i] = cv2.resize(c.astype(np.float32), (s, s))
-        prob = torch.sigmoid(out.detach().reshape(-1)).cpu().numpy().astype(np.float32)
-        return SegOutput(prob, cams, np.asarray(m.threshold.apply(cams), dtype=np.uint8))
-
-    def describe(self) -> str:
-        return f"pytorch-grad-cam style (full backward, CPU-side CAM) on {self.device}"
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        import torch
-
-        return torch.cuda.get_device_name(torch.device(device))
-    name = platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count()
-    return f"{name}, {cores} cores"
+# the pytorch-grad-cam baseline and the device name come from rtseg.bench (one definition)
+from rtseg.bench import PytorchGradCamBaseline, device_name  # noqa: E402
 
 
 def make_frames(hw: tuple[int, int], n: int = 8) -> np.ndarray:
@@ -183,7 +95,7 @@ def calibrated_default_bundle(size: int = 224):
 def build_backend(name: str, bundle, device: str, cache: str | None):
     """A segmenter-like callable for ``name``; raises with a reason when it cannot run."""
     if name == "pytorch-grad-cam":
-        return GradCamLibStyle(bundle, device)
+        return PytorchGradCamBaseline(bundle, device)
     if name == "eager":
         import copy
 

@@ -41,11 +41,14 @@ class PytorchGradCamBaseline(Segmenter):
     name = "baseline-gradcam"
 
     def __init__(self, bundle, device: str = "cpu", layer: int | str | None = None) -> None:
+        import copy
+
         from rtseg.cam import target_module
 
         self.manifest = bundle.manifest if layer is None else bundle.manifest.replace(cam_layer=layer)
         self.device = device
-        self.model = bundle.model.to(device).eval()
+        # a trainable copy: the bundle's own model stays as other backends expect it
+        self.model = copy.deepcopy(bundle.model).to(device).eval()
         for p in self.model.parameters():  # a trainable model, as handed to pytorch-grad-cam
             p.requires_grad_(True)
         self.activations: list = []
