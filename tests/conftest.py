@@ -44,3 +44,33 @@ def calibrated_bundle():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads can be
+    10x slower than one when other processes hold the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(calibrated_bundle, tmp_path_factory):
+    """The calibrated bundle saved as a bundle folder."""
+    from rtseg.model import save_bundle
+
+    return save_bundle(calibrated_bundle, tmp_path_factory.mktemp("bundles") / "calib64")
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory):
+    """One export cache for the whole session (= $RTSEG_CACHE/onnx with :func:`rtseg_cache`)."""
+    return tmp_path_factory.getbasetemp() / "rtseg-cache" / "onnx"
+
+
+@pytest.fixture
+def rtseg_cache(onnx_cache, monkeypatch):
+    """Point rtseg's cache folder at the session's export cache."""
+    monkeypatch.setenv("RTSEG_CACHE", str(onnx_cache.parent))

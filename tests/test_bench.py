@@ -6,38 +6,19 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from rtseg.bench import PAPER_FPS, PytorchGradCamBaseline, parse_batches
-from rtseg.cli import main
 from rtseg.errors import UserError
 from rtseg.fpsstats import TABLE2_FIELDS
-from rtseg.model import load_bundle, save_bundle
+from rtseg.model import load_bundle
 from rtseg.runtime import create_segmenter
 from rtseg.synthetic import clip_frames, write_video
 
+from helpers import run_cli
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(calibrated_bundle, tmp_path_factory):
-    return str(save_bundle(calibrated_bundle, tmp_path_factory.mktemp("model") / "b64"))
-
-
-def run_cli(args, capsys):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_bench_model_rows_and_json(bundle_dir, tmp_path, capsys):

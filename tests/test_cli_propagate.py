@@ -11,6 +11,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from helpers import run_cli
 
 from rtseg.synthetic import make_dataset
 
@@ -54,15 +55,7 @@ def data(tmp_path_factory):
 
 
 def run(argv, capsys):
-    from rtseg.cli import main
-
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    return run_cli(argv, capsys)
 
 
 def read_csv(path):

@@ -10,36 +10,18 @@ import json
 
 import onnx
 import pytest
+from helpers import run_cli
 
-from rtseg.cli import main
-from rtseg.model import default_bundle_path, save_bundle
-
-
-@pytest.fixture(scope="session")
-def onnx_cache(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "rtseg-cache" / "onnx"
+from rtseg.model import default_bundle_path
 
 
 @pytest.fixture(autouse=True)
-def _cache_env(onnx_cache, monkeypatch):
-    monkeypatch.setenv("RTSEG_CACHE", str(onnx_cache.parent))
+def _env(rtseg_cache, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # a wide rich table: no wrapped paths
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(calibrated_bundle, tmp_path_factory):
-    return save_bundle(calibrated_bundle, tmp_path_factory.mktemp("cli") / "polyp64")
-
-
 def run(argv, capsys):
-    """(exit code, stdout, stderr) of ``rtseg <argv>``."""
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(argv, capsys)
 
 
 def test_export_writes_checked_onnx_files(bundle_dir, tmp_path, capsys):
@@ -48,9 +30,9 @@ def test_export_writes_checked_onnx_files(bundle_dir, tmp_path, capsys):
                           "--layer", "14", "--frame-size", "90x70", "--batch", "1", "--batch", "3"],
                          capsys)
     assert code == 0, err
-    fp32, fp16 = out_dir / "polyp64.onnx", out_dir / "polyp64.fp16.onnx"
+    fp32, fp16 = out_dir / "calib64.onnx", out_dir / "calib64.fp16.onnx"
     assert fp32.is_file() and fp16.is_file()
-    assert sorted(p.name for p in out_dir.iterdir()) == ["polyp64.fp16.onnx", "polyp64.onnx"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["calib64.fp16.onnx", "calib64.onnx"]
     for path, prec in ((fp32, "fp32"), (fp16, "fp16")):
         proto = onnx.load(str(path))
         onnx.checker.check_model(proto)
@@ -60,7 +42,7 @@ def test_export_writes_checked_onnx_files(bundle_dir, tmp_path, capsys):
         assert meta["rtseg_layer"] == "14" and meta["rtseg_precision"] == prec
     # the table lists both files with their checks; TensorRT skipped in one line
     assert "onnx.checker" in out and "ORT vs eager 90x70" in out
-    assert "polyp64.fp16.onnx" in out
+    assert "calib64.fp16.onnx" in out
     assert sum("TensorRT" in line for line in out.splitlines()) >= 1
 
 

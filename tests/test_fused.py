@@ -39,13 +39,6 @@ PROB_TOL = 1e-5
 
 
 @pytest.fixture(scope="session")
-def onnx_cache(tmp_path_factory):
-    # same folder for every test module of the session (getbasetemp is per session);
-    # = $RTSEG_CACHE/onnx for tests that go through the default cache folder
-    return tmp_path_factory.getbasetemp() / "rtseg-cache" / "onnx"
-
-
-@pytest.fixture(scope="session")
 def noise_bundle():
     """Calibrated on synthetic + uniform random frames; otsu threshold and FOV mask on."""
     torch.manual_seed(1)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import warnings
 
 import cv2
 import numpy as np
 import pytest
+from helpers import run_cli
 
 from rtseg.errors import UserError
 from rtseg.metrics import METRIC_KEYS, image_scores
@@ -40,19 +40,7 @@ def data(tmp_path_factory, calibrated_bundle):
 
 
 def run(argv, capsys):
-    """Run the CLI in-process the way ``python -m rtseg`` does: (exit code, stdout, stderr)."""
-    from rtseg.cli import main
-
-    saved = warnings.showwarning
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        warnings.showwarning = saved
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(argv, capsys)
 
 
 def error_lines(err):

@@ -15,7 +15,6 @@ import torch
 
 from rtseg.errors import UserError
 from rtseg.exporter import META_MANIFEST, cached_onnx
-from rtseg.model import save_bundle
 from rtseg.runtime import BACKENDS, available_backends, create_segmenter
 from rtseg.runtime.base import Segmenter
 from rtseg.runtime.torch_eager import EagerSegmenter
@@ -24,20 +23,7 @@ from rtseg.synthetic import make_dataset
 S = 64
 
 
-@pytest.fixture(scope="session")
-def onnx_cache(tmp_path_factory):
-    # the session's shared export cache ($RTSEG_CACHE/onnx), as in tests/test_fused.py
-    return tmp_path_factory.getbasetemp() / "rtseg-cache" / "onnx"
-
-
-@pytest.fixture(autouse=True)
-def _cache_env(onnx_cache, monkeypatch):
-    monkeypatch.setenv("RTSEG_CACHE", str(onnx_cache.parent))
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(calibrated_bundle, tmp_path_factory):
-    return save_bundle(calibrated_bundle, tmp_path_factory.mktemp("bundles") / "calib64")
+pytestmark = pytest.mark.usefixtures("rtseg_cache")
 
 
 @pytest.fixture(scope="module")

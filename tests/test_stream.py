@@ -8,12 +8,12 @@ import time
 import cv2
 import numpy as np
 import pytest
+from helpers import run_cli
 
 from rtseg.capture import (FrameReader, FrameSource, ReadResult, SourceInfo, classify_source,
                            open_source)
-from rtseg.cli import main
 from rtseg.fpsstats import RESERVOIR, TABLE2_FIELDS, RunningStats, StreamStats, table2
-from rtseg.model import Manifest, save_bundle
+from rtseg.model import Manifest
 from rtseg.overlay import Overlay
 from rtseg.runtime.base import Segmenter, SegOutput
 from rtseg.stream import CamSmoother, StreamConfig, run_stream
@@ -25,21 +25,7 @@ SIZE = (64, 96)  # (H, W) of the generated clips
 
 
 # --- helpers -------------------------------------------------------------------------------
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads can be
-    10x slower than one when other processes hold the cores."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(calibrated_bundle, tmp_path_factory):
-    return str(save_bundle(calibrated_bundle, tmp_path_factory.mktemp("model") / "b64"))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +33,6 @@ def video(tmp_path_factory):
     p = tmp_path_factory.mktemp("vid") / "clip.mp4"
     write_video(p, n=N_FRAMES, size=SIZE)
     return p
-
-
-def run_cli(args, capsys):
-    """Run ``rtseg ARGS`` in-process: (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def count_frames(path) -> int:
