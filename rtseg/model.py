@@ -169,7 +169,11 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle:
     try:
         state = torch.load(wpath, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise UserError(f"corrupt weights file {wpath}: {str(exc).splitlines()[0][:200]}") from None
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        raise UserError(f"corrupt weights file {wpath} (not a PyTorch state_dict: "
+                        f"{type(exc).__name__} {detail})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"corrupt weights file {wpath} (not a PyTorch state_dict)")
     model = build_model(manifest.arch)
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()})
