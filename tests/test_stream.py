@@ -240,10 +240,9 @@ def test_smoother_is_an_ema_across_batches():
     assert c0 is cams and m0 is raw
 
 
-def test_smooth_option_changes_the_loop_masks(video, monkeypatch):
-    """Through the loop: the masks drawn are the EMA's, thresholded by the manifest's policy."""
-    rng = np.random.default_rng(1)
-    cams = rng.random((N_FRAMES + 3, 16, 16)).astype(np.float32)  # +3: warm-up calls
+@pytest.fixture
+def drawn_masks(monkeypatch):
+    """The masks the loop hands to the overlay, in order."""
     drawn = []
     orig = Overlay.draw
 
@@ -252,6 +251,14 @@ def test_smooth_option_changes_the_loop_masks(video, monkeypatch):
         return orig(self, frame, mask, cam, prob, fps)
 
     monkeypatch.setattr(Overlay, "draw", spy)
+    return drawn
+
+
+def test_smooth_option_changes_the_loop_masks(video, drawn_masks):
+    """Through the loop: the masks drawn are the EMA's, thresholded by the manifest's policy."""
+    rng = np.random.default_rng(1)
+    cams = rng.random((N_FRAMES + 3, 16, 16)).astype(np.float32)  # +3: warm-up calls
+    drawn = drawn_masks
     seq = {}
     for a in (0.0, 0.7):
         drawn.clear()
@@ -269,24 +276,14 @@ def test_smooth_option_changes_the_loop_masks(video, monkeypatch):
     assert not np.array_equal(seq[0.7], seq[0.0])
 
 
-def test_manifest_postprocess_runs_on_the_loop_masks(video, monkeypatch):
+def test_manifest_postprocess_runs_on_the_loop_masks(video, drawn_masks):
     """A manifest's mask clean-up (e.g. keep the largest component) applies to the drawn masks."""
-    pytest.importorskip("rtseg.postprocess")
     cam = np.zeros((16, 16), np.float32)
     cam[1:4, 1:4] = 0.9  # small blob
     cam[8:14, 8:14] = 0.8  # large blob
     seg = FakeSeg(cams=np.repeat(cam[None], N_FRAMES + 3, 0))
-    if "postprocess" not in {f for f in vars(seg.manifest)}:
-        pytest.skip("this Manifest has no postprocess field")
     seg.manifest = seg.manifest.replace(postprocess=("largest",))
-    drawn = []
-    orig = Overlay.draw
-
-    def spy(self, frame, mask, cam=None, prob=None, fps=None):
-        drawn.append(mask.copy())
-        return orig(self, frame, mask, cam, prob, fps)
-
-    monkeypatch.setattr(Overlay, "draw", spy)
+    drawn = drawn_masks
     run_stream(StreamConfig(source=str(video), headless=True, quiet=True, max_frames=2),
                segmenter=seg)
     expect = np.zeros((16, 16), np.uint8)
