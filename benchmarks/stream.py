@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -74,6 +75,22 @@ def build_clip(data_dir: Path, out: Path) -> int:
     return n
 
 
+def count_frames(clip: Path) -> int:
+    """Frames OpenCV decodes from ``clip`` (a prebuilt clip, e.g. carried to a GPU machine)."""
+    if not clip.is_file():
+        raise UserError(f"clip {clip} not found")
+    cap = cv2.VideoCapture(str(clip))
+    n = 0
+    try:
+        while cap.isOpened() and cap.grab():
+            n += 1
+    finally:
+        cap.release()
+    if not n:
+        raise UserError(f"OpenCV decodes no frame from {clip}")
+    return n
+
+
 def run(args: argparse.Namespace) -> dict:
     from rich.console import Console
     from rich.table import Table
@@ -90,11 +107,24 @@ def run(args: argparse.Namespace) -> dict:
 
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="rtseg-bench-") as tmp:
-        clip = Path(tmp) / "cvc_clinicdb_clip.mp4"
-        t0 = time.perf_counter()
-        n_clip = build_clip(Path(args.data_dir), clip)
-        console.print(f"clip: {n_clip} CVC-ClinicDB frames, {CLIP_WH[0]}x{CLIP_WH[1]} @ "
-                      f"{CLIP_FPS:g} fps (built in {time.perf_counter() - t0:.1f} s)")
+        if args.clip:
+            clip = Path(args.clip)
+            n_clip = count_frames(clip)
+            console.print(f"clip: {clip} ({n_clip} frames)", markup=False)
+        else:
+            clip = Path(tmp) / "cvc_clinicdb_clip.mp4"
+            t0 = time.perf_counter()
+            n_clip = build_clip(Path(args.data_dir), clip)
+            console.print(f"clip: {n_clip} CVC-ClinicDB frames, {CLIP_WH[0]}x{CLIP_WH[1]} @ "
+                          f"{CLIP_FPS:g} fps (built in {time.perf_counter() - t0:.1f} s)")
+            if args.save_clip:
+                ensure_parent(args.save_clip)
+                tmp_clip = Path(str(args.save_clip) + ".part.mp4")
+                shutil.copyfile(clip, tmp_clip)
+                os.replace(tmp_clip, args.save_clip)
+                console.print(f"clip saved to {args.save_clip}", markup=False)
+                if args.clip_only:
+                    return {"clip": str(args.save_clip), "clip_frames": n_clip}
         seg, untrained = load_segmenter(args.model, args.backend, args.device,
                                         say=lambda m: console.print(m, markup=False),
                                         threads=args.threads)
@@ -163,7 +193,7 @@ def run(args: argparse.Namespace) -> dict:
                       markup=False)
     import torch
 
-    result = {"data_dir": str(args.data_dir), "clip_frames": n_clip, "clip_size": list(CLIP_WH),
+    result = {"data_dir": args.data_dir, "clip": args.clip, "clip_frames": n_clip, "clip_size": list(CLIP_WH),
               "backend": seg.name, "device": seg.device, "input_size": seg.manifest.input_size,
               "untrained_model": untrained, "batch": args.batch,
               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
@@ -179,7 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="example: python benchmarks/stream.py ../shared/data "
                                  "--long 10000 --json stream_bench.json")
-    ap.add_argument("data_dir", help="data folder holding cvc-clinicdb/ (e.g. ../shared/data)")
+    ap.add_argument("data_dir", nargs="?", default=None,
+                    help="data folder holding cvc-clinicdb/ (e.g. ../shared/data); not needed "
+                         "with --clip")
+    ap.add_argument("--clip", default=None,
+                    help="use this prebuilt clip instead of building one from DATA_DIR")
+    ap.add_argument("--save-clip", default=None,
+                    help="also keep the clip built from DATA_DIR here (to carry it elsewhere)")
+    ap.add_argument("--clip-only", action="store_true",
+                    help="with --save-clip: build and save the clip, time nothing")
     ap.add_argument("--model", default=None, help="bundle folder, .onnx or .engine (default: shipped)")
     ap.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt")
     ap.add_argument("--device", default="auto")
@@ -190,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="CPU threads: torch intra-op and the segmenter's (0: default)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
+    if not args.clip and not args.data_dir:
+        ap.error("give DATA_DIR (to build the clip) or --clip FILE")
+    if args.clip_only and not args.save_clip:
+        ap.error("--clip-only needs --save-clip FILE")
     try:
         run(args)
     except UserError as exc:
