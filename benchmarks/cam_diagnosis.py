@@ -10,7 +10,10 @@ as per-image means (Medico 2021 rules):
   with the true mask (an upper bound for any threshold policy on this CAM);
 - how often the CAM's peak lies inside the polyp, and how often the mask misses it (Dice < 0.05);
 - the median area of predicted and true masks (fraction of the image);
-- a fixed centred disc (radius ``--disc`` x the shorter side) as a no-model reference.
+- a fixed centred disc (radius ``--disc`` x the shorter side) as a no-model reference;
+- the classifier on in-domain polyp-free 2 x 2 tiles of the same images (tiles with no mask
+  pixel): how many it calls polyp. A high rate means it learned the look of the polyp
+  datasets (domain cues) rather than polyps, which also makes its CAMs broad.
 
 If the oracle-threshold Dice is low and the peak often lies outside the polyp, better
 thresholds or clean-up cannot help: the classifier must localise better.
@@ -19,6 +22,7 @@ thresholds or clean-up cannot help: the classifier must localise better.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import numpy as np
@@ -40,17 +44,21 @@ def diagnose(bundle, pairs, disc: float = 0.25, batch: int = 16) -> dict:
     from rtseg.imageio import read_image, read_mask
     from rtseg.metrics import image_scores
     from rtseg.postprocess import refine
+    from rtseg.tiles import split_tiles
 
     m = bundle.manifest
     policy = m.threshold
     steps = tuple(m.postprocess)
-    rows = []
+    rows, free_tiles = [], []
     for s in range(0, len(pairs), batch):
         chunk = pairs[s:s + batch]
         images = [read_image(p.image) for p in chunk]
         res = cam_images(bundle, images, batch_size=batch)
-        for p, img, cam in zip(chunk, images, res.cams):
-            truth = read_mask(p.mask)
+        truths = [read_mask(p.mask) for p in chunk]
+        for img, truth in zip(images, truths):
+            if truth.shape == img.shape[:2]:
+                free_tiles += [t for t, mt in zip(split_tiles(img), split_tiles(truth)) if not mt.any()]
+        for p, img, cam, truth in zip(chunk, images, res.cams, truths):
             hw = truth.shape
             c = np.clip(resize_to(cam, hw), 0.0, 1.0)
             own = refine(np.asarray(policy.apply(c), dtype=bool), steps)
@@ -65,6 +73,8 @@ def diagnose(bundle, pairs, disc: float = 0.25, batch: int = 16) -> dict:
             })
     if not rows:
         raise UserError("no image/mask pairs")
+    free_probs = (cam_images(dataclasses.replace(bundle, manifest=m.replace(tiles=False)), free_tiles,
+                             batch_size=batch).prob if free_tiles else np.zeros(0))
     mean = (lambda k: float(np.mean([r[k] for r in rows])))
     return {
         "n_images": len(rows), "layer": str(m.cam_layer), "threshold": str(policy),
@@ -74,7 +84,9 @@ def diagnose(bundle, pairs, disc: float = 0.25, batch: int = 16) -> dict:
         "missed_rate": float(np.mean([r["dice"] < 0.05 for r in rows])),
         "pred_area_median": float(np.median([r["pred_area"] for r in rows])),
         "true_area_median": float(np.median([r["true_area"] for r in rows])),
-        "disc_dice": mean("disc_dice"), "per_image": rows,
+        "disc_dice": mean("disc_dice"), "polyp_free_tiles": len(free_tiles),
+        "polyp_free_tiles_called_polyp": float(np.mean(free_probs >= 0.5)) if free_tiles else None,
+        "per_image": rows,
     }
 
 
@@ -113,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                             ("median true area", "true_area_median", "{:.3f}"),
                             (f"centred disc r={args.disc:g}, Dice", "disc_dice", "{:.3f}")):
         t.add_row(label, fmt.format(r[key]))
+    if r["polyp_free_tiles"]:
+        t.add_row(f"polyp-free tiles called polyp ({r['polyp_free_tiles']})",
+                  f"{r['polyp_free_tiles_called_polyp']:.1%}")
     Console().print(t)
     if args.json:
         write_json(args.json, r)
