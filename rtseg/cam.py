@@ -87,7 +87,9 @@ class BaseCAM:
             x = x.detach().requires_grad_(False)
             logits = self.model(x).reshape(-1)
             acts = self._acts
-            grads, = torch.autograd.grad(logits.sum(), acts)
+            # seed every logit with 1 (= the gradient of their sum) without a sum node: the
+            # sum's backward needs numel(), which torch.compile cannot trace in the fused graph
+            grads, = torch.autograd.grad(logits, acts, grad_outputs=torch.ones_like(logits))
         with torch.no_grad():
             w = self.get_weights(acts, grads)
             cam = F.relu((w * acts).sum(dim=1))

@@ -292,7 +292,7 @@ class GraphGradCAM(GradCAM):
 
     With frozen parameters and an input that does not require grad, nothing in the forward
     pass requires grad; the hook makes the target layer's output a leaf that does, so
-    ``autograd.grad(logits.sum(), acts)`` in :meth:`BaseCAM.raw` differentiates exactly from the
+    ``autograd.grad(logits, acts, ones)`` in :meth:`BaseCAM.raw` differentiates exactly from the
     logit back to that layer (no weight gradients). Everything else is GradCAM's own code.
     For "head" (the Swish called for the stem and again for the head) the last call wins, as
     in GradCAM.

@@ -127,6 +127,21 @@ def test_traced_graph_matches_eager(calibrated_bundle, layer):
     assert not any("convolution_backward" in t or "batch_norm" in t for t in names)
 
 
+def test_traced_graph_compiles_whole(calibrated_bundle):
+    """torch.compile (the CUDA fast path of the torch backend) captures the traced graph in
+    one piece: no op that Dynamo cannot trace (a ``sym_numel`` from a ``sum`` backward broke
+    it once). The ``eager`` backend runs Dynamo's capture without code generation, so this
+    is quick; a second frame size recompiles with dynamic shapes and stays exact."""
+    torch._dynamo.reset()
+    gm = trace_fused(calibrated_bundle, 14)
+    fn = torch.compile(gm, backend="eager", fullgraph=True, dynamic=None)
+    for n, hw in ((1, (64, 64)), (3, (90, 70))):
+        frames = torch.from_numpy(image_frames(n, hw))
+        for got, ref in zip(fn(frames), gm(frames)):
+            assert torch.equal(got, ref)
+    torch._dynamo.reset()
+
+
 # ---------------------------------------------------------------------------------------------
 # ONNX Runtime (CPU) against the eager Grad-CAM
 # ---------------------------------------------------------------------------------------------
