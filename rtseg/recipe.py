@@ -152,8 +152,10 @@ def pack(variants: dict[str, list[dict]], out: Path, size: int = PACK_SIZE, qual
 def train(work: Path, variant: str, device: str = "auto", epochs: int = 25, size: int = 224,
           extra: list[str] | None = None) -> Path:
     out = work / "bundles" / variant
+    # --precise-bn 0: the shipped model was trained before rtseg train re-estimated the BN
+    # statistics after every epoch; pinned so that this recipe reproduces it
     rtseg("train", "--labels", work / "pack" / f"labels_{variant}.csv", "--out", out, "--epochs", epochs,
-          "--size", size, "--device", device, *(extra or []))
+          "--size", size, "--device", device, "--precise-bn", 0, *(extra or []))
     return out
 
 

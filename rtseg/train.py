@@ -81,6 +81,12 @@ class TrainConfig:
     # cuDNN autotuning: measured on an H100 it added ~25 s to the first step and gained
     # nothing per step for b1 at batch 16 (the CUDA graph dominates), so it is off by default
     cudnn_benchmark: bool = False
+    # "precise BN": after every epoch, re-estimate the BatchNorm statistics (cumulative
+    # average) on this many training images, unaugmented, with the epoch's final weights.
+    # efficientnet-pytorch's BN momentum is 0.01, so the running statistics lag the weights by
+    # hundreds of steps; in a short training that makes the eval-mode model degenerate (one
+    # class for every image) although its weights are good. 0 = off (the paper's set-up).
+    precise_bn: int = 256
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -106,6 +112,8 @@ class TrainConfig:
             raise UserError(f"--lr must be a positive number, not {self.lr}")
         if self.val < 0:
             raise UserError(f"--val must be >= 0, not {self.val}")
+        if self.precise_bn < 0:
+            raise UserError(f"--precise-bn must be >= 0, not {self.precise_bn}")
         if self.workers is not None and self.workers < 1:
             raise UserError(f"--workers must be at least 1, not {self.workers}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
@@ -571,6 +579,10 @@ def train(config: TrainConfig, progress: bool = True,
                 prog.print(f"checkpoint already has {start_epoch} epoch(s) (--epochs "
                            f"{cfg.epochs}): writing the bundle only")
 
+        # the training images that re-estimate the BN statistics: fixed, seeded, unaugmented
+        pbn_gen = torch.Generator().manual_seed(cfg.seed + 2)
+        pbn_idx = train_dev[torch.randperm(n_train, generator=pbn_gen)[:cfg.precise_bn].to(device)]
+
         stepper = _Stepper(model, optimizer, device, amp_dtype, scaler, use_graph,
                            (bsz, 3, cfg.size, cfg.size), channels_last)
         chunk_steps = max(1, (512 if is_cuda else 128) // bsz)
@@ -614,6 +626,9 @@ def train(config: TrainConfig, progress: bool = True,
                 t_train = time.perf_counter() - t0
                 train_seconds += t_train
 
+                if len(pbn_idx):
+                    _precise_bn(model, [inputs(cache[pbn_idx[i:i + bsz]])
+                                        for i in range(0, len(pbn_idx), bsz)], amp_dtype)
                 val_loss = val_acc = None
                 if val_x is not None:
                     val_loss, val_acc = _evaluate(model, val_x, val_y, amp_dtype, bsz)
@@ -669,7 +684,8 @@ def train(config: TrainConfig, progress: bool = True,
         "optimizer": "Adam", "loss": "BCEWithLogitsLoss", "seed": cfg.seed,
         "augment": cfg.augment,
         "augmentation": cfg.augmentation.to_dict() if cfg.augment else None,
-        "fov": cfg.fov, "init": str(cfg.init) if cfg.init is not None else None,
+        "fov": cfg.fov, "precise_bn": min(cfg.precise_bn, int(n_train)),
+        "init": str(cfg.init) if cfg.init is not None else None,
         "init_tensors": init_tensors, "device": _device_name(device), "precision": precision,
         "cuda_graph": bool(stepper.use_graph),
         "cudnn_benchmark": cfg.cudnn_benchmark if is_cuda else None,
@@ -690,6 +706,31 @@ def train(config: TrainConfig, progress: bool = True,
                        history=history, epochs_run=epochs_run, seconds=seconds, device=device,
                        images_per_second=n_seen / train_seconds if train_seconds else 0.0,
                        checkpoint=ckpt_path)
+
+
+def _precise_bn(model, batches, amp_dtype) -> None:
+    """Re-estimate every BatchNorm's running statistics as the cumulative average over
+    ``batches`` (preprocessed inputs), with only the BN layers in train mode (no drop-connect),
+    in place: buffers keep their storage, so a captured CUDA-graph step stays valid."""
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        ctx = (torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None
+               else contextlib.nullcontext())
+        with torch.no_grad(), ctx:
+            for x in batches:
+                model(x)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train()
 
 
 def _evaluate(model, x, y, amp_dtype, batch: int) -> tuple[float, float]:

@@ -166,6 +166,30 @@ def test_cli_trains_on_tiles_with_augmentation(tmp_path, capsys):
 
 
 # --- data ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("precise", [1000, 0])
+def test_precise_bn_re_estimates_the_statistics(dataset, tmp_path, precise):
+    """With --precise-bn the saved BN statistics are those of the training images under the
+    final weights (stem BN: the mean of the stem convolution's output over all 24 training
+    images, 3 equal batches); without it they lag far behind (momentum 0.01)."""
+    from rtseg.preprocess import images_to_input
+
+    res = train(config(dataset, tmp_path / "m", epochs=1, val=8, precise_bn=precise),
+                progress=False)
+    b = load_bundle(res.bundle)
+    items = read_labels_csv(dataset)
+    train_idx, _ = stratified_split(np.array([it.target for it in items]), 8, 0)
+    images = [cv2.cvtColor(cv2.imread(str(items[i].path)), cv2.COLOR_BGR2RGB) for i in train_idx]
+    with torch.no_grad():
+        stem = b.model._conv_stem(images_to_input(images, b.manifest))
+    expected = stem.mean(dim=(0, 2, 3))
+    got = b.model._bn0.running_mean
+    assert b.manifest.training["precise_bn"] == (24 if precise else 0)
+    if precise:
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    else:
+        assert (got - expected).abs().max() > 10 * 1e-5 + 1e-4 * expected.abs().max()
+
+
 def test_parse_tile_path():
     assert parse_tile_path("a/b.jpg#t2") == (Path("a/b.jpg"), 2)
     assert parse_tile_path("a/b.jpg") == (Path("a/b.jpg"), None)

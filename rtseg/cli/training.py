@@ -48,6 +48,9 @@ def train_cmd(
                                   "in the manifest: 'band LO HI', 'above T' or 'otsu'."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image-decoding threads "
                                           "(default: min(8, CPUs)).", show_default=False),
+    precise_bn: int = typer.Option(256, "--precise-bn", help="Training images (unaugmented) "
+                                   "that re-estimate the BatchNorm statistics after every "
+                                   "epoch; 0 = off (the paper's set-up)."),
 ) -> None:
     from rtseg.model import parse_layer
     from rtseg.train import TrainConfig, train
@@ -55,7 +58,7 @@ def train_cmd(
     config = TrainConfig(labels=labels, out=out, epochs=epochs, batch=batch, size=size, lr=lr,
                          device=device, seed=seed, val=val, augment=augment, fov=fov, init=init,
                          resume=resume, layer=parse_layer(layer), threshold=threshold,
-                         workers=workers)
+                         workers=workers, precise_bn=precise_bn)
     result = train(config, progress=True)
     if result.val_accuracy is not None:
         how = (f"best epoch {result.best_epoch}: val accuracy {result.val_accuracy:.3f}, "
