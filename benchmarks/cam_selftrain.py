@@ -114,6 +114,9 @@ def run(args) -> dict:
         raise UserError(f"{labels} lists no polyp image")
     train = extract(bundle, [read_image(labels.parent / r["path"]) for r in rows])
     keep = train["prob"] > 0.5
+    if not bool(keep.any()):
+        raise UserError(f"the model calls none of the {len(rows)} polyp images of {labels} polyp: "
+                        "no CAM to learn from")
     train = {k: v[keep] for k, v in train.items()}
     fg, bg = pseudo_masks(train["cam"], res, size, args.fg, args.bg)
     keys = (*BLOCKS, "head")
