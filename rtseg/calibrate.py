@@ -1,15 +1,18 @@
-"""BatchNorm calibration of an untrained bundle, for tests and benchmarks.
+"""BatchNorm statistics re-estimated from forward passes: for untrained bundles in tests and
+benchmarks (:func:`calibrate_bn`) and after every training epoch (:func:`reestimate_bn`).
 
 A random-init EfficientNet in eval mode is degenerate (running mean 0 / variance 1 do not
 match its activations: near-constant output, CAM range ~1e-13, and denormal floats that make
 CPU timings meaningless). :func:`calibrate_bn` re-estimates the BatchNorm statistics from a
 few forward passes with the BatchNorm layers in train mode (no weights change), which gives a network with ordinary
-activations. It is what ``tests/conftest.py`` does, reusable outside the tests.
+activations. It is what ``tests/conftest.py`` does, reusable outside the tests. Training
+uses :func:`reestimate_bn` itself ("precise BN", ``rtseg train --precise-bn``).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -52,20 +55,32 @@ def calibrate_bn(bundle, images: Sequence[np.ndarray] | None = None, batches: in
     device = next(model.parameters()).device
     x = images_to_input(list(images), m).to(device)
     n = x.shape[0]
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            mod.reset_running_stats()
-            mod.momentum = None  # cumulative average
-    # only the BatchNorm layers in train mode: no drop-connect noise in the statistics
-    model.eval()
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-            mod.train()
-    try:
-        with torch.no_grad(), cpu_flush_denormal(device.type):
-            for i in range(batches):
-                start = (i * batch_size) % n
-                model(x[start:start + batch_size])
-    finally:
-        model.eval()
+    with cpu_flush_denormal(device.type):
+        reestimate_bn(model, (x[(i * batch_size) % n:(i * batch_size) % n + batch_size]
+                              for i in range(batches)))
     return bundle
+
+
+def reestimate_bn(model, batches: Iterable, autocast=None) -> None:
+    """Replace every BatchNorm's running statistics by their cumulative average over
+    ``batches`` (preprocessed inputs), in place (buffers keep their storage, so a captured
+    CUDA-graph training step stays valid). Only the BN layers run in train mode (no
+    drop-connect noise); the momenta are restored and the model is left in eval mode.
+    ``autocast``: an optional context manager for the forward passes (mixed precision)."""
+    import torch
+
+    bns = [mod for mod in model.modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [mod.momentum for mod in bns]
+    model.eval()
+    for mod in bns:
+        mod.reset_running_stats()
+        mod.momentum = None  # cumulative average
+        mod.train()
+    try:
+        with torch.no_grad(), (autocast if autocast is not None else contextlib.nullcontext()):
+            for x in batches:
+                model(x)
+    finally:
+        for mod, momentum in zip(bns, momenta):
+            mod.momentum = momentum
+        model.eval()

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rtseg.atomic import atomic_path, ensure_parent
+from rtseg.calibrate import reestimate_bn
 from rtseg.data import (AugmentConfig, LabeledItem, augment_batch, default_workers, load_images,
                         read_labels_csv, require_classes, stratified_split, summarize)
 from rtseg.errors import UserError
@@ -627,8 +628,9 @@ def train(config: TrainConfig, progress: bool = True,
                 train_seconds += t_train
 
                 if len(pbn_idx):
-                    _precise_bn(model, [inputs(cache[pbn_idx[i:i + bsz]])
-                                        for i in range(0, len(pbn_idx), bsz)], amp_dtype)
+                    reestimate_bn(model, (inputs(cache[pbn_idx[i:i + bsz]])
+                                          for i in range(0, len(pbn_idx), bsz)),
+                                  torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else None)
                 val_loss = val_acc = None
                 if val_x is not None:
                     val_loss, val_acc = _evaluate(model, val_x, val_y, amp_dtype, bsz)
@@ -706,31 +708,6 @@ def train(config: TrainConfig, progress: bool = True,
                        history=history, epochs_run=epochs_run, seconds=seconds, device=device,
                        images_per_second=n_seen / train_seconds if train_seconds else 0.0,
                        checkpoint=ckpt_path)
-
-
-def _precise_bn(model, batches, amp_dtype) -> None:
-    """Re-estimate every BatchNorm's running statistics as the cumulative average over
-    ``batches`` (preprocessed inputs), with only the BN layers in train mode (no drop-connect),
-    in place: buffers keep their storage, so a captured CUDA-graph step stays valid."""
-    import torch
-
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in bns]
-    model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    try:
-        ctx = (torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None
-               else contextlib.nullcontext())
-        with torch.no_grad(), ctx:
-            for x in batches:
-                model(x)
-    finally:
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-        model.train()
 
 
 def _evaluate(model, x, y, amp_dtype, batch: int) -> tuple[float, float]:
