@@ -76,18 +76,17 @@ def build_clip(data_dir: Path, out: Path) -> int:
 
 
 def count_frames(clip: Path) -> int:
-    """Frames OpenCV decodes from ``clip`` (a prebuilt clip, e.g. carried to a GPU machine)."""
-    if not clip.is_file():
-        raise UserError(f"clip {clip} not found")
-    cap = cv2.VideoCapture(str(clip))
-    n = 0
+    """Frames in a prebuilt clip (e.g. carried to a GPU machine), opened the way the stream
+    loop opens it (:func:`rtseg.capture.open_source`: same checks, same one-line errors)."""
+    from rtseg.capture import open_source
+
+    src = open_source(str(clip))
     try:
-        while cap.isOpened() and cap.grab():
-            n += 1
+        n = src.info.frame_count
     finally:
-        cap.release()
+        src.close()
     if not n:
-        raise UserError(f"OpenCV decodes no frame from {clip}")
+        raise UserError(f"{clip} declares no frames")
     return n
 
 
