@@ -1,6 +1,8 @@
 """Atomic file output: write to a temporary file beside the target, then rename.
 
 A crash or a bad input never leaves a half-written file, and what was saved before stays.
+The file gets the mode ``open()`` would give it (``0o666 & ~umask``), or keeps the mode of the
+file it replaces (``mkstemp`` alone would make every output 0600).
 """
 
 from __future__ import annotations
@@ -27,6 +29,40 @@ def ensure_parent(path: str | os.PathLike) -> Path:
     return path
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc), else os.umask."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # set and restore at once (no file is created in between here)
+    os.umask(mask)
+    return mask
+
+
+def target_mode(path: str | os.PathLike) -> int:
+    """Permission bits for a new file at ``path``: those of the file it replaces, or
+    ``0o666 & ~umask`` (what ``open()`` would give; ``mkstemp`` alone gives 0600)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0o666 & ~current_umask()
+    import stat
+
+    return (stat.S_IMODE(st.st_mode) & 0o777 if stat.S_ISREG(st.st_mode)
+            else 0o666 & ~current_umask())
+
+
+def _set_mode(tmp: Path, path: Path) -> None:
+    try:
+        os.chmod(tmp, target_mode(path))
+    except OSError:  # a file system without modes (some mounts): keep what mkstemp gave
+        pass
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
@@ -44,6 +80,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _set_mode(tmp_path, path)
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -27,14 +27,23 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rtseg.shutdown import STOP, Shutdown, interrupt_info
+
     warnings.showwarning = _one_line_warning
     try:
-        # standalone mode: typer/click handle usage errors (exit 2) and --help themselves
-        app(args=argv, prog_name="rtseg")
+        # SIGINT, SIGTERM and SIGHUP all raise rtseg.shutdown.Interrupted (typer would turn a
+        # KeyboardInterrupt into a silent exit 130):
+        # atomic writers drop their temporary files; loops that stop cleanly (stream, predict)
+        # install their own flag-mode Shutdown inside this one.
+        with Shutdown("raise"):
+            # standalone mode: typer/click handle usage errors (exit 2) and --help themselves
+            app(args=argv, prog_name="rtseg")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except STOP as exc:
+        name, code = interrupt_info(exc)
+        print(f"error: interrupted by {name}; finished files are kept, no partial file was left",
+              file=sys.stderr)
+        sys.exit(code)
     return 0
