@@ -76,6 +76,8 @@ class Manifest:
         missing = [k for k in REQUIRED_FIELDS if k not in d]
         if missing:
             raise UserError(f"{source} lacks field(s): {', '.join(missing)}")
+        from rtseg.validate import validate_manifest_dict
+        validate_manifest_dict(d, source)  # types, ranges, lengths: one line naming the field
         known = {f.name for f in dataclasses.fields(cls)}
         try:
             return cls(**{k: v for k, v in d.items() if k in known})

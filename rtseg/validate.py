@@ -1,0 +1,91 @@
+"""Manifest validation in one place: types, ranges and lengths of every field a bundle needs.
+
+:func:`validate_manifest_dict` runs when a manifest is read (``Manifest.from_dict``: bundle
+folders, exported ONNX graphs and engines), before any command does work, so a hand-edited
+``"input_size": "224px"`` or a 2-value ``mean`` is one ``error:`` line naming the field and the
+file (exit 2), never a traceback deep in preprocessing. Fields it does not know (newer
+settings such as ``head`` or ``active_area``) are accepted and left to their users.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rtseg.errors import UserError
+
+INPUT_SIZE_RANGE = (32, 2048)
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fail(source: str, name: str, what: str, value: Any) -> None:
+    raise UserError(f"{source}: field '{name}' must be {what}, not {_show(value)}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_triple(d: dict, source: str, name: str, positive: bool) -> None:
+    v = d[name]
+    what = "a list of 3 finite numbers" + (" above 0" if positive else "")
+    if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(_is_number(x) for x in v):
+        _fail(source, name, what, v)
+    if positive and not all(x > 0 for x in v):
+        _fail(source, name, what, v)
+
+
+def validate_manifest_dict(d: dict, source: str) -> None:
+    """Raise :class:`UserError` (one line: the field and ``source``) for a malformed manifest.
+
+    Only fields present in ``d`` are checked (missing required fields are reported by the
+    caller); unknown fields are accepted.
+    """
+    if not isinstance(d, dict):
+        raise UserError(f"{source}: a manifest must be a JSON object, not {type(d).__name__}")
+    lo, hi = INPUT_SIZE_RANGE
+    if "arch" in d and (not isinstance(d["arch"], str) or not d["arch"].strip()):
+        _fail(source, "arch", "a string such as 'efficientnet-b1'", d["arch"])
+    if "input_size" in d:
+        v = d["input_size"]
+        if not _is_int(v) or not lo <= v <= hi:
+            _fail(source, "input_size", f"a whole number of pixels {lo}..{hi}", v)
+    if "mean" in d:
+        _check_triple(d, source, "mean", positive=False)
+    if "std" in d:
+        _check_triple(d, source, "std", positive=True)
+    if "cam_layer" in d:
+        v = d["cam_layer"]
+        ok = _is_int(v) or (isinstance(v, str) and (v.strip().lower() == "head"
+                                                    or v.strip().isdigit()))
+        if not ok:
+            _fail(source, "cam_layer", "a block index or 'head'", v)
+    if "threshold" in d and not isinstance(d["threshold"], (str, dict)):
+        _fail(source, "threshold", "a policy string ('above 0.5') or object", d["threshold"])
+    if "class_names" in d:
+        v = d["class_names"]
+        if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(isinstance(x, str) for x in v):
+            _fail(source, "class_names", "a list of 2 strings", v)
+    for name in ("fov_mask", "tiles"):
+        if name in d and not isinstance(d[name], bool):
+            _fail(source, name, "true or false", d[name])
+    if "postprocess" in d:
+        v = d["postprocess"]
+        if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+            _fail(source, "postprocess", "a list of step names", v)
+    for name in ("training", "metrics"):
+        if name in d and not isinstance(d[name], dict):
+            _fail(source, name, "an object", d[name])
+    if "rtseg_version" in d and not isinstance(d["rtseg_version"], str):
+        _fail(source, "rtseg_version", "a string", d["rtseg_version"])
+
+
+__all__ = ["validate_manifest_dict", "INPUT_SIZE_RANGE"]
