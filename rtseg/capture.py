@@ -242,11 +242,24 @@ class DemoSource(FrameSource):
         return True
 
 
+def file_url_path(spec: str) -> str:
+    """``file:///data/clip.mp4`` (or ``file://localhost/...``) -> ``/data/clip.mp4``; else ``spec``."""
+    s = str(spec).strip()
+    if s.lower().startswith("file://"):
+        from urllib.parse import unquote, urlsplit
+
+        u = urlsplit(s)
+        if u.netloc not in ("", "localhost"):
+            raise UserError(f"file URL on another host is not supported: {s}")
+        return unquote(u.path)
+    return s
+
+
 def classify_source(spec: str | None) -> str:
     """demo | camera | url | folder | image | video (without opening anything)."""
     if spec is None or str(spec).strip() == "":
         return "demo"
-    s = str(spec).strip()
+    s = file_url_path(spec)
     if s.isdigit():
         return "camera"
     if s.lower().startswith(URL_SCHEMES):
@@ -265,7 +278,7 @@ def open_source(spec: str | None) -> FrameSource:
     if kind == "demo":
         return DemoSource(SourceInfo("", "demo", False, DEFAULT_FPS, DEMO_SIZE, DEMO_FRAMES,
                                      "SYNTHETIC DEMO"))
-    s = str(spec).strip()
+    s = file_url_path(spec)
     if kind == "camera":
         return VideoSource(SourceInfo(s, "camera", True), int(s))
     if kind == "url":
@@ -478,6 +491,10 @@ class FrameReader:
     def snapshot(self) -> ReaderCounts:
         with self._lock:
             return ReaderCounts(**vars(self.counts))
+
+    def request_stop(self) -> None:
+        """Ask the decoder to stop (safe from a signal handler): the loop's next read ends."""
+        self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from rtseg.capture import FrameReader, FrameSource, open_source
 from rtseg.errors import UserError
 from rtseg.fpsstats import TABLE2_FIELDS, StreamStats
 from rtseg.overlay import Overlay
+from rtseg.shutdown import STOP, Shutdown
 
 WINDOW = "rtseg stream"
 UNTRAINED_LABEL = "UNTRAINED MODEL - NOT FOR CLINICAL USE"
@@ -71,6 +73,12 @@ class StreamConfig:
             raise UserError(f"--batch must be 1..256, got {self.batch}")
         if self.max_frames is not None and self.max_frames < 1:
             raise UserError(f"--max-frames must be at least 1, got {self.max_frames}")
+        if not self.log_every >= 0:  # also rejects NaN
+            raise UserError(f"--log-every must be 0 (no progress lines) or more seconds, "
+                            f"got {self.log_every}")
+        if self.source is not None and not str(self.source).strip():
+            raise UserError("--source is empty (an unset variable?); leave it out for the "
+                            "synthetic demo clip")
 
 
 # --- the model ---------------------------------------------------------------------------
@@ -251,9 +259,11 @@ class Window:
             return "pause"
         return None
 
-    def wait_unpause(self) -> bool:
-        """Block while paused; False if the user quit meanwhile."""
+    def wait_unpause(self, stop=lambda: False) -> bool:
+        """Block while paused; False if the user quit (or ``stop()`` became true) meanwhile."""
         while True:
+            if stop():
+                return False
             key = cv2.waitKey(50) & 0xFF
             if key in (ord("q"), ord("Q"), 27):
                 return False
@@ -301,6 +311,15 @@ class VideoSink:
             self._vw = None
 
 
+def check_json_path(path: str) -> Path:
+    """--json must name a file whose folder can be written: checked before any work."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"--json must be a file name, not a folder: {p}")
+    ensure_parent(p)
+    return p
+
+
 def check_save_path(path: str) -> Path:
     p = Path(path)
     if p.is_dir():
@@ -324,6 +343,12 @@ def make_console():
 class StreamResult:
     stats: dict[str, Any]
     interrupted: bool = False
+    signal: str | None = None  # "SIGINT", "SIGTERM", "SIGHUP" when interrupted
+    exit_code: int = 0  # what the CLI exits with: 0, or 128 + the signal number
+
+
+class _NothingSaved(Exception):
+    """Interrupted before the first frame: drop the (empty) temporary video."""
 
 
 def run_stream(cfg: StreamConfig, segmenter=None, console=None,
@@ -332,31 +357,40 @@ def run_stream(cfg: StreamConfig, segmenter=None, console=None,
 
     ``segmenter``: use this one instead of loading ``cfg.model`` (benchmarks). ``on_frame(n)``
     is called after each batch with the number of frames processed so far.
+
+    SIGINT, SIGTERM and SIGHUP (and a KeyboardInterrupt) stop the loop cleanly: reading stops,
+    the video is finalised with every frame processed so far, the JSON says ``interrupted`` and
+    the ``signal``, the summary is printed; ``StreamResult.exit_code`` is 128 + the signal.
     """
     cfg.check()
     console = console or make_console()
     say = (lambda *a, **k: None) if cfg.quiet else console.print
     save_path = check_save_path(cfg.save) if cfg.save else None
     if cfg.json:
-        ensure_parent(cfg.json)
+        check_json_path(cfg.json)
+        if save_path is not None and Path(cfg.json).resolve() == save_path.resolve():
+            raise UserError("--json and --save name the same file")
     if not cfg.headless:
         problem = gui_problem()
         if problem:
             raise UserError(f"{problem}; run with --headless (add --save OUT.mp4 to keep the video)")
-    source = open_source(cfg.source)
-    try:
-        untrained = False
-        if segmenter is None:
-            segmenter, untrained = load_segmenter(cfg.model, cfg.backend, cfg.device, cfg.fp16,
-                                                  cfg.layer, say=lambda m: console.print(m, markup=False),
-                                                  threads=cfg.threads)
-        return _run(cfg, source, segmenter, untrained, save_path, console, say, on_frame)
-    finally:
-        source.close()
+    with Shutdown("flag") as shutdown:
+        source = open_source(cfg.source)
+        try:
+            untrained = False
+            if segmenter is None:
+                segmenter, untrained = load_segmenter(
+                    cfg.model, cfg.backend, cfg.device, cfg.fp16, cfg.layer,
+                    say=lambda m: console.print(m, markup=False), threads=cfg.threads)
+            return _run(cfg, source, segmenter, untrained, save_path, console, say, on_frame,
+                        shutdown)
+        finally:
+            source.close()
 
 
 def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path: Path | None,
-         console, say, on_frame) -> StreamResult:
+         console, say, on_frame, shutdown: Shutdown | None = None) -> StreamResult:
+    shutdown = shutdown if shutdown is not None else Shutdown("flag")  # never entered: a flag
     info = source.info
     labels = [info.label] if info.label else []
     overlay = Overlay(cfg.alpha, heatmap=cfg.heatmap, labels=labels,
@@ -370,89 +404,101 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
     say(f"[bold]rtseg stream[/]: {info.describe()} ({w}x{h} @ {info.fps:g} fps) -> "
         f"{seg.describe()}, input {seg.manifest.input_size}, batch {cfg.batch}"
         + (" [bold red]UNTRAINED[/]" if untrained else ""))
-    seg.warmup(h, w, cfg.batch)
+    if not shutdown.requested:
+        seg.warmup(h, w, cfg.batch)
 
     window = None if cfg.headless else Window()
     reader = FrameReader(source, cfg.queue_size, limit=cfg.max_frames, loop=cfg.loop,
                          retries=cfg.reconnect_retries, retry_delay=cfg.reconnect_delay,
                          on_decode=lambda dt: stats.add_stage("decode", dt))
+    shutdown.on_signal = lambda signum: reader.request_stop()  # a blocked read returns at once
     processed = 0
     interrupted = quit_ = False
     ema_dt = None
     sink = None
     t_start = time.perf_counter()
     next_log = t_start + cfg.log_every if cfg.log_every > 0 else float("inf")
-    with contextlib.ExitStack() as stack:
-        if save_path is not None:
-            tmp = stack.enter_context(atomic_path(save_path))
-            sink = VideoSink(tmp, info.fps, str(save_path))
-            stack.callback(sink.release)  # runs before the rename
-        reader.start()
-        try:
-            t_prev = time.perf_counter()
-            while not quit_:
-                t0 = time.perf_counter()
-                want = cfg.batch if cfg.max_frames is None else min(cfg.batch, cfg.max_frames - processed)
-                batch = reader.get_batch(want)
-                if batch is None:
-                    break
-                n = len(batch)
-                t1 = time.perf_counter()
-                stats.add_stage("wait", t1 - t0, n)
-                frames = batch[0].image[None] if n == 1 else np.stack([f.image for f in batch])
-                out = seg(frames)
-                cams, masks = smoother(out.cam, out.mask)
-                if post:
-                    masks = refine_masks(masks, post)
-                t2 = time.perf_counter()
-                stats.add_stage("infer", t2 - t1, n)
-                for i, fr in enumerate(batch):
-                    ta = time.perf_counter()
-                    fps_now = 1.0 / ema_dt if ema_dt else None
-                    vis = overlay.draw(fr.image, masks[i], cams[i] if cfg.heatmap else None,
-                                       float(out.prob[i]), fps_now)
-                    tb = time.perf_counter()
-                    stats.add_stage("overlay", tb - ta)
-                    if sink is not None:
-                        sink.write(vis)
-                        tc = time.perf_counter()
-                        stats.add_stage("write", tc - tb)
-                        tb = tc
-                    if window is not None:
-                        action = window.show(vis)
-                        stats.add_stage("display", time.perf_counter() - tb)
-                        if action == "pause":
-                            tp = time.perf_counter()
-                            if not window.wait_unpause():
-                                action = "quit"
-                            t_prev += time.perf_counter() - tp  # paused time is not frame time
-                        if action == "quit":
-                            quit_ = True
-                t_now = time.perf_counter()
-                dt = (t_now - t_prev) / n
-                stats.add_frames(t_now - t_prev, n)
-                ema_dt = dt if ema_dt is None else 0.9 * ema_dt + 0.1 * dt
-                t_prev = t_now
-                processed += n
-                if on_frame is not None:
-                    on_frame(processed)
-                if cfg.max_frames is not None and processed >= cfg.max_frames:
-                    break
-                if t_now >= next_log:
-                    next_log = t_now + cfg.log_every
-                    _log_progress(say, stats, reader, processed)
-        except KeyboardInterrupt:
-            interrupted = True
-            say("[yellow]interrupted: finishing the video file and the statistics[/]")
-        finally:
-            reader.stop()
-            if window is not None:
-                window.close()
-        if sink is not None and sink.frames == 0:
-            raise UserError(f"no frame could be read from {info.describe()}; nothing saved")
+    saved = save_path
+    try:
+        with contextlib.ExitStack() as stack:
+            if save_path is not None:
+                tmp = stack.enter_context(atomic_path(save_path))
+                sink = VideoSink(tmp, info.fps, str(save_path))
+                stack.callback(sink.release)  # runs before the rename
+            reader.start()
+            try:
+                t_prev = time.perf_counter()
+                while not quit_ and not shutdown.requested:
+                    t0 = time.perf_counter()
+                    want = (cfg.batch if cfg.max_frames is None
+                            else min(cfg.batch, cfg.max_frames - processed))
+                    batch = reader.get_batch(want)
+                    if batch is None:
+                        break
+                    n = len(batch)
+                    t1 = time.perf_counter()
+                    stats.add_stage("wait", t1 - t0, n)
+                    frames = batch[0].image[None] if n == 1 else np.stack([f.image for f in batch])
+                    out = seg(frames)
+                    cams, masks = smoother(out.cam, out.mask)
+                    if post:
+                        masks = refine_masks(masks, post)
+                    t2 = time.perf_counter()
+                    stats.add_stage("infer", t2 - t1, n)
+                    for i, fr in enumerate(batch):
+                        ta = time.perf_counter()
+                        fps_now = 1.0 / ema_dt if ema_dt else None
+                        vis = overlay.draw(fr.image, masks[i], cams[i] if cfg.heatmap else None,
+                                           float(out.prob[i]), fps_now)
+                        tb = time.perf_counter()
+                        stats.add_stage("overlay", tb - ta)
+                        if sink is not None:
+                            sink.write(vis)
+                            tc = time.perf_counter()
+                            stats.add_stage("write", tc - tb)
+                            tb = tc
+                        if window is not None:
+                            action = window.show(vis)
+                            stats.add_stage("display", time.perf_counter() - tb)
+                            if action == "pause":
+                                tp = time.perf_counter()
+                                if not window.wait_unpause(lambda: shutdown.requested):
+                                    action = "quit"
+                                t_prev += time.perf_counter() - tp  # paused time is not frame time
+                            if action == "quit":
+                                quit_ = True
+                    t_now = time.perf_counter()
+                    dt = (t_now - t_prev) / n
+                    stats.add_frames(t_now - t_prev, n)
+                    ema_dt = dt if ema_dt is None else 0.9 * ema_dt + 0.1 * dt
+                    t_prev = t_now
+                    processed += n
+                    if on_frame is not None:
+                        on_frame(processed)
+                    if cfg.max_frames is not None and processed >= cfg.max_frames:
+                        break
+                    if t_now >= next_log:
+                        next_log = t_now + cfg.log_every
+                        _log_progress(say, stats, reader, processed)
+            except STOP as exc:  # a KeyboardInterrupt, or a second signal
+                shutdown.request(getattr(exc, "signum", None) or signal.SIGINT)
+            finally:
+                reader.stop()
+                if window is not None:
+                    window.close()
+            interrupted = shutdown.requested
+            if interrupted:
+                say(f"[yellow]interrupted ({shutdown.name}): finishing the video file and the "
+                    "statistics[/]")
+            if sink is not None and sink.frames == 0:
+                if interrupted:
+                    raise _NothingSaved
+                raise UserError(f"no frame could be read from {info.describe()}; nothing saved")
+    except _NothingSaved:
+        saved = None
     elapsed = time.perf_counter() - t_start
     counts = reader.snapshot()
-    if processed == 0:
+    if processed == 0 and not interrupted:
         raise UserError(f"no frame could be read from {info.describe()}")
     result = {
         "source": info.spec or "synthetic-demo",
@@ -475,16 +521,18 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
         "reconnects": counts.reconnects,
         "loops": counts.loops,
         "interrupted": interrupted,
+        "signal": shutdown.name if interrupted else None,
         "elapsed_s": elapsed,
         **stats.to_dict(),
-        "saved": str(save_path) if save_path is not None else None,
+        "saved": str(saved) if saved is not None else None,
         **cfg.extra,
     }
     if cfg.json:
         write_json(cfg.json, result)
     if not cfg.quiet:
         print_report(console, result)
-    return StreamResult(result, interrupted)
+    return StreamResult(result, interrupted, shutdown.name if interrupted else None,
+                        shutdown.exit_code if interrupted else 0)
 
 
 def _log_progress(say, stats: StreamStats, reader: FrameReader, processed: int) -> None:
@@ -532,6 +580,7 @@ def print_report(console, result: dict[str, Any]) -> None:
         f"dropped {result['frames_dropped']}, unreadable {result['frames_unreadable']}"
         + (f", written {result['frames_written']} to {result['saved']}" if result["saved"] else "")
         + (" | source lost" if result["source_lost"] else "")
-        + (" | interrupted" if result["interrupted"] else ""), markup=False)
+        + (f" | interrupted ({result.get('signal') or 'SIGINT'})" if result["interrupted"] else ""),
+        markup=False)
     if result["untrained_model"]:
         console.print("[bold red]UNTRAINED model: the masks above mean nothing[/]")

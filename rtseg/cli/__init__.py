@@ -7,6 +7,7 @@ libraries (torch, onnxruntime) are imported inside the commands so ``rtseg --hel
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     from rtseg.shutdown import STOP, Shutdown, interrupt_info
 
     warnings.showwarning = _one_line_warning
+    # OpenCV's own "[ WARN:0@...]" / "[ERROR:...]" lines (a corrupt frame, a missing camera) would
+    # add to rtseg's one-line messages; set before cv2 is first imported (OPENCV_LOG_LEVEL wins)
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     try:
         # SIGINT, SIGTERM and SIGHUP all raise rtseg.shutdown.Interrupted (typer would turn a
         # KeyboardInterrupt into a silent exit 130):

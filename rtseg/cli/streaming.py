@@ -53,7 +53,9 @@ def stream(
                        layer=parse_layer(layer), headless=headless, save=save,
                        max_frames=max_frames, json=json_out, alpha=alpha, smooth=smooth,
                        heatmap=heatmap, batch=batch, loop=loop, log_every=log_every)
-    run_stream(cfg)
+    res = run_stream(cfg)
+    if res.interrupted:  # the video and the stats are complete; the shell sees 128 + signal
+        raise typer.Exit(res.exit_code)
 
 
 @app.command(
