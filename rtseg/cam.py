@@ -12,6 +12,9 @@ Definition used everywhere in rtseg (the fused exported graph reproduces it exac
 3. Grad-CAM weights ``w_c`` = spatial mean of ``G``; ``cam = ReLU(sum_c w_c A_c)``;
 4. bilinear upsampling (``align_corners=False``) to the network input size S x S;
 5. per-image min-max: ``(cam - min) / (max - min + EPS)``, values in [0, 1].
+6. where the bundle has a segmentation head (:mod:`rtseg.head`), the head refines this CAM
+   with the activations of a few blocks of the same forward pass: its per-pixel polyp
+   probability takes the CAM's place (:meth:`BaseCAM.finish`).
 
 Unlike the paper's reference code this keeps every Swish activation of the network and puts no
 activation on the logit.
@@ -55,13 +58,24 @@ class BaseCAM:
         self.layer = check_layer(arch, layer)
         self._handle = None
         self._acts: torch.Tensor | None = None
+        self._feat_handles: list = []
+        self._feats: dict[int, torch.Tensor] = {}
 
     # --- hooks ------------------------------------------------------------------------
     def _hook(self, module, inputs, output) -> None:
         self._acts = output
 
+    def _feat_hook(self, index: int):
+        def hook(module, inputs, output) -> None:
+            self._feats[index] = output
+        return hook
+
     def __enter__(self) -> "BaseCAM":
         self._handle = target_module(self.model, self.layer).register_forward_hook(self._hook)
+        head = getattr(self.model, "rtseg_head", None)
+        if head is not None:
+            self._feat_handles = [self.model._blocks[i].register_forward_hook(self._feat_hook(i))
+                                  for i in head.cfg.features]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -71,7 +85,11 @@ class BaseCAM:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        for h in self._feat_handles:
+            h.remove()
+        self._feat_handles = []
         self._acts = None
+        self._feats = {}
 
     # --- the one method a CAM variant overrides ----------------------------------------
     def get_weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -95,10 +113,19 @@ class BaseCAM:
             cam = F.relu((w * acts).sum(dim=1))
         return logits.detach(), cam
 
+    def finish(self, logits: torch.Tensor, raw: torch.Tensor, size: int) -> torch.Tensor:
+        """Steps 4-6: the raw CAM of the last :meth:`raw` call -> [B, size, size] in [0, 1]."""
+        head = getattr(self.model, "rtseg_head", None)
+        if head is None:
+            return normalize_cam(raw, size)
+        with torch.no_grad():
+            feats = [self._feats[i].detach() for i in head.cfg.features]
+            return head(feats, raw, size, logits)
+
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(prob [B], cam [B, S, S] in [0, 1]) for a preprocessed batch [B, 3, S, S]."""
         logits, raw = self.raw(x)
-        return torch.sigmoid(logits), normalize_cam(raw, x.shape[-1])
+        return torch.sigmoid(logits), self.finish(logits, raw, x.shape[-1])
 
 
 class GradCAM(BaseCAM):

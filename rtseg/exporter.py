@@ -415,7 +415,8 @@ def _source_hash() -> str:
 
     root = Path(rtseg.__file__).parent
     h = hashlib.sha256()
-    for name in ("fused.py", "exporter.py", "preprocess.py", "cam.py", "thresholds.py", "model.py"):
+    for name in ("fused.py", "exporter.py", "preprocess.py", "cam.py", "thresholds.py", "model.py",
+                 "head.py", "active_area.py"):
         try:
             h.update((root / name).read_bytes())
         except OSError:

@@ -178,7 +178,7 @@ def _same_pads(conv, hw: tuple[int, int]) -> tuple[int, int, int, int]:
     if static is not None:
         if isinstance(static, nn.ZeroPad2d):
             return tuple(int(p) for p in static.padding)
-        if isinstance(static, nn.Identity):
+        if isinstance(static, nn.Identity) or type(static).__name__ == "Identity":
             return (0, 0, 0, 0)
         raise UserError(f"unsupported padding module {type(static).__name__} in the model")
     ih, iw = hw
@@ -346,7 +346,7 @@ def fused_function(folded: nn.Module, manifest, layer: int | str,
                 if half:
                     logits, raw = cam_op.raw(x)
                     prob = torch.sigmoid(logits.float())
-                    cam = normalize_cam(raw.float() / FP16_GRAD_SCALE, size)
+                    cam = cam_op.finish(logits, raw.float() / FP16_GRAD_SCALE, size).float()
                 else:
                     prob, cam = cam_op(x)
         finally:
@@ -396,7 +396,7 @@ def decompositions() -> dict:
     from torch._decomp import get_decompositions
 
     table = get_decompositions([aten.silu_backward, aten.sigmoid_backward,
-                                aten.native_batch_norm_backward])
+                                aten.hardtanh_backward, aten.native_batch_norm_backward])
     table[aten.convolution_backward.default] = _convolution_backward
     return table
 

