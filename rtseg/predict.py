@@ -17,6 +17,7 @@ atomically. Unreadable images are skipped with one warning.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import warnings
@@ -32,6 +33,7 @@ from rtseg.thresholds import ThresholdPolicy
 
 PREDICTIONS_CSV = "predictions.csv"
 HEATMAP_DIR = "heatmaps"
+TINY_IMAGE = 32  # images with a side below this (pixels) get a warning: upscaled, not meaningful
 
 
 def resolve_settings(bundle, layer: int | str | None = None,
@@ -50,6 +52,26 @@ def resolve_settings(bundle, layer: int | str | None = None,
     else:
         policy = ThresholdPolicy.parse(str(threshold))
     return lay, policy
+
+
+def check_out_dir(path: str | os.PathLike) -> Path:
+    """UserError unless ``path`` is (or can be created as) a writable folder; creates nothing.
+
+    Commands call it before any work, so a bad ``--out`` fails in a second, not after a run.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output folder is a file: {path}")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"cannot create output folder {path}: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to output folder {path}: permission denied on {probe}")
+    return path
 
 
 def prepare_out_dir(path: str | os.PathLike) -> Path:
@@ -115,6 +137,7 @@ def iter_predictions(bundle, paths: Sequence[Path], layer: int | str | None = No
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, not {batch_size}")
     lay, policy = resolve_settings(bundle, layer, threshold)
+    tiny: list[Path] = []
     for i in range(0, len(paths), batch_size):
         chunk, images = [], []
         for p in paths[i:i + batch_size]:
@@ -125,12 +148,20 @@ def iter_predictions(bundle, paths: Sequence[Path], layer: int | str | None = No
                 continue
             chunk.append(Path(p))
             images.append(img)
+            if min(img.shape[:2]) < TINY_IMAGE and len(tiny) < 1000:
+                tiny.append(Path(p))
         if not images:
             continue
         res = cam_images(bundle, images, layer=lay, batch_size=batch_size)
         for p, img, prob, cam in zip(chunk, images, res.prob, res.cams):
             mask = cam_to_mask(cam, policy, img.shape[:2], bundle.manifest.postprocess)
             yield ImagePrediction(p, img, float(prob), cam, mask)
+        if tiny:
+            names = ", ".join(str(t) for t in tiny[:3]) + (" ..." if len(tiny) > 3 else "")
+            warnings.warn(f"{len(tiny)} image(s) smaller than {TINY_IMAGE} px on a side, upscaled "
+                          f"to {bundle.manifest.input_size}: their probability and mask mean "
+                          f"little ({names})", stacklevel=2)
+            tiny = []
 
 
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
@@ -160,16 +191,22 @@ class PredictSummary:
     csv: Path
     skipped: list[Path] = field(default_factory=list)
     heatmaps: Path | None = None
+    interrupted: bool = False  # stopped early (``stop()``): masks and the CSV cover n_images
+    n_total: int = 0  # images found
 
 
 def predict_folder(bundle, images_dir: str | os.PathLike, out_dir: str | os.PathLike,
                    layer: int | str | None = None,
                    threshold: str | ThresholdPolicy | None = None, heatmaps: bool = False,
                    batch_size: int = 16,
-                   progress: Callable[[int], None] | None = None) -> PredictSummary:
+                   progress: Callable[[int], None] | None = None,
+                   stop: Callable[[], bool] | None = None) -> PredictSummary:
     """Write a mask per image (and heat maps) plus ``predictions.csv`` into ``out_dir``.
 
-    ``progress(n)`` is called with the number of images handled since its last call.
+    ``progress(n)`` is called with the number of images handled since its last call. When
+    ``stop()`` turns true (a signal), no further image is started: ``predictions.csv`` is
+    written for the images done so far (their masks are complete) and the summary says
+    ``interrupted``. A run that fails before writing anything removes the ``out_dir`` it created.
     """
     from rtseg.figure import heatmap_overlay, write_png
     from rtseg.imageio import list_images
@@ -178,21 +215,31 @@ def predict_folder(bundle, images_dir: str | os.PathLike, out_dir: str | os.Path
     paths = list_images(root, "images folder")
     lay, policy = resolve_settings(bundle, layer, threshold)  # bad options fail before any work
     check_unique_outputs(paths, root, Path(out_dir))
+    created = not Path(out_dir).exists()
     out = prepare_out_dir(out_dir)
     skipped: list[Path] = []
     rows: list[tuple[str, float]] = []
-    for pred in iter_predictions(bundle, paths, lay, policy, batch_size, skipped):
-        name = output_name(pred.path, root)
-        write_mask(out / name, pred.mask)
-        if heatmaps:
-            write_png(out / HEATMAP_DIR / name, heatmap_overlay(pred.image, pred.cam))
-        rows.append((str(pred.path), pred.prob))
-        if progress is not None:
-            progress(1)
-    if skipped and progress is not None:
-        progress(len(skipped))
-    if not rows:
-        raise UserError(f"no readable image in {root} ({len(skipped)} unreadable)")
+    interrupted = False
+    try:
+        for pred in iter_predictions(bundle, paths, lay, policy, batch_size, skipped):
+            if stop is not None and stop():
+                interrupted = True
+                break
+            name = output_name(pred.path, root)
+            write_mask(out / name, pred.mask)
+            if heatmaps:
+                write_png(out / HEATMAP_DIR / name, heatmap_overlay(pred.image, pred.cam))
+            rows.append((str(pred.path), pred.prob))
+            if progress is not None:
+                progress(1)
+        if skipped and progress is not None:
+            progress(len(skipped))
+        if not rows and not interrupted:
+            raise UserError(f"no readable image in {root} ({len(skipped)} unreadable)")
+    except BaseException:
+        if created and not rows:
+            _remove_empty_tree(out)
+        raise
     if skipped:
         names = ", ".join(str(p) for p in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
@@ -200,4 +247,14 @@ def predict_folder(bundle, images_dir: str | os.PathLike, out_dir: str | os.Path
     csv_path = out / PREDICTIONS_CSV
     write_predictions_csv(csv_path, rows)
     return PredictSummary(out, len(rows), sum(p >= 0.5 for _, p in rows), lay, str(policy),
-                          csv_path, skipped, out / HEATMAP_DIR if heatmaps else None)
+                          csv_path, skipped, out / HEATMAP_DIR if heatmaps else None,
+                          interrupted, len(paths))
+
+
+def _remove_empty_tree(path: Path) -> None:
+    """Remove ``path`` and the folders below it if they hold no file (never a file)."""
+    for d in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    with contextlib.suppress(OSError):
+        path.rmdir()

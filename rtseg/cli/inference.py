@@ -47,8 +47,10 @@ def _progress(console):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
+    # not on a terminal (a log file, a pipe) the bar would only leave a blank line behind
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                    disable=not console.is_terminal)
 
 
 def _check_file_out(path: Optional[Path], what: str) -> None:
@@ -99,28 +101,39 @@ def predict(
     batch: int = typer.Option(16, "--batch", help="Images per forward pass.", min=1),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
+    import sys
     import time
 
     from rich.console import Console
 
     from rtseg.imageio import list_images
-    from rtseg.predict import predict_folder, resolve_settings
+    from rtseg.predict import check_out_dir, predict_folder, resolve_settings
+    from rtseg.shutdown import Shutdown
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
+    check_out_dir(out)  # a bad --out fails before the model is loaded
+    n = len(list_images(images, "images folder"))
     bundle, dev = _load(model, device)
     resolve_settings(bundle, layer, threshold)  # bad options fail before reading images
-    n = len(list_images(images, "images folder"))
-    with _progress(console) as prog:
+    # SIGINT/SIGTERM/SIGHUP: finish the current mask, write predictions.csv for the masks done
+    with Shutdown("flag") as stop, _progress(console) as prog:
         task = prog.add_task("predict", total=n)
         s = predict_folder(bundle, images, out, layer=layer, threshold=threshold,
                            heatmaps=heatmaps, batch_size=batch,
-                           progress=lambda k: prog.advance(task, k))
+                           progress=lambda k: prog.advance(task, k), stop=lambda: stop.requested)
     Console().print(
         f"wrote {s.n_images} mask(s) to {s.out} ({s.n_polyp} with polyp prob >= 0.5; "
         f"layer {s.layer}, threshold {s.threshold}, {dev})"
         + (f", heat maps in {s.heatmaps}" if s.heatmaps else "")
         + f"; probabilities in {s.csv} [{time.perf_counter() - t0:.1f} s]")
+    if s.interrupted:
+        print(f"error: interrupted by {stop.name} after {s.n_images} of {s.n_total} images: "
+              f"{s.out} holds their {s.n_images} mask(s)"
+              + (" and heat maps" if s.heatmaps else "")
+              + f" and {s.csv.name} with {s.n_images} row(s); the other images were not done",
+              file=sys.stderr)
+        raise typer.Exit(stop.exit_code)
 
 
 @app.command(name="eval", help=EVAL_HELP,
