@@ -10,3 +10,25 @@ class UserError(Exception):
     """A problem with the user's input: reported in one line, exit code 2."""
 
     exit_code = 2
+
+
+def brief(text: object, limit: int = 200) -> str:
+    """One readable line of a library's error message for a ``UserError``.
+
+    Drops ANSI colour codes, takes the first non-empty line (torch's weights-only failure: the
+    line that names the problem), and shortens a long line at a sentence end, else at a word,
+    so a message is never cut mid-word ("...your checkpoint file is").
+    """
+    import re
+
+    s = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(text))
+    lines = [ln.strip() for ln in s.splitlines() if ln.strip()]
+    line = next((ln for ln in lines if "WeightsUnpickler error:" in ln), lines[0] if lines else "")
+    if len(line) <= limit:
+        return line
+    cut = line[:limit]
+    end = max(cut.rfind(". "), cut.rfind("; "))
+    if end >= 30:
+        return cut[:end + 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space >= 30 else cut).rstrip(" ,:;") + "..."

@@ -21,7 +21,7 @@ from typing import Any
 
 from rtseg import __version__
 from rtseg.atomic import atomic_path, ensure_parent, write_json
-from rtseg.errors import UserError
+from rtseg.errors import UserError, brief
 from rtseg.thresholds import ThresholdPolicy
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -241,7 +241,7 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle:
     try:
         state = torch.load(wpath, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        detail = (str(exc).splitlines() or [""])[0][:200]
+        detail = brief(exc)
         raise UserError(f"corrupt weights file {wpath} (not a PyTorch state_dict: "
                         f"{type(exc).__name__} {detail})") from None
     if not isinstance(state, dict):
@@ -251,7 +251,7 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle:
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except (RuntimeError, AttributeError) as exc:
         raise UserError(f"weights file {wpath} does not fit {manifest.arch}: "
-                        f"{str(exc).splitlines()[0][:200]}") from None
+                        f"{brief(exc)}") from None
     model.eval().to(device)
     return Bundle(model, manifest, path)
 
