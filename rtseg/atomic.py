@@ -29,6 +29,16 @@ def ensure_parent(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_out_file(path: str | os.PathLike | None, what: str = "output") -> Path | None:
+    """An output file option, checked before any work: not a folder, its folder writable."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file name")
+    return ensure_parent(path)
+
+
 def current_umask() -> int:
     """The process umask, read without changing it where Linux allows (/proc), else os.umask."""
     try:

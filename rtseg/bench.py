@@ -180,7 +180,7 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
               device: str = "auto", baseline: bool = True, json_path: str | None = None,
               console=None, threads: int = 0) -> dict[str, Any]:
     """Run the benchmark; print the table; return (and optionally write) the results."""
-    from rtseg.atomic import ensure_parent, write_json
+    from rtseg.atomic import check_out_file, write_json
     from rtseg.model import resolve_device
     from rtseg.stream import (backends_here, create, default_model_available, make_console,
                               untrained_fallback_bundle)
@@ -193,7 +193,7 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
     if size is not None and not 32 <= size <= 1024:
         raise UserError("--size must be 32..1024")
     if json_path:
-        ensure_parent(json_path)
+        check_out_file(json_path, "--json")
     if source is not None:
         from rtseg.capture import open_source
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,6 +437,10 @@ def cached_onnx(bundle, layer=None, fp16: bool = False, cache: str | os.PathLike
     if path.is_file():
         return path
     log.info("exporting %s to %s (first use)", bundle.name, path)
+    # tracing + export takes seconds (~9 s on 2 CPU cores): say so, or the command looks hung
+    print(f"building the fused graph of {bundle.name} (layer {layer}, "
+          f"{'fp16' if fp16 else 'fp32'}; first run, cached afterwards) ...",
+          file=sys.stderr, flush=True)
     try:
         ensure_parent(path)
     except UserError:

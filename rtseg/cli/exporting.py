@@ -133,14 +133,17 @@ def export(
     else:
         console.print(f"TensorRT engine skipped: {why}; the ONNX files are written.", markup=False)
 
-    table = Table(title=f"rtseg export: {name}, CAM layer {used_layer}")
-    table.add_column("file")
-    table.add_column("size", justify="right")
-    table.add_column("checks")
+    # file names in full (never ellipsized: fp32 and fp16 must stay apart at 80 columns); the
+    # folder is in the title; the checks column wraps instead
+    table = Table(title=f"rtseg export: {name}, CAM layer {used_layer}, in {out_dir}/")
+    names = [f.path.name for f in files] + ([f"{name}.engine"] if engine_error else [])
+    table.add_column("file", no_wrap=True, min_width=max(map(len, names)))
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("checks", overflow="fold")
     for f in files:
-        table.add_row(str(f.path), _human(f.size), "; ".join(f.checks) or "-")
+        table.add_row(f.path.name, _human(f.size), "; ".join(f.checks) or "-")
     if engine_error:
-        table.add_row(str(out_dir / f"{name}.engine"), "-", f"FAILED: {engine_error}")
+        table.add_row(f"{name}.engine", "-", f"FAILED: {engine_error}")
     console.print(table)
     if engine_error:
         print(f"error: TensorRT engine not built: {engine_error}", file=sys.stderr)

@@ -53,8 +53,10 @@ def train_cmd(
                                    "epoch; 0 = off (the paper's set-up)."),
 ) -> None:
     from rtseg.model import parse_layer
+    from rtseg.predict import check_out_dir
     from rtseg.train import TrainConfig, train
 
+    check_out_dir(out)  # a bad --out fails now, not after the first epoch
     config = TrainConfig(labels=labels, out=out, epochs=epochs, batch=batch, size=size, lr=lr,
                          device=device, seed=seed, val=val, augment=augment, fov=fov, init=init,
                          resume=resume, layer=parse_layer(layer), threshold=threshold,

@@ -37,6 +37,8 @@ def tune(
     from rtseg.tune import apply_best
     from rtseg.tune import tune as run_tune
 
+    from rtseg.atomic import check_out_file
+    check_out_file(json_out, "--json")  # before the (long) tuning run
     dev = resolve_device(device)
     bundle = load_bundle(model, dev)
     pairs, missing = pair_images_masks(images, masks)
