@@ -309,10 +309,11 @@ def tile_labels_from_mask(mask: np.ndarray, min_fraction: float = 0.0) -> list[i
             for t in split_tiles(np.asarray(mask))]
 
 
-def image_features(paths: Sequence[Path], use_cache: bool = True, progress: bool = False
-                   ) -> tuple[np.ndarray, list[Path], list[Path]]:
+def image_features(paths: Sequence[Path], use_cache: bool = True, progress: bool = False,
+                   mapper=None) -> tuple[np.ndarray, list[Path], list[Path]]:
     """Global features of whole images: (float32 [M, D], readable paths, skipped paths), with
-    the default :class:`~rtseg.features.cache.FeatureCache` unless ``use_cache`` is False."""
+    the default :class:`~rtseg.features.cache.FeatureCache` unless ``use_cache`` is False
+    (``mapper``: see :func:`rtseg.features.extract_paths`)."""
     from rtseg.features import extract_paths
 
     cache = None
@@ -320,7 +321,7 @@ def image_features(paths: Sequence[Path], use_cache: bool = True, progress: bool
         from rtseg.features.cache import FeatureCache
 
         cache = FeatureCache()
-    feats, ok, skipped = extract_paths(list(paths), cache=cache, progress=progress)
+    feats, ok, skipped = extract_paths(list(paths), cache=cache, progress=progress, mapper=mapper)
     return np.asarray(feats, np.float32), [Path(p) for p in ok], [Path(p) for p in skipped]
 
 
@@ -346,7 +347,8 @@ def _tile_features_of_file(path: Path) -> np.ndarray | None:
 
 
 def tile_features(paths: Sequence[Path], use_cache: bool = True, progress: bool = False,
-                  workers: int | None = None) -> tuple[np.ndarray, list[Path], list[Path]]:
+                  workers: int | None = None, mapper=None
+                  ) -> tuple[np.ndarray, list[Path], list[Path]]:
     """Global features of the 4 tiles of each image: (float32 [M, 4, D], readable paths,
     skipped paths), in the order of ``paths``.
 
@@ -375,10 +377,11 @@ def tile_features(paths: Sequence[Path], use_cache: bool = True, progress: bool 
         todo.append(i)
     bar = _progress("tile features", n, n - len(todo)) if progress and n else None
     n_workers = max(1, min(int(workers or DEFAULT_WORKERS), len(todo) or 1))
-    pool = ThreadPoolExecutor(n_workers, thread_name_prefix="rtseg-tiles") if n_workers > 1 else None
+    pool = (ThreadPoolExecutor(n_workers, thread_name_prefix="rtseg-tiles")
+            if n_workers > 1 and mapper is None else None)
     try:
-        computed = (pool.map if pool is not None else map)(_tile_features_of_file,
-                                                            [paths[i] for i in todo])
+        computed = (mapper or (pool.map if pool is not None else map))(
+            _tile_features_of_file, [paths[i] for i in todo])
         for i, f in zip(todo, computed):
             results[i] = f
             if f is not None and keys[i] is not None:

@@ -52,6 +52,20 @@ def _check_out(path: Optional[Path], what: str) -> None:
     ensure_parent(path)
 
 
+def _ray_mapper(workers: Optional[int], address: Optional[str]):
+    """--workers / --address: a Ray back end for the features (None: this process's threads)."""
+    if workers is None and address is None:
+        return None
+    from rtseg.batch.features import RayMapper
+
+    return RayMapper(workers, address)
+
+
+WORKERS_HELP = ("Compute features on N Ray workers (a local Ray; same results and cache). "
+                "Default: threads in this process.")
+ADDRESS_HELP = "Compute features on this Ray cluster (auto, HOST:PORT or ray://HOST:PORT)."
+
+
 def _expand_inputs(inputs: List[Path]) -> list[Path]:
     from rtseg.errors import UserError
     from rtseg.imageio import IMAGE_EXTENSIONS, list_images
@@ -82,6 +96,9 @@ def features(
     out: Path = typer.Option(Path("features.csv"), "--out", "-o", help="Output CSV."),
     cache: bool = typer.Option(True, "--cache/--no-cache",
                                help="Use the feature cache (RTSEG_CACHE_DIR or ~/.cache/rtseg)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help=WORKERS_HELP,
+                                          show_default=False),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP, show_default=False),
 ) -> None:
     """Compute the 226 global features (LIRE edge histogram 80, Tamura 18, luminance layout 64,
     colour histogram 64) of every image: one CSV row per image, path + one named column each."""
@@ -94,10 +111,11 @@ def features(
     from rtseg.propagate import image_features, write_features_csv
 
     _check_out(out, "--out")
+    mapper = _ray_mapper(workers, address)
     paths = _expand_inputs(images)
 
     t0 = time.perf_counter()
-    feats, ok, skipped = image_features(paths, use_cache=cache, progress=True)
+    feats, ok, skipped = image_features(paths, use_cache=cache, progress=True, mapper=mapper)
     if not ok:
         raise UserError("no readable image among the inputs")
     write_features_csv(out, [str(p) for p in ok], feats, FEATURE_NAMES)
@@ -130,6 +148,9 @@ def propagate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary (and truth report) as JSON.",
                                             show_default=False),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Use the feature cache."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help=WORKERS_HELP,
+                                          show_default=False),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP, show_default=False),
 ) -> None:
     import time
 
@@ -158,6 +179,7 @@ def propagate(
         raise UserError("--masks labels seed tiles: use it with --tiles")
     _check_out(out, "--out")
     _check_out(json_out, "--json")
+    mapper = _ray_mapper(workers, address)
     if json_out is not None and json_out.resolve() == out.resolve():
         raise UserError("--json and --out name the same file")
 
@@ -182,9 +204,9 @@ def propagate(
     seed_label = {p: CLASS_NAMES.index(lab) for p, lab in seeds}
     all_paths = seed_paths + unl_paths
     if tiles:
-        feats, ok, skipped = P.tile_features(all_paths, use_cache=cache, progress=True)
+        feats, ok, skipped = P.tile_features(all_paths, use_cache=cache, progress=True, mapper=mapper)
     else:
-        feats, ok, skipped = P.image_features(all_paths, use_cache=cache, progress=True)
+        feats, ok, skipped = P.image_features(all_paths, use_cache=cache, progress=True, mapper=mapper)
     names: list[str] = []
     y: list[int] = []
     no_mask: list[Path] = []

@@ -134,7 +134,7 @@ def _features_of_file(path: Path) -> np.ndarray | None:
 
 
 def extract_paths(paths: Sequence[str | os.PathLike], cache: FeatureCache | None = None,
-                  progress: bool = False, workers: int = DEFAULT_WORKERS
+                  progress: bool = False, workers: int = DEFAULT_WORKERS, mapper=None
                   ) -> tuple[np.ndarray, list[Path], list[Path]]:
     """Features of image files: (float32 ``[M, 226]``, paths read, unreadable paths skipped).
 
@@ -142,7 +142,8 @@ def extract_paths(paths: Sequence[str | os.PathLike], cache: FeatureCache | None
     numpy release the GIL); rows follow the order of ``paths``. With a ``cache``, files whose
     (path, size, mtime) are in it are not decoded, new results are added to it and it is saved
     (atomically) at the end. Unreadable files are skipped with one warning. ``progress`` shows
-    a rich progress bar.
+    a rich progress bar. ``mapper(fn, paths)``: computes the files to do instead of the thread
+    pool, returning ``fn(path)`` in order (:class:`rtseg.batch.features.RayMapper`: on Ray).
     """
     paths = [Path(p) for p in paths]
     n = len(paths)
@@ -169,7 +170,9 @@ def extract_paths(paths: Sequence[str | os.PathLike], cache: FeatureCache | None
     try:
         todo_paths = [paths[i] for i in todo]
         n_workers = max(1, min(int(workers), len(todo)))
-        if n_workers == 1:
+        if mapper is not None:
+            computed, pool = mapper(_features_of_file, todo_paths), None
+        elif n_workers == 1:
             computed = map(_features_of_file, todo_paths)
             pool = None
         else:

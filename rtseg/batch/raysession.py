@@ -1,0 +1,117 @@
+"""Starting Ray for ``rtseg batch`` and ``rtseg features --workers``: local or a cluster.
+
+- no address: a local Ray is started with ``num_cpus = workers x threads`` (so exactly the
+  asked-for number of workers run at once, whatever the machine), no dashboard, a small object
+  store, and stopped again at the end;
+- ``--address``: ``auto`` (the cluster this machine belongs to), ``HOST:PORT`` (the GCS of a
+  running cluster, e.g. 10.0.0.5:6379) or ``ray://HOST:PORT`` (Ray Client, port 10001). The
+  port is probed first (3 s), so a wrong address is one error line, not a long hang;
+- Ray already initialised in this process (tests, notebooks): used as it is, left running.
+
+Ray's own progress bars and INFO lines are turned off; rtseg draws its own progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from typing import Iterator
+
+from rtseg.errors import UserError
+
+LOCAL_OBJECT_STORE = 256 * 1024 * 1024  # results are small; the model travels once per worker
+
+
+def import_ray():
+    """``import ray`` and ``ray.data``, or UserError saying how to install them."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - ImportError or a broken install
+        raise UserError(f"this command needs Ray Data: pip install 'ray[data]' "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                        ) from None
+    return ray
+
+
+def check_address(address: str) -> str:
+    """Validate ``address`` and probe its port; returns it stripped. UserError if unusable."""
+    a = address.strip()
+    if not a:
+        raise UserError("--address is empty (leave it out for a local Ray)")
+    if a == "auto":
+        return a
+    hostport = a[len("ray://"):] if a.startswith("ray://") else a
+    if "://" in hostport or hostport.count(":") != 1:
+        raise UserError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    host, port_s = hostport.rsplit(":", 1)
+    if not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise UserError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((host, int(port_s)), timeout=3.0):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot reach a Ray cluster at {a}: {exc.strerror or exc}") from None
+    return a
+
+
+def _quiet() -> None:
+    # Ray's notices (token authentication on, progress bars off, ...) are not the user's business
+    for name in ("ray", "ray.data", "ray._private", "ray.util"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def configure_data(preserve_order: bool = False) -> None:
+    """Ray Data settings rtseg relies on (call after Ray is up)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = preserve_order
+    ctx.execution_options.verbose_progress = False
+    if hasattr(ctx, "print_on_execution_start"):
+        ctx.print_on_execution_start = False
+    # one failed unit must not end the others: every unit catches its own errors; a worker
+    # that dies is reported by the driver as a failure of the units it never returned
+    ctx.max_errored_blocks = -1
+
+
+@contextlib.contextmanager
+def ray_session(workers: int, threads: int = 1, address: str | None = None) -> Iterator[dict]:
+    """Ray up for the block; yields ``{"started": bool, "address": str, "cpus": float}``."""
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if address is not None:
+        address = check_address(address)
+    ray = import_ray()
+    _quiet()
+    started = False
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
+                      logging_level=logging.ERROR)
+        try:
+            if address is None:
+                ray.init(num_cpus=workers * max(1, threads), object_store_memory=LOCAL_OBJECT_STORE,
+                         **kwargs)
+            else:
+                ray.init(address=address, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; one line for the user
+            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            where = f"connect to Ray at {address}" if address else "start a local Ray"
+            raise UserError(f"cannot {where}: {msg}") from None
+        started = True
+    _quiet()
+    configure_data()
+    try:
+        cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    except Exception:  # noqa: BLE001
+        cpus = 0.0
+    try:
+        yield {"started": started, "address": address or "local", "cpus": cpus}
+    finally:
+        if started:
+            with contextlib.suppress(Exception):
+                ray.shutdown()

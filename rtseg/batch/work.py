@@ -1,0 +1,349 @@
+"""One work unit of ``rtseg batch``, without Ray: a video, or a chunk of an image folder.
+
+Per frame this is the loop of ``rtseg stream`` (:mod:`rtseg.stream`) with its own pieces, so
+the outputs are the stream's: :func:`rtseg.capture.open_source` and
+:class:`~rtseg.capture.FrameReader` (decode thread, frame indices counting corrupt frames),
+the segmenter on ``batch`` frames, :class:`~rtseg.stream.CamSmoother` (``--smooth``),
+:func:`~rtseg.stream.refine_masks` (the manifest's mask clean-up), the mask at frame size by
+:meth:`rtseg.overlay.Overlay.resize_mask` (nearest), :meth:`~rtseg.overlay.Overlay.draw` and
+:class:`~rtseg.stream.VideoSink` for ``--save-video`` (without the live fps text, which is a
+timing and not an output).
+
+Per-frame table columns (:data:`COLUMNS`): ``frame`` (index in the source), ``time_s``
+(frame / fps), ``prob`` (polyp probability), ``mask_pixels`` and ``mask_area`` (pixels and
+fraction of the frame, at frame size), ``bbox_x, bbox_y, bbox_w, bbox_h`` (the largest
+8-connected component at frame size; -1 when the mask is empty). Image tables have ``path``,
+``mask`` (file name in ``masks/``), ``width``, ``height`` instead of ``frame``/``time_s``.
+
+Safety: a unit writes everything into a fresh staging folder below ``OUT/.work``; last its
+done-marker (atomically), then the folder is renamed onto its final place. So a killed run
+leaves half-written files only in ``OUT/.work`` (removed by the next run), and a final folder
+is always complete. An image chunk first moves its mask PNGs (each complete) into the folder's
+``masks/``; if it is killed in between, the next run redoes the chunk and writes the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import shutil
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from rtseg.atomic import atomic_path, write_json
+from rtseg.batch.inputs import DONE, MASKS_DIR, WORK_DIR
+from rtseg.errors import UserError
+
+COLUMNS = ("frame", "time_s", "prob", "mask_pixels", "mask_area", "bbox_x", "bbox_y", "bbox_w",
+           "bbox_h")
+IMAGE_COLUMNS = ("path", "mask", "width", "height", "prob", "mask_pixels", "mask_area",
+                 "bbox_x", "bbox_y", "bbox_w", "bbox_h")
+VIDEO_NAME = "overlay.mp4"
+REPORT_EVERY = 0.5  # seconds between progress reports to the driver
+
+
+def table_name(stem: str, fmt: str) -> str:
+    return f"{stem}.{'parquet' if fmt == 'parquet' else 'csv'}"
+
+
+def mask_stats(mask: np.ndarray) -> tuple[int, int, int, int, int]:
+    """(pixels, x, y, w, h of the largest 8-connected component) of a uint8 0/1 mask."""
+    import cv2
+
+    pixels = int(cv2.countNonZero(mask))
+    if pixels == 0:
+        return 0, -1, -1, -1, -1
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    i = 1 + int(np.argmax(stats[1:n, cv2.CC_STAT_AREA]))
+    x, y, w, h = (int(v) for v in stats[i, :4])
+    return pixels, x, y, w, h
+
+
+def write_table(path: Path, columns: tuple[str, ...], rows: dict[str, list], fmt: str) -> None:
+    """A table (dict of columns) as Parquet (pyarrow) or CSV, atomically."""
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        types = {"frame": pa.int64(), "time_s": pa.float64(), "prob": pa.float32(),
+                 "mask_pixels": pa.int64(), "mask_area": pa.float32(), "width": pa.int32(),
+                 "height": pa.int32(), "path": pa.string(), "mask": pa.string()}
+        arrays = [pa.array(rows[c], type=types.get(c, pa.int32())) for c in columns]
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.Table.from_arrays(arrays, names=list(columns)), str(tmp))
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(columns)
+            for vals in zip(*(rows[c] for c in columns)):
+                w.writerow([repr(float(v)) if isinstance(v, (float, np.floating)) else v
+                            for v in vals])
+
+
+def read_table(path: Path):
+    """A table written by :func:`write_table` as a pyarrow Table (Parquet) or list of dicts."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(str(path))
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+class BadInput(UserError):
+    """The unit's file cannot be read: not retried on a rerun while the file is unchanged."""
+
+
+def one_line(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    if isinstance(exc, UserError):
+        return msg[0] if msg else "error"
+    return f"{type(exc).__name__}: {msg[0] if msg else ''}".strip()[:300]
+
+
+# --- staging and publishing -----------------------------------------------------------------
+def new_staging(out: Path) -> Path:
+    d = out / WORK_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    d.mkdir(parents=True, exist_ok=False)
+    return d
+
+
+def publish_dir(staging: Path, final: Path, out: Path) -> None:
+    """Rename ``staging`` onto ``final`` (an older ``final`` is moved aside first, then removed)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if final.exists():
+        old = out / WORK_DIR / f"old-{uuid.uuid4().hex[:12]}"
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --- the context a worker keeps between units -----------------------------------------------
+class UnitContext:
+    """A segmenter and the options; ``report(frames)`` is called as frames are done."""
+
+    def __init__(self, seg, options: dict, untrained: bool = False,
+                 report: Callable[[int], None] | None = None) -> None:
+        self.seg = seg
+        self.options = options
+        self.untrained = untrained
+        self.report = report or (lambda n: None)
+
+    def overlay(self, labels=()):
+        from rtseg.overlay import Overlay
+
+        o = self.options
+        return Overlay(o.get("alpha", 0.4), heatmap=o.get("heatmap", False), labels=labels,
+                       warning="UNTRAINED" if self.untrained else None)
+
+
+class _Reporter:
+    def __init__(self, report: Callable[[int], None]) -> None:
+        self.report, self.pending, self.t = report, 0, time.perf_counter()
+
+    def add(self, n: int) -> None:
+        self.pending += n
+        now = time.perf_counter()
+        if now - self.t >= REPORT_EVERY:
+            self.flush()
+            self.t = now
+
+    def flush(self) -> None:
+        if self.pending:
+            self.report(self.pending)
+            self.pending = 0
+
+
+def process_unit(unit: dict, ctx: UnitContext) -> dict:
+    """Do one unit (see the module doc); returns its result; never raises for bad input."""
+    out = Path(unit["out"])
+    t0 = time.perf_counter()
+    staging = None
+    res = {"id": unit["id"], "kind": unit["kind"], "source": unit["source"], "status": "failed",
+           "frames": 0, "files": 1 if unit["kind"] == "video" else len(unit["files"]),
+           "t_start": time.time()}
+    try:
+        staging = new_staging(out)
+        if unit["kind"] == "video":
+            res.update(_video(unit, ctx, staging))
+        else:
+            res.update(_images(unit, ctx, staging))
+        res["seconds"] = round(time.perf_counter() - t0, 3)
+        res["t_end"] = time.time()
+        res["status"] = "done"
+        res["signature"] = unit["signature"]
+        res["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        write_json(staging / DONE, res)  # the done-marker, after every output
+        publish_dir(staging, Path(unit["final"]), out)
+        staging = None
+    except Exception as exc:  # noqa: BLE001 - a bad file fails its unit only
+        res["reason"] = one_line(exc)
+        res["signature"] = unit["signature"]
+        res["bad_input"] = isinstance(exc, BadInput)  # not retried while the file is unchanged
+        if not isinstance(exc, UserError):
+            res["traceback"] = traceback.format_exc(limit=8)[-2000:]
+        res["seconds"] = round(time.perf_counter() - t0, 3)
+        res["t_end"] = time.time()
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return res
+
+
+def _segment(ctx: UnitContext, smoother, post, frames: np.ndarray):
+    """The stream loop's per-batch step: segmenter, CAM smoothing, mask clean-up; returns
+    (prob, cams, masks, boxes): ``boxes[i]`` is where frame i's S x S maps lie in the frame
+    (a segmenter that crops to the active area says so in ``SegOutput.boxes``), or None."""
+    from rtseg.stream import refine_masks
+
+    out = ctx.seg(frames)
+    cams, masks = smoother(out.cam, out.mask)
+    if post:
+        masks = refine_masks(masks, post)
+    boxes = getattr(out, "boxes", None) or [None] * len(frames)
+    return out.prob, cams, masks, boxes
+
+
+def _kw(box) -> dict:
+    """``box=`` for the overlay only where the segmenter gave one (as the stream loop does)."""
+    return {} if box is None else {"box": box}
+
+
+def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
+    from rtseg.capture import FrameReader, open_source
+    from rtseg.predict import write_mask
+    from rtseg.stream import CamSmoother, VideoSink
+
+    o = ctx.options
+    try:
+        source = open_source(unit["source"])
+    except UserError as exc:
+        raise BadInput(str(exc)) from None
+    info = source.info
+    fps = float(info.fps)
+    overlay = ctx.overlay([info.label] if info.label else [])
+    smoother = CamSmoother(o.get("smooth", 0.0), ctx.seg.manifest.threshold)
+    post = tuple(getattr(ctx.seg.manifest, "postprocess", ()) or ())
+    rows: dict[str, list] = {c: [] for c in COLUMNS}
+    save_video, save_masks = o.get("save_video", False), o.get("save_masks", False)
+    heatmap = o.get("heatmap", False)
+    sink = VideoSink(staging / VIDEO_NAME, fps, unit["source"]) if save_video else None
+    if save_masks:
+        (staging / MASKS_DIR).mkdir()
+    rep = _Reporter(ctx.report)
+    reader = FrameReader(source, queue_size=8)
+    wh = None
+    try:
+        reader.start()
+        while True:
+            batch = reader.get_batch(int(o.get("batch", 1)))
+            if batch is None:
+                break
+            frames = batch[0].image[None] if len(batch) == 1 else np.stack([f.image for f in batch])
+            probs, cams, masks, boxes = _segment(ctx, smoother, post, frames)
+            for i, fr in enumerate(batch):
+                h, w = fr.image.shape[:2]
+                wh = wh or [w, h]
+                m = overlay.resize_mask(masks[i], h, w, **_kw(boxes[i]))
+                pixels, x, y, bw, bh = mask_stats(m)
+                if save_masks:
+                    write_mask(staging / MASKS_DIR / f"{fr.index:06d}.png", m)
+                for c, v in zip(COLUMNS, (fr.index, fr.index / fps, float(probs[i]), pixels,
+                                          pixels / float(h * w), x, y, bw, bh)):
+                    rows[c].append(v)
+                if sink is not None:
+                    sink.write(overlay.draw(fr.image, masks[i], cams[i] if heatmap else None,
+                                            float(probs[i]), None, **_kw(boxes[i])))
+            rep.add(len(batch))
+    finally:
+        reader.stop()
+        if sink is not None:
+            sink.release()
+        rep.flush()
+    counts = reader.snapshot()
+    n = len(rows["frame"])
+    if n == 0:
+        raise BadInput(f"no frame could be read from {unit['source']}"
+                        + (f" ({counts.unreadable} unreadable)" if counts.unreadable else ""))
+    table = table_name("frames", o.get("table", "parquet"))
+    write_table(staging / table, COLUMNS, rows, o.get("table", "parquet"))
+    outputs = {"table": table}
+    if sink is not None:
+        outputs["video"] = VIDEO_NAME
+    if save_masks:
+        outputs["masks"] = MASKS_DIR
+    return {"frames": n, "unreadable": counts.unreadable, "fps": fps, "frame_wh": wh,
+            "polyp_frames": int(sum(p >= 0.5 for p in rows["prob"])), "outputs": outputs}
+
+
+def _images(unit: dict, ctx: UnitContext, staging: Path) -> dict:
+    from rtseg.capture import _read_bgr
+    from rtseg.predict import write_mask
+    from rtseg.stream import CamSmoother
+
+    o = ctx.options
+    smoother = CamSmoother(0.0, ctx.seg.manifest.threshold)  # stills: no smoothing
+    post = tuple(getattr(ctx.seg.manifest, "postprocess", ()) or ())
+    overlay = ctx.overlay()
+    rows: dict[str, list] = {c: [] for c in IMAGE_COLUMNS}
+    failed: list[dict] = []
+    (staging / MASKS_DIR).mkdir()
+    rep = _Reporter(ctx.report)
+    try:
+        for path, name in zip(unit["files"], unit["names"]):
+            img = _read_bgr(Path(path))
+            if img is None:
+                failed.append({"source": path, "reason": "not a readable image"})
+                continue
+            probs, cams, masks, boxes = _segment(ctx, smoother, post, img[None])
+            h, w = img.shape[:2]
+            m = overlay.resize_mask(masks[0], h, w, **_kw(boxes[0]))
+            pixels, x, y, bw, bh = mask_stats(m)
+            write_mask(staging / MASKS_DIR / name, m)
+            for c, v in zip(IMAGE_COLUMNS, (path, name, w, h, float(probs[0]), pixels,
+                                            pixels / float(h * w), x, y, bw, bh)):
+                rows[c].append(v)
+            rep.add(1)
+    finally:
+        rep.flush()
+    fmt = o.get("table", "parquet")
+    table = table_name("table", fmt)
+    write_table(staging / table, IMAGE_COLUMNS, rows, fmt)
+    # masks go to the folder's masks/ now (each file complete; a rerun rewrites the same ones)
+    masks_out = Path(unit["folder_out"]) / MASKS_DIR
+    masks_out.mkdir(parents=True, exist_ok=True)
+    for name in rows["mask"]:
+        os.replace(staging / MASKS_DIR / name, masks_out / name)
+    with contextlib.suppress(OSError):
+        (staging / MASKS_DIR).rmdir()
+    return {"frames": len(rows["path"]), "failed_files": failed, "outputs": {"table": table}}
+
+
+def merge_image_tables(folder_out: Path, n_parts: int, fmt: str, parts_dir: str) -> Path:
+    """The folder's one table from its chunks' tables, atomically; returns its path."""
+    parts = [folder_out / parts_dir / f"{k:05d}" / table_name("table", fmt) for k in range(n_parts)]
+    target = folder_out / table_name("images", fmt)
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        t = pa.concat_tables([pq.read_table(str(p)) for p in parts])
+        with atomic_path(target) as tmp:
+            pq.write_table(t, str(tmp))
+        return target
+    with atomic_path(target) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as out:
+            for k, p in enumerate(parts):
+                with open(p, newline="", encoding="utf-8") as fh:
+                    lines = fh.readlines()
+                out.writelines(lines if k == 0 else lines[1:])
+    return target

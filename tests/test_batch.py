@@ -1,0 +1,307 @@
+"""rtseg batch (Ray Data): outputs, identity with rtseg stream, resume after SIGKILL, failures,
+bad input; rtseg features --workers (same features and cache as one process).
+
+One local Ray of 2 CPUs for the whole module (Ray starts slowly on 2 cores); the SIGKILL test
+starts one more in its own process. Skipped, with the reason, where Ray cannot start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from helpers import run_cli
+
+from rtseg.synthetic import make_dataset, write_video
+
+N_FRAMES = 20
+SIZE = (64, 96)  # (H, W)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def ray_up():
+    """A local Ray with 2 CPUs for the module (run_batch and RayMapper join it)."""
+    try:
+        from rtseg.batch.raysession import ray_session
+
+        cm = ray_session(2)
+        cm.__enter__()
+    except Exception as exc:  # noqa: BLE001 - no Ray here: skip with the reason
+        pytest.skip(f"Ray cannot start here: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+    yield
+    cm.__exit__(None, None, None)
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    """The session's ONNX export cache, for this module's drivers (and child processes)."""
+    old = os.environ.get("RTSEG_CACHE")
+    path = tmp_path_factory.getbasetemp() / "rtseg-cache"
+    os.environ["RTSEG_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("RTSEG_CACHE", None)
+    else:
+        os.environ["RTSEG_CACHE"] = old
+
+
+def _write_images(folder: Path, n: int, seed: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(make_dataset((n + 1) // 2, n // 2, size=(72, 88), seed=seed)):
+        cv2.imwrite(str(folder / f"img{i}.png"), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """3 clips, one cut-off mp4, 5 stills + one broken file, one ignored text file."""
+    root = tmp_path_factory.mktemp("arch") / "archive"
+    (root / "day1").mkdir(parents=True)
+    for i in range(3):
+        write_video(root / "day1" / f"clip{i}.mp4", n=N_FRAMES, size=SIZE, seed=i)
+    data = (root / "day1" / "clip0.mp4").read_bytes()
+    (root / "day1" / "cut.mp4").write_bytes(data[: len(data) // 2])
+    _write_images(root / "stills", 5)
+    (root / "stills" / "broken.png").write_bytes(b"not a png")
+    (root / "notes.txt").write_text("ignored")
+    return root
+
+
+@pytest.fixture(scope="module")
+def batch_run(ray_up, cache_env, archive, bundle_dir, tmp_path_factory):
+    from rtseg.batch import BatchConfig, run_batch
+
+    out = tmp_path_factory.mktemp("batch") / "out"
+    cfg = BatchConfig(input=str(archive), out=str(out), model=str(bundle_dir), workers=2,
+                      save_video=True, save_masks=True, chunk=3, quiet=True)
+    t0 = time.perf_counter()
+    manifest = run_batch(cfg)
+    return {"out": out, "manifest": manifest, "cfg": cfg, "seconds": time.perf_counter() - t0}
+
+
+def _table(path: Path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(str(path)).to_pydict()
+
+
+def _no_partial_files(out: Path) -> None:
+    """Nothing half-written: no staging folder, no temporary file of rtseg.atomic anywhere."""
+    assert not (out / ".work").exists()
+    leftovers = [p for p in out.rglob("*") if ".tmp." in p.name]
+    assert not leftovers, leftovers
+
+
+# --- outputs, failures, manifest, resume ---------------------------------------------------
+def test_archive_outputs_and_manifest(batch_run, archive):
+    out, m = batch_run["out"], batch_run["manifest"]
+    assert m["complete"] and m["ray"]["workers"] == 2
+    t = m["totals"]
+    assert t["files"] == 10 and t["ignored_files"] == 1
+    assert t["files_done"] == t["files_this_run"] == 8  # 3 clips + 5 stills
+    assert t["frames_this_run"] == 3 * N_FRAMES + 5 and t["frames_per_s"] > 0
+    failed = {Path(f["source"]).name: f["reason"] for f in m["failed"]}
+    assert set(failed) == {"cut.mp4", "broken.png"}
+    assert "cannot open video file" in failed["cut.mp4"] and "\n" not in failed["cut.mp4"]
+    assert failed["broken.png"] == "not a readable image"
+    videos = [d for d in m["done"] if d["kind"] == "video"]
+    assert sorted(Path(d["source"]).name for d in videos) == ["clip0.mp4", "clip1.mp4", "clip2.mp4"]
+    for d in videos:
+        vdir = out / d["output"]
+        assert d["output"] == f"videos/archive/day1/{Path(d['source']).name}"
+        assert json.loads((vdir / "done.json").read_text())["status"] == "done"
+        tab = _table(vdir / "frames.parquet")
+        assert tab["frame"] == list(range(N_FRAMES))
+        np.testing.assert_allclose(tab["time_s"], np.arange(N_FRAMES) / 25.0)
+        assert all(0.0 <= p <= 1.0 for p in tab["prob"])
+        assert len(list((vdir / "masks").glob("*.png"))) == N_FRAMES
+        cap = cv2.VideoCapture(str(vdir / "overlay.mp4"))
+        n = 0
+        while cap.read()[0]:
+            n += 1
+        assert n == N_FRAMES
+        for px, area, x, y, w, h in zip(tab["mask_pixels"], tab["mask_area"], tab["bbox_x"],
+                                        tab["bbox_y"], tab["bbox_w"], tab["bbox_h"]):
+            assert abs(area - px / (SIZE[0] * SIZE[1])) < 1e-6
+            assert (px == 0) == (w == -1) and (px == 0 or 0 < w * h)
+    (stills,) = [d for d in m["done"] if d["kind"] == "images"]
+    sdir = out / stills["output"]
+    assert stills["images"] == 5 and stills["unreadable_images"] == 1
+    tab = _table(sdir / "images.parquet")
+    assert tab["mask"] == [f"img{i}.png" for i in range(5)]  # natural order across 2 chunks
+    for name, w, h, px in zip(tab["mask"], tab["width"], tab["height"], tab["mask_pixels"]):
+        mk = cv2.imread(str(sdir / "masks" / name), cv2.IMREAD_UNCHANGED)
+        assert mk.shape == (h, w) == (72, 88) and int((mk > 0).sum()) == px
+    _no_partial_files(out)
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["totals"] == m["totals"]
+
+
+def test_rerun_skips_everything_done(batch_run):
+    from rtseg.batch import run_batch
+
+    before = {p: p.stat().st_mtime_ns for p in batch_run["out"].rglob("frames.parquet")}
+    m = run_batch(batch_run["cfg"])
+    t = m["totals"]
+    assert t["files_this_run"] == 0 and t["files_already_done"] == 8 and t["frames_this_run"] == 0
+    assert not m["ray"]  # nothing to do: Ray was not even asked
+    # the unchanged bad files are still reported, not retried
+    assert sorted(Path(f["source"]).name for f in m["failed"]) == ["broken.png", "cut.mp4"]
+    assert before == {p: p.stat().st_mtime_ns for p in batch_run["out"].rglob("frames.parquet")}
+
+
+def test_per_frame_outputs_identical_to_stream(batch_run, archive, bundle_dir, monkeypatch):
+    """The probabilities and masks of rtseg stream on the same video, frame by frame."""
+    from rtseg.overlay import Overlay
+    from rtseg.stream import StreamConfig, run_stream
+
+    drawn = []
+    orig = Overlay.draw
+
+    def spy(self, frame, mask, cam=None, prob=None, fps=None, **kw):
+        h, w = frame.shape[:2]
+        drawn.append((prob, self.resize_mask(mask, h, w, **kw).copy()))
+        return orig(self, frame, mask, cam, prob, fps, **kw)
+
+    monkeypatch.setattr(Overlay, "draw", spy)
+    video = archive / "day1" / "clip1.mp4"
+    run_stream(StreamConfig(source=str(video), model=str(bundle_dir), backend="onnxruntime",
+                            threads=1, headless=True, quiet=True))
+    vdir = batch_run["out"] / "videos" / "archive" / "day1" / "clip1.mp4"
+    tab = _table(vdir / "frames.parquet")
+    assert len(drawn) == N_FRAMES == len(tab["prob"])
+    assert [np.float32(p) for p, _ in drawn] == [np.float32(p) for p in tab["prob"]]
+    for i, (_, m) in enumerate(drawn):
+        png = cv2.imread(str(vdir / "masks" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(png > 0, m > 0)
+        assert int(m.sum()) == tab["mask_pixels"][i]
+
+
+def test_sigkill_mid_archive_then_rerun(ray_up, cache_env, bundle_dir, tmp_path):
+    """Kill the job (SIGKILL) mid-archive and rerun: every video complete exactly once."""
+    from rtseg.batch import BatchConfig, run_batch
+
+    arch = tmp_path / "arch"
+    arch.mkdir()
+    n_videos, n_frames = 8, 60
+    for i in range(n_videos):
+        write_video(arch / f"v{i}.mp4", n=n_frames, size=SIZE, seed=i)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "rtseg", "batch", "--input", str(arch), "--out", str(out),
+           "--model", str(bundle_dir), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, env={**os.environ, "COLUMNS": "120"})
+    vdir = out / "videos" / "arch"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if vdir.is_dir() and any((d / "done.json").exists() for d in vdir.iterdir()):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    time.sleep(1.0)  # let the killed job's workers notice
+    done_before = sorted(d.name for d in vdir.iterdir() if (d / "done.json").exists())
+    assert 0 < len(done_before) < n_videos
+    for d in vdir.iterdir():  # what is in place is complete; partial work only in .work
+        assert (d / "done.json").exists()
+        assert _table(d / "frames.parquet")["frame"] == list(range(n_frames))
+
+    m = run_batch(BatchConfig(input=str(arch), out=str(out), model=str(bundle_dir), workers=2,
+                              quiet=True))
+    t = m["totals"]
+    assert m["complete"] and t["failed"] == 0 and t["files_done"] == n_videos
+    assert t["files_already_done"] == len(done_before)
+    assert t["files_this_run"] == n_videos - len(done_before)
+    assert sorted(d.name for d in vdir.iterdir()) == [f"v{i}.mp4" for i in range(n_videos)]
+    for d in vdir.iterdir():
+        assert sorted(p.name for p in d.iterdir()) == ["done.json", "frames.parquet"]
+        assert _table(d / "frames.parquet")["frame"] == list(range(n_frames))
+    assert sorted(Path(x["source"]).name for x in m["done"]) == sorted(
+        f"v{i}.mp4" for i in range(n_videos))
+    _no_partial_files(out)
+
+
+# --- bad input: one error line, exit 2, no Ray ----------------------------------------------
+def test_bad_input_is_one_error_line(archive, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    cases = [
+        (["--input", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "input not found"),
+        (["--input", str(empty), "--out", str(tmp_path / "o")], "no video or image file"),
+        (["--input", str(tmp_path / "nope" / "*.mp4"), "--out", str(tmp_path / "o")], "no file matches"),
+        (["--input", str(archive), "--out", str(blocker / "o")], "cannot create output folder"),
+        (["--input", str(archive), "--out", str(tmp_path / "o"), "--address", "nohost"], "--address must be"),
+        (["--input", str(archive), "--out", str(tmp_path / "o"), "--address", "ray://127.0.0.1:1"],
+         "cannot reach a Ray cluster"),
+        (["--input", str(archive), "--out", str(tmp_path / "o"), "--workers", "0"], "--workers"),
+        (["--input", str(archive), "--out", str(tmp_path / "o"), "--table", "xls"], "--table"),
+    ]
+    for args, expect in cases:
+        code, _, err = run_cli(["batch", *args], capsys)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, err)
+        assert expect in lines[0], (args, err)
+
+
+def test_inputs_keys_and_glob(archive):
+    from rtseg.batch.inputs import discover, key_of, mask_names
+
+    inp = discover(str(archive))
+    assert [key_of(v, inp.root) for v in inp.videos] == [
+        "archive/day1/clip0.mp4", "archive/day1/clip1.mp4", "archive/day1/clip2.mp4",
+        "archive/day1/cut.mp4"]
+    g = discover(str(archive / "day1" / "clip*.mp4"))
+    assert [key_of(v, g.root) for v in g.videos] == [
+        "day1/clip0.mp4", "day1/clip1.mp4", "day1/clip2.mp4"]
+    assert mask_names([Path("a/x.jpg"), Path("a/x.png"), Path("a/y.png")]) == [
+        "x.png", "x.png.png", "y.png"]
+
+
+def test_help_is_fast_and_has_examples(capsys):
+    code, out, _ = run_cli(["batch", "--help"], capsys)
+    assert code == 0 and "Example" in out and "rtseg batch --input" in out
+    r = subprocess.run([sys.executable, "-c", "import sys, rtseg.cli; print('ray' in sys.modules)"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "False", r.stderr
+
+
+# --- features on Ray --------------------------------------------------------------------------
+def test_features_workers_same_csv_and_cache(ray_up, tmp_path, capsys, monkeypatch):
+    imgs = tmp_path / "imgs"
+    _write_images(imgs, 6, seed=3)
+    (imgs / "bad.jpg").write_bytes(b"junk")
+    res = {}
+    for name, extra in (("threads", []), ("ray", ["--workers", "2"])):
+        monkeypatch.setenv("RTSEG_CACHE_DIR", str(tmp_path / f"cache-{name}"))
+        code, _, err = run_cli(["features", str(imgs), "--out", str(tmp_path / f"{name}.csv"),
+                                *extra], capsys)
+        assert code == 0, err
+        res[name] = (tmp_path / f"{name}.csv").read_text()
+    assert res["ray"] == res["threads"] and res["ray"].count("\n") == 7  # header + 6 images
+    with np.load(tmp_path / "cache-threads" / "features.npz") as a, \
+            np.load(tmp_path / "cache-ray" / "features.npz") as b:
+        assert bytes(a["paths"]) == bytes(b["paths"])
+        np.testing.assert_array_equal(a["features"], b["features"])
+    code, _, err = run_cli(["features", str(imgs), "--out", str(tmp_path / "x.csv"),
+                            "--address", "bogus"], capsys)
+    assert code == 2 and err.startswith("error: --address")
