@@ -75,6 +75,7 @@ class Shutdown:
         self.signals = signals
         self.signum: int | None = None
         self._old: dict[int, object] = {}
+        self._depth = 0  # re-entrant: a caller may hand its (entered) Shutdown to a callee
 
     # --- state the loops poll ----------------------------------------------------------------
     @property
@@ -116,7 +117,8 @@ class Shutdown:
                 pass
 
     def __enter__(self) -> "Shutdown":
-        if threading.current_thread() is not threading.main_thread():
+        self._depth += 1
+        if self._depth > 1 or threading.current_thread() is not threading.main_thread():
             return self
         for s in self.signals:
             try:
@@ -130,6 +132,9 @@ class Shutdown:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth > 0:
+            return
         for s, old in self._old.items():
             try:
                 signal.signal(s, old if old is not None else signal.SIG_DFL)

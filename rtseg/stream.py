@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import cv2
@@ -33,7 +34,7 @@ from rtseg.capture import FrameReader, FrameSource, open_source
 from rtseg.errors import UserError
 from rtseg.fpsstats import TABLE2_FIELDS, StreamStats
 from rtseg.overlay import Overlay
-from rtseg.shutdown import STOP, Shutdown
+from rtseg.shutdown import STOP, Interrupted, Shutdown
 
 WINDOW = "rtseg stream"
 UNTRAINED_LABEL = "UNTRAINED MODEL - NOT FOR CLINICAL USE"
@@ -347,12 +348,31 @@ class StreamResult:
     exit_code: int = 0  # what the CLI exits with: 0, or 128 + the signal number
 
 
+def _abort_loading(signum: int) -> None:
+    raise Interrupted(signum)
+
+
+class _NotLoaded:
+    """Stands in for the segmenter when a signal came before it was loaded (never called)."""
+
+    name = backend = "not loaded"
+    device = None
+    manifest = SimpleNamespace(input_size=None, threshold=None, postprocess=())
+
+    def describe(self) -> str:
+        return "no model (interrupted while loading)"
+
+    def warmup(self, *args) -> None:
+        pass
+
+
 class _NothingSaved(Exception):
     """Interrupted before the first frame: drop the (empty) temporary video."""
 
 
 def run_stream(cfg: StreamConfig, segmenter=None, console=None,
-               on_frame: Callable[[int], None] | None = None) -> StreamResult:
+               on_frame: Callable[[int], None] | None = None,
+               shutdown: Shutdown | None = None) -> StreamResult:
     """Run the loop with ``cfg``; returns the stats (also written to ``cfg.json``).
 
     ``segmenter``: use this one instead of loading ``cfg.model`` (benchmarks). ``on_frame(n)``
@@ -361,6 +381,9 @@ def run_stream(cfg: StreamConfig, segmenter=None, console=None,
     SIGINT, SIGTERM and SIGHUP (and a KeyboardInterrupt) stop the loop cleanly: reading stops,
     the video is finalised with every frame processed so far, the JSON says ``interrupted`` and
     the ``signal``, the summary is printed; ``StreamResult.exit_code`` is 128 + the signal.
+    A signal while the model loads stops the loading at once (stats with 0 frames, no
+    video); a second signal during the loop stops at once. ``shutdown``: a :class:`Shutdown` the caller
+    entered earlier (the CLI, so that a signal during its imports is not lost).
     """
     cfg.check()
     console = console or make_console()
@@ -374,14 +397,22 @@ def run_stream(cfg: StreamConfig, segmenter=None, console=None,
         problem = gui_problem()
         if problem:
             raise UserError(f"{problem}; run with --headless (add --save OUT.mp4 to keep the video)")
-    with Shutdown("flag") as shutdown:
+    with (shutdown if shutdown is not None else Shutdown("flag")) as shutdown:
         source = open_source(cfg.source)
         try:
             untrained = False
-            if segmenter is None:
-                segmenter, untrained = load_segmenter(
-                    cfg.model, cfg.backend, cfg.device, cfg.fp16, cfg.layer,
-                    say=lambda m: console.print(m, markup=False), threads=cfg.threads)
+            if segmenter is None and not shutdown.requested:
+                shutdown.on_signal = _abort_loading  # loading takes seconds: stop it at once
+                try:
+                    segmenter, untrained = load_segmenter(
+                        cfg.model, cfg.backend, cfg.device, cfg.fp16, cfg.layer,
+                        say=lambda m: console.print(m, markup=False), threads=cfg.threads)
+                except STOP as exc:
+                    shutdown.request(getattr(exc, "signum", None) or signal.SIGINT)
+                finally:
+                    shutdown.on_signal = None
+            if segmenter is None:  # a signal before the model was loaded: stats, 0 frames
+                segmenter = _NotLoaded()
             return _run(cfg, source, segmenter, untrained, save_path, console, say, on_frame,
                         shutdown)
         finally:

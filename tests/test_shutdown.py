@@ -124,6 +124,23 @@ def test_stream_signal_before_the_first_frame_saves_stats_and_no_video(video, tm
     assert not out.exists() and leftovers(tmp_path) == []
 
 
+def test_stream_signal_while_the_model_loads_stops_at_once(video, tmp_path, monkeypatch):
+    def slow_load(*a, **k):
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(30)  # interrupted by the handler, not waited for
+        raise AssertionError("loading was not interrupted")
+
+    monkeypatch.setattr("rtseg.stream.load_segmenter", slow_load)
+    js = tmp_path / "s.json"
+    t0 = time.monotonic()
+    res = run_stream(StreamConfig(source=str(video), headless=True, quiet=True,
+                                  save=str(tmp_path / "o.mp4"), json=str(js)))
+    assert time.monotonic() - t0 < 10 and res.exit_code == 129
+    s = json.loads(js.read_text())
+    assert s["signal"] == "SIGHUP" and s["frames_written"] == 0 and s["backend"] == "not loaded"
+    assert not (tmp_path / "o.mp4").exists() and leftovers(tmp_path) == []
+
+
 def test_stream_cli_ctrl_c_exits_130_with_the_summary(video, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("rtseg.stream.load_segmenter",
                         lambda *a, **k: (KillSeg(signal.SIGINT, at=6), False))

@@ -44,16 +44,21 @@ def stream(
     threads: int = typer.Option(0, help="CPU threads for the segmenter (0: its default)."),
 ) -> None:
     """Segment polyps live: capture, Grad-CAM mask overlay, fps log (q/Esc quits, space pauses)."""
-    from rtseg.model import parse_layer
-    from rtseg.stream import StreamConfig, run_stream
+    from rtseg.shutdown import Shutdown
 
-    _threads(threads)
-    cfg = StreamConfig(source=source, model=model, backend=backend, device=device,
-                       fp16=True if fp16 else None, threads=threads,
-                       layer=parse_layer(layer), headless=headless, save=save,
-                       max_frames=max_frames, json=json_out, alpha=alpha, smooth=smooth,
-                       heatmap=heatmap, batch=batch, loop=loop, log_every=log_every)
-    res = run_stream(cfg)
+    # flag mode from the first line: a signal during the imports is not lost, one during the
+    # model load stops it at once (run_stream writes the stats with 0 frames)
+    with Shutdown("flag") as stop:
+        from rtseg.model import parse_layer
+        from rtseg.stream import StreamConfig, run_stream
+
+        _threads(threads)
+        cfg = StreamConfig(source=source, model=model, backend=backend, device=device,
+                           fp16=True if fp16 else None, threads=threads,
+                           layer=parse_layer(layer), headless=headless, save=save,
+                           max_frames=max_frames, json=json_out, alpha=alpha, smooth=smooth,
+                           heatmap=heatmap, batch=batch, loop=loop, log_every=log_every)
+        res = run_stream(cfg, shutdown=stop)
     if res.interrupted:  # the video and the stats are complete; the shell sees 128 + signal
         raise typer.Exit(res.exit_code)
 
