@@ -12,6 +12,14 @@ columns, then the count), followed by ``reduction, zero_division, classification
 n_polyp_images, n_missing_masks, missing_masks, n_unreadable, model, layer, threshold,
 per_image``. ``classification_accuracy`` scores the polyp probability (``prob >= 0.5``) against
 "the truth mask is not empty" (every image with a non-empty mask is a polyp image).
+
+After those come ``baselines`` and ``beats_baselines`` (unless ``baselines=False``): the
+constant masks of :mod:`rtseg.baselines` scored on the same truth masks with the same
+reduction and zero_division, ``{"ellipse": {"radius", "radius_source", <six metrics>,
+"n_images"}, "all_foreground": {<six metrics>, "n_images"}}``. The ellipse's radius is the one
+``rtseg tune --write`` recorded in the manifest (``radius_source: "manifest"``), else 0.25
+(``"default"``). ``beats_baselines`` is true when the model's Dice is above both baselines'.
+Images without a truth mask (or with an unreadable one) score no baseline either.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from rtseg.baselines import BaselineScorer, beats, manifest_radius
 from rtseg.errors import UserError
 from rtseg.metrics import (DEFAULT_REDUCTION, DEFAULT_ZERO_DIVISION, METRIC_KEYS, MedicoScorer,
                            check_reduction, classification_accuracy, resize_nearest)
@@ -70,10 +79,12 @@ def run_eval(bundle, pairs: Iterable, layer: int | str | None = None,
              reduction: str = DEFAULT_REDUCTION, zero_division: float = DEFAULT_ZERO_DIVISION,
              batch_size: int = 16, figure_rows: int = 0, missing: Sequence[Path] = (),
              per_image: bool = True,
-             progress: Callable[[int], None] | None = None) -> EvalResult:
+             progress: Callable[[int], None] | None = None,
+             baselines: bool = True) -> EvalResult:
     """Predict and score every (image, mask) pair; keep ``figure_rows`` examples for a figure.
 
     ``missing`` (images without a mask) is only counted and listed in the result.
+    ``baselines``: also score the constant masks on the same truth masks (module doc).
     ``progress(n)`` is called with the number of pairs handled since its last call.
     """
     from rtseg.figure import FigureRow
@@ -89,6 +100,8 @@ def run_eval(bundle, pairs: Iterable, layer: int | str | None = None,
     index_of = {p: i for i, (p, _) in enumerate(pairs)}
     keep = figure_indices(len(pairs), figure_rows)
     scorer = MedicoScorer(reduction, zero_division)
+    radius, radius_source = manifest_radius(bundle.manifest)
+    base = BaselineScorer(radius, reduction, zero_division) if baselines else None
     skipped: list[Path] = []
     probs, is_polyp, entries, rows = [], [], [], []
     for pred in iter_predictions(bundle, [p for p, _ in pairs], lay, policy, batch_size, skipped):
@@ -101,6 +114,8 @@ def run_eval(bundle, pairs: Iterable, layer: int | str | None = None,
                 progress(1)
             continue
         s = scorer.add(pred.mask, truth)
+        if base is not None:
+            base.add(truth)
         probs.append(pred.prob)
         is_polyp.append(bool(truth.any()))
         if per_image:
@@ -136,6 +151,12 @@ def run_eval(bundle, pairs: Iterable, layer: int | str | None = None,
     })
     if per_image:
         metrics["per_image"] = entries
+    if base is not None:
+        b = base.result()
+        b["ellipse"] = {"radius": radius, "radius_source": radius_source,
+                        **{k: v for k, v in b["ellipse"].items() if k != "radius"}}
+        metrics["baselines"] = b
+        metrics["beats_baselines"] = beats(metrics["dice"], b)
     assert tuple(metrics)[:7] == METRIC_KEYS + ("n_images",)
     return EvalResult(metrics, rows)
 

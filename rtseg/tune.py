@@ -6,6 +6,11 @@ then scored with the Medico 2021 per-image metrics against the truth masks, at t
 network's input resolution (truth masks are resized to S x S with area averaging, then
 thresholded at 0.5). The best combination by mean Dice is returned and can be written into
 the bundle's manifest. Use validation images only: never the images you report as test.
+
+The same truth masks also score the constant-mask baselines (:mod:`rtseg.baselines`): the
+centred ellipse with the radius of best mean Dice on these images, and the all-foreground
+mask. ``TuneResult.beats_baselines`` says whether the best row's Dice is above both, and
+:func:`apply_best` records the chosen radius so ``rtseg eval`` scores the same ellipse.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import cv2
 import numpy as np
 import torch
 
+from rtseg.baselines import DEFAULT_RADII, beats, choose_radius, rounded, score_baselines
 from rtseg.cam import multi_layer_cams
 from rtseg.imageio import read_image, read_mask
 from rtseg.metrics import image_scores
@@ -51,10 +57,16 @@ class TuneRow:
 class TuneResult:
     rows: list[TuneRow] = field(default_factory=list)  # sorted, best first
     n_images: int = 0
+    baselines: dict | None = None  # rtseg.baselines.score_baselines on the same truth masks
 
     @property
     def best(self) -> TuneRow:
         return self.rows[0]
+
+    @property
+    def beats_baselines(self) -> bool | None:
+        """Whether the best row's Dice is above every baseline's (None without baselines)."""
+        return None if self.baselines is None else beats(self.best.dice, self.baselines)
 
 
 def _truth_at(mask: np.ndarray, size: int) -> np.ndarray:
@@ -64,15 +76,26 @@ def _truth_at(mask: np.ndarray, size: int) -> np.ndarray:
 def tune(bundle, pairs: Sequence[tuple], layers: Sequence[int | str] | None = None,
          policies: Sequence[str] = DEFAULT_POLICIES,
          steps_options: Sequence[tuple[str, ...]] = DEFAULT_STEPS,
-         batch_size: int = 16, device: str = "cpu", progress: bool = False) -> TuneResult:
-    """Score every (layer, policy, post-processing) on ``pairs`` of (image path, mask path)."""
+         batch_size: int = 16, device: str = "cpu", progress: bool = False,
+         baseline_radii: Sequence[float] | None = DEFAULT_RADII) -> TuneResult:
+    """Score every (layer, policy, post-processing) on ``pairs`` of (image path, mask path).
+
+    The baselines are scored on the same S x S truth masks with the same per-image mean, the
+    ellipse with the radius of ``baseline_radii`` of best mean Dice (None: no baselines).
+    """
+    from rtseg.cam import GradCAM
+    from rtseg.preprocess import network_views
+
     m = bundle.manifest
-    layers = list(layers) if layers is not None else default_layers(m.arch)
+    model = bundle.model.to(device).eval()
+    head = getattr(model, "rtseg_head", None) is not None
+    # a segmentation head was trained on its manifest layer's CAM: only that layer is scored
+    layers = [m.cam_layer] if head else (list(layers) if layers is not None else default_layers(m.arch))
     pols = [ThresholdPolicy.parse(p) for p in policies]
     S = m.input_size
     cams: dict = {layer: [] for layer in layers}
-    truths: list[np.ndarray] = []
-    model = bundle.model.to(device).eval()
+    truths: list[np.ndarray] = []  # in the network's view (the active area, when cropped)
+    full_truths: list[np.ndarray] = []  # the whole frame: what a constant mask is scored on
     it = range(0, len(pairs), batch_size)
     if progress:
         from rich.progress import track
@@ -80,10 +103,16 @@ def tune(bundle, pairs: Sequence[tuple], layers: Sequence[int | str] | None = No
         it = track(it, description="CAMs of all layers")
     for i in it:
         chunk = pairs[i:i + batch_size]
-        imgs = [read_image(p[0]) for p in chunk]
-        truths += [_truth_at(read_mask(p[1]), S) for p in chunk]
-        x = images_to_input(imgs, m).to(device)
-        _, out = multi_layer_cams(model, x, layers, arch=m.arch)
+        views, boxes = network_views([read_image(p[0]) for p in chunk], m)
+        masks = [read_mask(p[1]) for p in chunk]
+        truths += [_truth_at(mk[b.y0:b.y1, b.x0:b.x1], S) for mk, b in zip(masks, boxes)]
+        full_truths += [_truth_at(mk, S) for mk in masks]
+        x = images_to_input(views, m, crop=False).to(device)
+        if head:
+            with GradCAM(model, m.cam_layer, m.arch) as cam_op:
+                out = {m.cam_layer: cam_op(x)[1]}
+        else:
+            _, out = multi_layer_cams(model, x, layers, arch=m.arch)
         for layer in layers:
             cams[layer].append(out[layer].float().cpu().numpy())
     truth = np.stack(truths)
@@ -99,18 +128,31 @@ def tune(bundle, pairs: Sequence[tuple], layers: Sequence[int | str] | None = No
                         ("dice", "jaccard", "recall", "precision")}
                 rows.append(TuneRow(layer, str(pol), tuple(steps), **mean))
     rows.sort(key=lambda r: (-r.dice, -r.jaccard))
-    return TuneResult(rows, len(truth))
+    baselines = None
+    if baseline_radii is not None:
+        whole = np.stack(full_truths)
+        radius, _ = choose_radius(whole, baseline_radii)
+        baselines = score_baselines(whole, radius)
+    return TuneResult(rows, len(truth), baselines)
 
 
 def apply_best(bundle, result: TuneResult, split_note: str = "") -> None:
-    """Write the best combination into the bundle's manifest (the caller saves it)."""
+    """Write the best combination into the bundle's manifest (the caller saves it).
+
+    With baselines, ``metrics["tuning"]`` also gets ``baselines`` (the ellipse's chosen radius
+    and both baselines' scores, rounded) and ``beats_baselines``.
+    """
     b = result.best
     m = bundle.manifest
+    tuning = {
+        "n_images": result.n_images, "note": split_note,
+        "best": {"layer": b.layer, "threshold": b.threshold, "postprocess": list(b.postprocess),
+                 "dice": round(b.dice, 4), "jaccard": round(b.jaccard, 4)},
+    }
+    if result.baselines is not None:
+        tuning["baselines"] = rounded(result.baselines)
+        tuning["beats_baselines"] = result.beats_baselines
     bundle.manifest = m.replace(
         cam_layer=b.layer, threshold=ThresholdPolicy.parse(b.threshold), postprocess=b.postprocess,
-        metrics={**m.metrics, "tuning": {
-            "n_images": result.n_images, "note": split_note,
-            "best": {"layer": b.layer, "threshold": b.threshold, "postprocess": list(b.postprocess),
-                     "dice": round(b.dice, 4), "jaccard": round(b.jaccard, 4)},
-        }},
+        metrics={**m.metrics, "tuning": tuning},
     )

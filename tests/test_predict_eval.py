@@ -101,6 +101,91 @@ def test_eval_json_figure_and_missing_masks(data, tmp_path, capsys):
         assert m[k] == pytest.approx(np.mean([r[k] for r in m["per_image"]]))
     img = cv2.imread(str(fig))
     assert img is not None and img.shape[0] > 100 and img.shape[1] > 400
+    # baselines: after the documented keys, on the 4 images with a mask only, default radius
+    from rtseg.baselines import score_baselines
+    from rtseg.imageio import read_mask
+
+    assert list(m)[-2:] == ["baselines", "beats_baselines"]
+    assert list(m).index("per_image") < list(m).index("baselines")
+    base = m["baselines"]
+    assert base["ellipse"]["radius"] == 0.25 and base["ellipse"]["radius_source"] == "default"
+    truths = [read_mask(data / "masks" / f"{n}.png") for n in ("a", "b", "sub/c", "d")]
+    expect = score_baselines(truths, 0.25)
+    for name in ("ellipse", "all_foreground"):
+        assert base[name]["n_images"] == 4
+        for k in METRIC_KEYS:
+            assert base[name][k] == pytest.approx(expect[name][k])
+    assert m["beats_baselines"] is (m["dice"] > max(v["dice"] for v in base.values()))
+    assert "ellipse r=0.25" in stdout and "all foreground" in stdout
+    assert "r=0.25 (default: none tuned)" in stdout
+    assert f"{base['ellipse']['dice']:.4f}" in stdout
+    assert ("do not beat" in err) is (not m["beats_baselines"])
+
+
+def _eval_folder(data, root, truth_of):
+    """images/ (data's 4 images with a mask) and masks/ with truth_of(name, (h, w))."""
+    for name in ("a", "b", "sub/c", "d"):
+        img = cv2.imread(str(data / "images" / f"{name}.jpg"))
+        (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "masks" / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "images" / f"{name}.png"), img)
+        cv2.imwrite(str(root / "masks" / f"{name}.png"),
+                    truth_of(name, img.shape[:2]).astype(np.uint8) * 255)
+    return root / "images", root / "masks"
+
+
+def test_eval_baselines_radius_from_manifest_and_warning(data, tmp_path, capsys):
+    """Truth masks that are centred ellipses of radius 0.4 and a manifest that recorded 0.4 at
+    tuning time: the ellipse baseline scores Dice 1, the model cannot beat it."""
+    import shutil
+
+    from rtseg.baselines import ellipse_mask
+
+    model = tmp_path / "model"
+    shutil.copytree(data / "model", model)
+    man = json.loads((model / "manifest.json").read_text())
+    man.setdefault("metrics", {})["tuning"] = {"baselines": {"ellipse": {"radius": 0.4}}}
+    (model / "manifest.json").write_text(json.dumps(man))
+    images, masks = _eval_folder(data, tmp_path, lambda n, hw: ellipse_mask(hw, 0.4))
+    js = tmp_path / "s.json"
+    code, out, err = run(["eval", "--model", model, "--images", images, "--masks", masks,
+                          "--json", js, "--device", "cpu"], capsys)
+    assert code == 0, err
+    m = json.loads(js.read_text())
+    e = m["baselines"]["ellipse"]
+    assert e["radius"] == 0.4 and e["radius_source"] == "manifest"
+    assert e["dice"] == pytest.approx(1.0) and e["n_images"] == 4
+    assert m["beats_baselines"] is False
+    lines = [ln for ln in err.splitlines() if "do not beat" in ln]
+    assert lines == [f"warning: the model's masks do not beat a constant centred ellipse of "
+                     f"radius 0.4 (Dice {m['dice']:.4f} vs 1.0000)"]
+    assert "ellipse r=0.4" in out and "r=0.4 (from the manifest)" in out
+
+
+def test_eval_beats_baselines_on_its_own_masks(data, tmp_path, capsys, calibrated_bundle):
+    """Truth masks = the model's own predictions: Dice 1 beats both constant masks, no warning."""
+    from rtseg.evaluate import evaluate
+    from rtseg.predict import predict_folder
+
+    predict_folder(calibrated_bundle, data / "images", tmp_path / "p", threshold="otsu")
+
+    def own(name, hw):
+        return cv2.imread(str(tmp_path / "p" / f"{name}.png"), cv2.IMREAD_GRAYSCALE) > 127
+
+    images, masks = _eval_folder(data, tmp_path / "d", own)
+    js = tmp_path / "s.json"
+    code, out, err = run(["eval", "--model", data / "model", "--images", images, "--masks", masks,
+                          "--threshold", "otsu", "--json", js, "--device", "cpu"], capsys)
+    assert code == 0, err
+    m = json.loads(js.read_text())
+    assert m["dice"] == pytest.approx(1.0)
+    assert all(v["dice"] < 1.0 for v in m["baselines"].values())
+    assert m["beats_baselines"] is True and "do not beat" not in err
+    pairs = [(images / f"{n}.png", masks / f"{n}.png") for n in ("a", "b")]
+    micro = evaluate(calibrated_bundle, pairs, threshold="otsu", reduction="micro")
+    assert micro["baselines"]["all_foreground"]["recall"] == 1.0
+    off = evaluate(calibrated_bundle, pairs, threshold="otsu", baselines=False)
+    assert "baselines" not in off and "beats_baselines" not in off
 
 
 def test_eval_scores_equal_predict_masks(data, tmp_path, calibrated_bundle):

@@ -106,6 +106,48 @@ def test_tune_scores_every_combination_and_writes_the_best(val_folder):
     assert b.manifest.metrics["tuning"]["best"]["dice"] == round(best.dice, 4)
 
 
+def test_tune_scores_baselines_on_the_same_truth_masks(val_folder, calibrated_bundle):
+    import copy
+
+    from rtseg.baselines import DEFAULT_RADII, ellipse_mask, score_baselines
+    from rtseg.imageio import read_mask
+    from rtseg.tune import _truth_at, apply_best, tune
+
+    b = copy.deepcopy(calibrated_bundle)
+    b.manifest = b.manifest.replace(metrics={"training": {"epochs": 1}})
+    pairs = [(val_folder / "images" / f"{i}.png", val_folder / "masks" / f"{i}.png") for i in range(6)]
+    res = tune(b, pairs, layers=["head"], policies=["above 0.5"], steps_options=[()])
+    S = b.manifest.input_size
+    truths = [_truth_at(read_mask(m), S) for _, m in pairs]
+    r = res.baselines["ellipse"]["radius"]
+    assert r in DEFAULT_RADII
+    # the chosen radius is the best of the grid on these S x S masks
+    dices = {g: score_baselines(truths, g)["ellipse"]["dice"] for g in DEFAULT_RADII}
+    assert res.baselines["ellipse"]["dice"] == pytest.approx(max(dices.values()))
+    assert res.baselines == score_baselines(truths, r)
+    assert res.baselines["all_foreground"]["recall"] == 1.0
+    beaten = res.best.dice > max(v["dice"] for v in res.baselines.values())
+    assert res.beats_baselines is beaten
+    apply_best(b, res)
+    t = b.manifest.metrics["tuning"]
+    assert b.manifest.metrics["training"] == {"epochs": 1}  # other keys kept
+    assert set(t) >= {"n_images", "note", "best", "baselines", "beats_baselines"}
+    assert t["baselines"]["ellipse"]["radius"] == r and t["beats_baselines"] is beaten
+    assert t["baselines"]["all_foreground"]["dice"] == round(res.baselines["all_foreground"]["dice"], 4)
+    assert tune(b, pairs, layers=["head"], policies=["above 0.5"], steps_options=[()],
+                baseline_radii=None).baselines is None
+    # truth masks that are centred ellipses: the radius search finds theirs
+    ell = val_folder.parent / "ellipse_masks"
+    ell.mkdir(exist_ok=True)
+    for i in range(6):
+        cv2.imwrite(str(ell / f"{i}.png"), ellipse_mask((64, 64), 0.35).astype(np.uint8) * 255)
+    res2 = tune(b, [(p, ell / f"{i}.png") for i, (p, _) in enumerate(pairs)], layers=["head"],
+                policies=["above 0.5"], steps_options=[()])
+    assert res2.baselines["ellipse"]["radius"] == pytest.approx(0.35)
+    assert res2.baselines["ellipse"]["dice"] == pytest.approx(1.0)
+    assert res2.beats_baselines is False
+
+
 def test_tune_cli_write_and_bad_layer(val_folder, tmp_path):
     import shutil
 
@@ -116,9 +158,21 @@ def test_tune_cli_write_and_bad_layer(val_folder, tmp_path):
            "--write", "--device", "cpu", "--json", str(tmp_path / "t.json")]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    out = json.loads((tmp_path / "t.json").read_text())
+    rows = out["rows"]
     m = json.loads((model / "manifest.json").read_text())
     assert m["cam_layer"] == rows[0]["layer"]
+    # baselines: in the JSON, printed beside the best row, their radius in the manifest
+    base = out["baselines"]
+    assert set(base) == {"ellipse", "all_foreground"}
+    for v in base.values():
+        assert {"dice", "jaccard", "recall", "precision"} <= set(v)
+    assert out["beats_baselines"] is (rows[0]["dice"] > max(v["dice"] for v in base.values()))
+    assert ("do not beat" in r.stderr) is (not out["beats_baselines"])
+    assert "centred ellipse" in r.stdout and "all foreground" in r.stdout
+    assert f"{base['ellipse']['dice']:.4f}" in r.stdout
+    assert m["metrics"]["tuning"]["baselines"]["ellipse"]["radius"] == base["ellipse"]["radius"]
+    assert m["metrics"]["tuning"]["best"]["layer"] == rows[0]["layer"]
     bad = subprocess.run(cmd[:10] + ["--layers", "99"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:")
     assert len(bad.stderr.strip().splitlines()) == 1
@@ -139,3 +193,30 @@ def test_pack_resizes_tiles_and_rewrites_paths(tmp_path):
     assert [r["origin"] for r in out] == [str(p), f"{p}#t0"]
     t0 = cv2.imread(str(tmp_path / "pack" / out[1]["path"]))
     assert t0.shape == (32, 32, 3) and t0[..., 2].mean() > 200 and t0[..., 0].mean() < 30
+
+
+def test_tune_cli_warns_when_a_constant_ellipse_wins(val_folder, tmp_path, capsys):
+    """Truth masks that are all the centred ellipse of radius 0.3: the ellipse scores Dice 1,
+    so no CAM mask can beat it; tune says so in one warning line and in the JSON."""
+    from helpers import run_cli
+
+    from rtseg.baselines import ellipse_mask
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(masks / f"{i}.png"), ellipse_mask((64, 64), 0.3).astype(np.uint8) * 255)
+    js = tmp_path / "t.json"
+    code, out, err = run_cli(["tune", "--model", val_folder / "model", "--images",
+                              val_folder / "images", "--masks", masks, "--layers", "head",
+                              "--device", "cpu", "--json", js], capsys)
+    assert code == 0, err
+    res = json.loads(js.read_text())
+    assert res["beats_baselines"] is False
+    assert res["baselines"]["ellipse"]["radius"] == pytest.approx(0.3)
+    assert res["baselines"]["ellipse"]["dice"] == pytest.approx(1.0)
+    lines = [ln for ln in err.splitlines() if "do not beat" in ln]
+    assert len(lines) == 1
+    assert lines[0].startswith("warning: the model's best masks do not beat a constant centred "
+                               "ellipse of radius 0.3 (Dice ")
+    assert lines[0].endswith("vs 1.0000)") and f"{res['rows'][0]['dice']:.4f}" in lines[0]

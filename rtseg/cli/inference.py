@@ -30,9 +30,12 @@ precision; --reduction per-image (default: the Medico 2021 scorer's mean over im
 micro (pixels pooled over the set). Empty masks: a ratio whose denominator is 0 counts as 0,
 as in the Medico 2021 scorer (an empty prediction of an empty truth scores 0 except accuracy).
 A prediction is resized (nearest) to its truth mask's size. Also prints the polyp
-classification accuracy (prob >= 0.5 against 'the mask is not empty'). --json writes the
-scores (keys accuracy, jaccard, dice, f1, recall, precision, n_images first, then details and
-per-image rows); --figure writes a grid like the paper's Figure 2.
+classification accuracy (prob >= 0.5 against 'the mask is not empty'), and beside the model
+two constant masks scored on the same images: a centred ellipse (radii r*W, r*H; r as chosen
+by 'rtseg tune --write', else 0.25) and the all-foreground mask, with a warning when the
+model does not beat them. --json writes the scores (keys accuracy, jaccard, dice, f1, recall,
+precision, n_images first, then details, per-image rows, 'baselines' and 'beats_baselines');
+--figure writes a grid like the paper's Figure 2.
 """
 
 
@@ -196,9 +199,22 @@ def eval_cmd(
                        missing=missing, progress=lambda k: prog.advance(task, k))
     m = res.metrics
     out = Console()
-    out.print(scores_table([(bundle.name, m)],
+    rows = [(bundle.name, m)]
+    if "baselines" in m:  # short labels: the table fits 80 columns
+        from rtseg.baselines import not_beaten_message
+
+        ell = m["baselines"]["ellipse"]
+        rows += [(f"ellipse r={ell['radius']:g}", ell),
+                 ("all foreground", m["baselines"]["all_foreground"])]
+    out.print(scores_table(rows,
                            f"Medico 2021 scores ({reduction}, {m['n_images']} images, layer "
                            f"{m['layer']}, {m['threshold']})"))
+    if "baselines" in m:
+        src = "from the manifest" if ell["radius_source"] == "manifest" else "default: none tuned"
+        out.print(f"constant-mask baselines: ellipse radii r*W, r*H, r={ell['radius']:g} ({src})")
+        msg = not_beaten_message(m["dice"], m["baselines"])
+        if msg:
+            warnings.warn(msg)
     if json_out is not None:
         write_json(json_out, m)
         out.print(f"scores written to {json_out}")

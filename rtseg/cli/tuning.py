@@ -26,12 +26,19 @@ def tune(
     """Choose the CAM layer, threshold and mask clean-up on validation images.
 
     Scores every (layer, threshold policy, clean-up) combination with the Medico per-image
-    metrics at the network's input resolution and picks the best by mean Dice.
+    metrics at the network's input resolution and picks the best by mean Dice. The same masks
+    score two constant baselines, printed beside the best row: a centred ellipse (radius
+    r*W, r*H with r of best Dice on these images, 0.10-0.50) and the all-foreground mask; a
+    warning says when the best row does not beat them. --json adds them under 'baselines'
+    with 'beats_baselines'; --write also stores the ellipse's radius for 'rtseg eval'.
     """
+    import warnings
+
     from rich.console import Console
     from rich.table import Table
 
     from rtseg.atomic import write_json
+    from rtseg.baselines import LABELS, not_beaten_message
     from rtseg.imageio import pair_images_masks, warn_skipped
     from rtseg.model import check_layer, load_bundle, parse_layer, resolve_device, save_bundle
     from rtseg.tune import apply_best
@@ -53,15 +60,31 @@ def tune(
     for r in res.rows[:top]:
         t.add_row(str(r.layer), r.threshold, "+".join(r.postprocess) or "-", f"{r.dice:.4f}",
                   f"{r.jaccard:.4f}", f"{r.recall:.4f}", f"{r.precision:.4f}")
-    Console().print(t)
+    console = Console()
+    console.print(t)
+    b = res.best
+    bt = Table(title="best row vs. constant masks (same images, same scoring)")
+    for c in ("mask", "Dice", "Jaccard", "recall", "precision"):
+        bt.add_column(c)
+    bt.add_row(f"model: layer {b.layer}, {b.threshold}, {'+'.join(b.postprocess) or '-'}",
+               f"{b.dice:.4f}", f"{b.jaccard:.4f}", f"{b.recall:.4f}", f"{b.precision:.4f}")
+    for name, s in res.baselines.items():
+        label = LABELS[name] + (f" r={s['radius']:g}" if "radius" in s else "")
+        bt.add_row(label, f"{s['dice']:.4f}", f"{s['jaccard']:.4f}", f"{s['recall']:.4f}",
+                   f"{s['precision']:.4f}")
+    console.print(bt)
+    msg = not_beaten_message(b.dice, res.baselines, "the model's best masks")
+    if msg:
+        warnings.warn(msg)
     if json_out:
-        write_json(json_out, {"n_images": res.n_images, "rows": [r.__dict__ for r in res.rows]})
+        write_json(json_out, {"n_images": res.n_images, "rows": [r.__dict__ for r in res.rows],
+                              "baselines": res.baselines, "beats_baselines": res.beats_baselines})
     if write:
         apply_best(bundle, res, split_note=f"images={images}")
         save_bundle(bundle, model, half=_is_half(model))
-        b = res.best
         typer.echo(f"wrote layer {b.layer}, threshold '{b.threshold}', clean-up "
-                   f"{'+'.join(b.postprocess) or 'none'} into {model}/manifest.json")
+                   f"{'+'.join(b.postprocess) or 'none'}, baseline ellipse radius "
+                   f"{res.baselines['ellipse']['radius']:g} into {model}/manifest.json")
 
 
 def _is_half(bundle_dir: Path) -> bool:
