@@ -85,11 +85,12 @@ def inset_box(crop: np.ndarray) -> Box | None:
     roi = crop[y0::STEP, :x1:STEP].astype(np.int16)
     if roi.size == 0:
         return None
-    # channel order does not matter for green: index 1 is G in RGB and BGR
-    r_or_b = np.maximum(roi[..., 0], roi[..., 2])
+    # channel order does not matter: index 1 is G in RGB and BGR; the inset is teal-green
+    # (BGR ~ (142, 183, 44)): green far above one of red/blue and above the other
+    lo = np.minimum(roi[..., 0], roi[..., 2])
+    hi = np.maximum(roi[..., 0], roi[..., 2])
     g = roi[..., 1]
-    green = ((g > 90) & (g > r_or_b + 40) & (np.minimum(roi[..., 0], roi[..., 2]) < g - 25)
-             ).astype(np.uint8)
+    green = ((g > 90) & (g > lo + 60) & (g > hi + 15)).astype(np.uint8)
     n, _, stats, _ = cv2.connectedComponentsWithStats(green, connectivity=8)
     if n <= 1:
         return None
@@ -102,11 +103,13 @@ def inset_box(crop: np.ndarray) -> Box | None:
     return Box(max(0, bx0 - STEP), max(0, by0 - STEP), bx1, by1)
 
 
-def crop(image: np.ndarray, box: Box, blank_inset: bool = True) -> np.ndarray:
-    """``image`` cut to ``box`` (a view when nothing is blanked), the inset blacked out."""
+def crop(image: np.ndarray, box: Box, blank_inset: bool = True, inset: Box | None = None
+         ) -> np.ndarray:
+    """``image`` cut to ``box`` (a view when nothing is blanked), the inset blacked out
+    (``inset``: its box in the crop, when already known - a stream's is cached)."""
     out = image[box.y0:box.y1, box.x0:box.x1]
     if blank_inset:
-        ib = inset_box(out)
+        ib = inset if inset is not None else inset_box(out)
         if ib is not None:
             out = out.copy()
             out[ib.y0:ib.y1, ib.x0:ib.x1] = 0
@@ -135,18 +138,21 @@ def paste(values: np.ndarray, box: Box, hw: tuple[int, int], nearest: bool = Fal
 
 
 class BoxCache:
-    """The active area of a stream: detected on the first frame, then every ``every`` frames
-    (and whenever the frame size changes)."""
+    """The active area of a stream (and its overlay inset): detected on the first frame, then
+    every ``every`` frames and whenever the frame size changes."""
 
     def __init__(self, every: int = 50) -> None:
         self.every = max(1, int(every))
         self._box: Box | None = None
+        self._inset: Box | None = None
         self._hw: tuple[int, int] | None = None
         self._age = 0
 
-    def __call__(self, frame: np.ndarray) -> Box:
+    def __call__(self, frame: np.ndarray) -> tuple[Box, Box | None]:
         hw = frame.shape[:2]
         if self._box is None or hw != self._hw or self._age >= self.every:
-            self._box, self._hw, self._age = detect_box(frame), hw, 0
+            box = detect_box(frame)
+            self._box, self._hw, self._age = box, hw, 0
+            self._inset = inset_box(frame[box.y0:box.y1, box.x0:box.x1])
         self._age += 1
-        return self._box
+        return self._box, self._inset

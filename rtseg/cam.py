@@ -139,6 +139,11 @@ class GradCAM(BaseCAM):
 class CamResult:
     prob: np.ndarray  # float32 [N]
     cams: list[np.ndarray]  # float32 [S, S] each (tiles mode: [2S, 2S], gated by tile prob)
+    boxes: list | None = None  # the active area each CAM covers (rtseg.active_area.Box)
+
+    def full_cam(self, i: int, hw: tuple[int, int]) -> np.ndarray:
+        """CAM ``i`` at the image's (H, W): resized into its box, 0 outside."""
+        return place_cam(self.cams[i], hw, None if self.boxes is None else self.boxes[i])
 
 
 def cam_images(bundle, images: Sequence[np.ndarray], layer: int | str | None = None,
@@ -153,28 +158,31 @@ def cam_images(bundle, images: Sequence[np.ndarray], layer: int | str | None = N
     from rtseg.tiles import split_tiles
     from rtseg.preprocess import images_to_input
 
+    from rtseg.preprocess import network_views
+
     m = bundle.manifest
     layer = m.cam_layer if layer is None else layer
     dev = device or next(bundle.model.parameters()).device
     tiles = m.tiles
-    inputs = [t for im in images for t in split_tiles(im)] if tiles else list(images)
+    views, boxes = network_views(images, m)
+    inputs = [t for im in views for t in split_tiles(im)] if tiles else list(views)
     probs, cams = [], []
     with GradCAM(bundle.model, layer, m.arch) as cam:
         for i in range(0, len(inputs), batch_size):
-            x = images_to_input(inputs[i:i + batch_size], m).to(dev)
+            x = images_to_input(inputs[i:i + batch_size], m, crop=False).to(dev)
             p, c = cam(x)
             probs.append(p.float().cpu().numpy())
             cams.extend(c.float().cpu().numpy())
     prob = np.concatenate(probs) if probs else np.zeros(0, np.float32)
     if not tiles:
-        return CamResult(prob.astype(np.float32), cams)
+        return CamResult(prob.astype(np.float32), cams, boxes)
     out_p, out_c = [], []
     for k in range(len(images)):
         tp, tc = prob[4 * k:4 * k + 4], cams[4 * k:4 * k + 4]
         tc = [c if p >= 0.5 else np.zeros_like(c) for p, c in zip(tp, tc)]
         out_c.append(np.block([[tc[0], tc[1]], [tc[2], tc[3]]]).astype(np.float32))
         out_p.append(tp.max())
-    return CamResult(np.asarray(out_p, np.float32), out_c)
+    return CamResult(np.asarray(out_p, np.float32), out_c, boxes)
 
 
 def resize_to(cam: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -184,12 +192,26 @@ def resize_to(cam: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(cam.astype(np.float32), (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def cam_to_mask(cam: np.ndarray, policy, hw: tuple[int, int], steps=()) -> np.ndarray:
-    """Resize a CAM to (H, W), threshold it with ``policy`` and apply the post-processing
-    ``steps`` (a manifest's ``postprocess``): bool [H, W]."""
+def place_cam(cam: np.ndarray, hw: tuple[int, int], box=None) -> np.ndarray:
+    """A CAM at an image's (H, W): resized to the whole image, or into ``box`` (0 outside)."""
+    if box is None or (box.x0, box.y0, box.x1, box.y1) == (0, 0, hw[1], hw[0]):
+        return resize_to(cam, hw)
+    from rtseg.active_area import paste
+
+    return paste(cam.astype(np.float32), box, hw)
+
+
+def cam_to_mask(cam: np.ndarray, policy, hw: tuple[int, int], steps=(), box=None) -> np.ndarray:
+    """Resize a CAM to (H, W) (into ``box``, its active area, if given), threshold it with
+    ``policy`` and apply the post-processing ``steps`` (a manifest's ``postprocess``): bool [H, W]."""
     from rtseg.postprocess import refine
 
-    mask = np.asarray(policy.apply(np.clip(resize_to(cam, hw), 0.0, 1.0)), dtype=bool)
+    full = place_cam(cam, hw, box)
+    mask = np.asarray(policy.apply(np.clip(full, 0.0, 1.0)), dtype=bool)
+    if box is not None:
+        inside = np.zeros(hw, bool)
+        inside[box.y0:box.y1, box.x0:box.x1] = True
+        mask &= inside  # outside the field of view nothing is a polyp, whatever the policy
     return refine(mask, steps)
 
 

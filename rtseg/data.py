@@ -222,7 +222,7 @@ def resize_like_preprocess(image: np.ndarray, size: int) -> np.ndarray:
     return x[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
-def _load_one(item: LabeledItem, size: int) -> np.ndarray | str:
+def _load_one(item: LabeledItem, size: int, active_area: bool = False) -> np.ndarray | str:
     try:
         data = np.fromfile(str(item.path), dtype=np.uint8)
     except OSError as exc:
@@ -230,6 +230,10 @@ def _load_one(item: LabeledItem, size: int) -> np.ndarray | str:
     img = decode_image(data)
     if img is None:
         return f"{item.ref} (not a readable image)"
+    if active_area:  # the field of view first, as at inference (then the tile of it)
+        from rtseg.active_area import prepare
+
+        img, _ = prepare(img)
     img = crop_tile(img, item.tile)
     if img.shape[0] < 2 or img.shape[1] < 2:
         return f"{item.ref} (tile too small: {img.shape[1]}x{img.shape[0]})"
@@ -237,7 +241,7 @@ def _load_one(item: LabeledItem, size: int) -> np.ndarray | str:
 
 
 def load_images(items: Sequence[LabeledItem], size: int, workers: int | None = None,
-                on_progress: Callable[[int], None] | None = None):
+                on_progress: Callable[[int], None] | None = None, active_area: bool = False):
     """Decode every item once (tiles cropped) into one ``uint8 [N, size, size, 3]`` CPU tensor.
 
     Decoding runs on ``workers`` threads (OpenCV and torch release the GIL); the result is in
@@ -255,7 +259,7 @@ def load_images(items: Sequence[LabeledItem], size: int, workers: int | None = N
         if workers > 1:
             torch.set_num_threads(1)  # parallel over images, not inside each resize
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for i, res in enumerate(pool.map(lambda it: _load_one(it, size), items)):
+            for i, res in enumerate(pool.map(lambda it: _load_one(it, size, active_area), items)):
                 if isinstance(res, str):
                     bad.append(res)
                 else:

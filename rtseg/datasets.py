@@ -2,7 +2,9 @@
 
 Layout (see the data README): ``kvasir-seg/images|masks/*.jpg`` (polyp images with masks),
 ``cvc-clinicdb/images|masks/N.png`` + ``sequences.csv`` (video frames, every frame a polyp;
-frames of one sequence are one video), ``non-polyp/*.jpg`` (normal mucosa crops).
+frames of one sequence are one video), ``non-polyp/*.jpg`` (normal mucosa crops),
+``polypgen/negative|positive/*.jpg`` + CSVs (in-domain polyp-free frames of 14 sequences;
+polyp frames without masks).
 
 Splits never put frames of one CVC-ClinicDB sequence on both sides, and are deterministic:
 items are ordered by a hash of their name, not by the file system.
@@ -24,7 +26,7 @@ class Item:
     image: Path
     mask: Path | None  # None for non-polyp crops
     label: str  # "polyp" | "non_polyp"
-    source: str  # "kvasir" | "cvc" | "non_polyp"
+    source: str  # "kvasir" | "cvc" | "non_polyp" | "pg_neg" | "pg_pos"
     group: str  # split unit: the image itself, or the CVC sequence
 
 
@@ -38,6 +40,8 @@ class DataFolder:
     kvasir: list[Item] = field(default_factory=list)
     cvc: list[Item] = field(default_factory=list)
     non_polyp: list[Item] = field(default_factory=list)
+    pg_neg: list[Item] = field(default_factory=list)  # PolypGen polyp-free, group = sequence
+    pg_pos: list[Item] = field(default_factory=list)  # PolypGen polyp frames, no masks
 
     @classmethod
     def open(cls, root: str | Path) -> "DataFolder":
@@ -62,6 +66,17 @@ class DataFolder:
         if npd.is_dir():
             df.non_polyp = [Item(p, None, "non_polyp", "non_polyp", p.stem)
                             for p in list_images(npd, "non-polyp folder")]
+        pg = root / "polypgen"
+        for kind, label, attr in (("negative", "non_polyp", "pg_neg"), ("positive", "polyp", "pg_pos")):
+            table = pg / f"{kind}.csv"
+            if not table.is_file():
+                continue
+            with open(table, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            items = [Item(pg / kind / r["image"], None, label, attr,
+                          f"pg-{r['centre']}-{r['sequence']}" if r.get("sequence") else Path(r["image"]).stem)
+                     for r in rows if (pg / kind / r["image"]).is_file()]
+            setattr(df, attr, items)
         if not (df.kvasir or df.cvc) or not df.non_polyp:
             raise UserError(f"{root} needs kvasir-seg/ or cvc-clinicdb/, and non-polyp/ "
                             "(see the data README)")

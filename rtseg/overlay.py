@@ -48,20 +48,34 @@ class Overlay:
             self._mask = np.empty((h, w), np.uint8)
             self._blend = np.empty((h, w, 3), np.uint8)
 
-    def resize_mask(self, mask: np.ndarray, h: int, w: int) -> np.ndarray:
-        """The S x S uint8 0/1 mask at the frame size (nearest): the only mask resize."""
+    def resize_mask(self, mask: np.ndarray, h: int, w: int, box=None) -> np.ndarray:
+        """The S x S uint8 0/1 mask at the frame size (nearest): the only mask resize.
+
+        ``box`` (rtseg.active_area.Box): the part of the frame the mask covers (the active
+        area the segmenter cropped to); outside it the mask is 0."""
         self._buffers(h, w)
         m = mask if mask.dtype == np.uint8 else mask.astype(np.uint8)
-        return cv2.resize(m, (w, h), dst=self._mask, interpolation=cv2.INTER_NEAREST)
+        if box is None or (box.width, box.height) == (w, h):
+            return cv2.resize(m, (w, h), dst=self._mask, interpolation=cv2.INTER_NEAREST)
+        self._mask[:] = 0
+        self._mask[box.y0:box.y1, box.x0:box.x1] = cv2.resize(
+            m, (box.width, box.height), interpolation=cv2.INTER_NEAREST)
+        return self._mask
 
     def draw(self, frame: np.ndarray, mask: np.ndarray, cam: np.ndarray | None = None,
-             prob: float | None = None, fps: float | None = None) -> np.ndarray:
-        """Overlay ``mask`` (S x S, 0/1) and optionally ``cam`` on a BGR ``frame``, in place."""
+             prob: float | None = None, fps: float | None = None, box=None) -> np.ndarray:
+        """Overlay ``mask`` (S x S, 0/1) and optionally ``cam`` on a BGR ``frame``, in place
+        (``box``: where in the frame the S x S maps lie; None = the whole frame)."""
         h, w = frame.shape[:2]
-        m = self.resize_mask(mask, h, w)
+        m = self.resize_mask(mask, h, w, box)
         x, y, bw, bh = cv2.boundingRect(m)  # zero-size box for an empty mask
         if self.heatmap and cam is not None:
-            heat = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
+            if box is None:
+                heat = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
+            else:
+                from rtseg.active_area import paste
+
+                heat = paste(cam.astype(np.float32), box, (h, w))
             heat8 = cv2.convertScaleAbs(heat, alpha=255.0)
             colour = cv2.applyColorMap(heat8, cv2.COLORMAP_JET)
             cv2.addWeighted(frame, 1.0 - self.alpha, colour, self.alpha, 0.0, dst=frame)

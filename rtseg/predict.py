@@ -120,7 +120,7 @@ class ImagePrediction:
     path: Path
     image: np.ndarray  # RGB uint8 [H, W, 3]
     prob: float  # polyp probability
-    cam: np.ndarray  # float32 [S, S] in [0, 1] (tiles mode: [2S, 2S])
+    cam: np.ndarray  # float32 [S, S] in [0, 1] (tiles mode: [2S, 2S]; cropped: [H, W])
     mask: np.ndarray  # bool [H, W]
 
 
@@ -131,7 +131,7 @@ def iter_predictions(bundle, paths: Sequence[Path], layer: int | str | None = No
 
     Unreadable images are left out and appended to ``skipped`` (if given).
     """
-    from rtseg.cam import cam_images, cam_to_mask
+    from rtseg.cam import cam_images, cam_to_mask, place_cam
     from rtseg.imageio import try_read_image
 
     if batch_size < 1:
@@ -153,8 +153,11 @@ def iter_predictions(bundle, paths: Sequence[Path], layer: int | str | None = No
         if not images:
             continue
         res = cam_images(bundle, images, layer=lay, batch_size=batch_size)
-        for p, img, prob, cam in zip(chunk, images, res.prob, res.cams):
-            mask = cam_to_mask(cam, policy, img.shape[:2], bundle.manifest.postprocess)
+        boxes = res.boxes or [None] * len(images)
+        for p, img, prob, cam, box in zip(chunk, images, res.prob, res.cams, boxes):
+            mask = cam_to_mask(cam, policy, img.shape[:2], bundle.manifest.postprocess, box)
+            if box is not None and (box.x0, box.y0, box.x1, box.y1) != (0, 0, img.shape[1], img.shape[0]):
+                cam = place_cam(cam, img.shape[:2], box)  # the heat map in image coordinates
             yield ImagePrediction(p, img, float(prob), cam, mask)
         if tiny:
             names = ", ".join(str(t) for t in tiny[:3]) + (" ..." if len(tiny) > 3 else "")

@@ -4,6 +4,9 @@ Training, eager inference, Grad-CAM and the fused exported graph all call
 :func:`frames_to_input`, with the size, mean and std taken from the bundle's manifest, so
 preprocessing cannot drift between training and inference.
 
+Before these steps, images are cut to the endoscope's active area when the manifest says so
+(:func:`network_views`, :mod:`rtseg.active_area`; the segmenters do it once per stream).
+
 Steps: uint8 [B, H, W, 3] (RGB, or BGR with ``bgr=True``) -> float [B, 3, H, W] / 255 ->
 bilinear resize to S x S (``align_corners=False``, no antialias: exactly what ONNX ``Resize``
 does) -> optional common field-of-view mask (the same octagon for every image, so that the
@@ -57,11 +60,28 @@ def frames_to_input(frames: torch.Tensor, size: int, mean: Sequence[float], std:
     return x
 
 
-def images_to_input(images: Sequence[np.ndarray], manifest, bgr: bool = False) -> torch.Tensor:
+def network_views(images: Sequence[np.ndarray], manifest) -> tuple[list[np.ndarray], list]:
+    """(what the network sees of each image, its box in the image).
+
+    With the manifest's ``active_area`` each image is cropped to the endoscope's field of view
+    (fixed overlays blanked, :mod:`rtseg.active_area`); else the whole image (box = image).
+    """
+    from rtseg.active_area import prepare
+
+    pairs = [prepare(im, bool(getattr(manifest, "active_area", False))) for im in images]
+    return [v for v, _ in pairs], [b for _, b in pairs]
+
+
+def images_to_input(images: Sequence[np.ndarray], manifest, bgr: bool = False,
+                    crop: bool = True) -> torch.Tensor:
     """A list of uint8 images of any sizes -> one batch, using the manifest's settings.
 
-    Images of different sizes are resized one by one (the same resize as in the fused graph).
+    Images are first cut to their active area when the manifest asks for it (``crop=False``:
+    they already are); images of different sizes are resized one by one (the same resize as
+    in the fused graph).
     """
+    if crop:
+        images, _ = network_views(images, manifest)
     outs = [
         frames_to_input(torch.from_numpy(np.ascontiguousarray(im))[None], manifest.input_size,
                         manifest.mean, manifest.std, bgr=bgr, fov=manifest.fov_mask)

@@ -480,7 +480,8 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
                         ta = time.perf_counter()
                         fps_now = 1.0 / ema_dt if ema_dt else None
                         vis = overlay.draw(fr.image, masks[i], cams[i] if cfg.heatmap else None,
-                                           float(out.prob[i]), fps_now)
+                                           float(out.prob[i]), fps_now,
+                                           box=out.boxes[i] if out.boxes else None)
                         tb = time.perf_counter()
                         stats.add_stage("overlay", tb - ta)
                         if sink is not None:

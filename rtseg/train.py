@@ -43,7 +43,7 @@ from rtseg.data import (AugmentConfig, LabeledItem, augment_batch, default_worke
                         read_labels_csv, require_classes, stratified_split, summarize)
 from rtseg.errors import UserError
 from rtseg.imageio import CLASS_NAMES
-from rtseg.model import (IMAGENET_MEAN, IMAGENET_STD, MANIFEST, WEIGHTS, Bundle, Manifest,
+from rtseg.model import (ARCHS, IMAGENET_MEAN, IMAGENET_STD, MANIFEST, WEIGHTS, Bundle, Manifest,
                          build_model, check_layer, num_blocks, resolve_device, save_bundle)
 from rtseg.thresholds import ThresholdPolicy
 
@@ -74,8 +74,12 @@ class TrainConfig:
     threshold: str | ThresholdPolicy = "above 0.28"  # threshold policy recorded in the manifest
     workers: int | None = None  # image-decoding threads (default min(8, CPUs))
     arch: str = "efficientnet-b1"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    # None: the normalisation the architecture's weights expect (rtseg.model.ARCHS)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    # start from the ImageNet weights installed for the architecture (None: where installed)
+    pretrained: bool | None = None
+    active_area: bool = False  # crop every image to the endoscope's field of view first
     tiles: bool = False  # manifest "tiles" (Run 1: one CAM per 2x2 tile at inference)
     amp: bool = True  # mixed precision on CUDA (bf16, else fp16 + GradScaler)
     cuda_graph: bool = True  # capture the training step as a CUDA graph (CUDA, bf16/fp32)
@@ -98,6 +102,13 @@ class TrainConfig:
             self.threshold = ThresholdPolicy.parse(self.threshold)
         if isinstance(self.layer, str) and self.layer.strip().lstrip("-").isdigit():
             self.layer = int(self.layer)
+        spec = ARCHS.get(self.arch)
+        if self.mean is None:
+            self.mean = spec.mean if spec else IMAGENET_MEAN
+        if self.std is None:
+            self.std = spec.std if spec else IMAGENET_STD
+        if self.pretrained is None:
+            self.pretrained = bool(spec and spec.pretrained and self.init is None)
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
 
@@ -493,7 +504,7 @@ def train(config: TrainConfig, progress: bool = True,
 
     # --- model (and --init) before the slow image decoding --------------------------------
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch)
+    model = build_model(cfg.arch, pretrained=bool(cfg.pretrained))
     init_tensors = load_init_state(cfg.init, model) if cfg.init is not None else None
 
     is_cuda = device.startswith("cuda")
@@ -508,7 +519,7 @@ def train(config: TrainConfig, progress: bool = True,
         # --- images -> one uint8 tensor on the device ------------------------------------
         task = prog.add("decoding images", len(items))
         cache = load_images(items, cfg.size, cfg.workers or default_workers(),
-                            on_progress=lambda n: prog.advance(task, n))
+                            on_progress=lambda n: prog.advance(task, n), active_area=cfg.active_area)
         prog.remove(task)
         cache = cache.to(device)
         targets = torch.from_numpy(targets_np).float().to(device)
@@ -700,6 +711,7 @@ def train(config: TrainConfig, progress: bool = True,
     manifest = Manifest(arch=cfg.arch, input_size=cfg.size, mean=cfg.mean, std=cfg.std,
                         fov_mask=cfg.fov, cam_layer=cfg.layer, threshold=cfg.threshold,
                         tiles=cfg.tiles, class_names=CLASS_NAMES, training=training,
+                        active_area=cfg.active_area,
                         metrics=metrics)
     save_bundle(Bundle(model, manifest), out)
     n_seen = epochs_run * steps * bsz

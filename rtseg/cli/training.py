@@ -48,6 +48,17 @@ def train_cmd(
                                   "in the manifest: 'band LO HI', 'above T' or 'otsu'."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image-decoding threads "
                                           "(default: min(8, CPUs)).", show_default=False),
+    arch: str = typer.Option("efficientnet-b1", "--arch", help="Backbone: efficientnet-b0..b3 "
+                             "(efficientnet-pytorch, random init: the paper's) or "
+                             "efficientnet-lite1 (ImageNet weights installed with rtseg)."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained",
+                                              help="Start from the installed ImageNet weights "
+                                              "(default: where the architecture has them).",
+                                              show_default=False),
+    active_area: bool = typer.Option(False, "--active-area/--no-active-area",
+                                     help="Crop every image to the endoscope's lit field of "
+                                     "view first (recorded in the manifest; the default "
+                                     "model's setting)."),
     precise_bn: int = typer.Option(256, "--precise-bn", help="Training images (unaugmented) "
                                    "that re-estimate the BatchNorm statistics after every "
                                    "epoch; 0 = off (the paper's set-up)."),
@@ -60,7 +71,8 @@ def train_cmd(
     config = TrainConfig(labels=labels, out=out, epochs=epochs, batch=batch, size=size, lr=lr,
                          device=device, seed=seed, val=val, augment=augment, fov=fov, init=init,
                          resume=resume, layer=parse_layer(layer), threshold=threshold,
-                         workers=workers, precise_bn=precise_bn)
+                         workers=workers, precise_bn=precise_bn, arch=arch,
+                         pretrained=pretrained, active_area=active_area)
     result = train(config, progress=True)
     if result.val_accuracy is not None:
         how = (f"best epoch {result.best_epoch}: val accuracy {result.val_accuracy:.3f}, "

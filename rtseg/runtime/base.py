@@ -19,6 +19,8 @@ class SegOutput:
     prob: np.ndarray  # float32 [B]
     cam: np.ndarray  # float32 [B, S, S] in [0, 1]
     mask: np.ndarray  # uint8 [B, S, S], 0/1
+    # where each frame's S x S maps lie in the frame (rtseg.active_area.Box); None = whole frame
+    boxes: list | None = None
 
 
 class Segmenter(ABC):

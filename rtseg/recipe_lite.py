@@ -1,0 +1,425 @@
+"""The default model's recipe: ImageNet EfficientNet-Lite1, frozen; classifier + segmentation head.
+
+``python -m rtseg.recipe_lite cv --data ../shared/data --folds 3 --json cv.json``
+    K-fold cross-validation that cannot leak: a CVC-ClinicDB or PolypGen sequence never spans
+    two folds; seeds, classifier, head, threshold, clean-up and the constant-ellipse radius are
+    chosen on the training folds only; the held-out fold is scored (full-frame Medico Dice /
+    Jaccard on Kvasir-SEG and CVC-ClinicDB, beside the constant baselines; polyp-free PolypGen
+    frames called non-polyp; polyp frames called polyp). Several variants (the ideas measured
+    one at a time) share one feature extraction.
+``python -m rtseg.recipe_lite build --data ../shared/data --out rtseg/assets/default_model``
+    the same fit on all the data, written as a bundle.
+
+Labels used: image-level folder labels (Kvasir-SEG / CVC-ClinicDB / PolypGen positive =
+polyp; PolypGen negative, old crops = non-polyp; whole-image label propagation scores 0.9996+
+on these sources, see the README), and the masks of 100 seed images only (70 Kvasir-SEG +
+30 CVC-ClinicDB, the paper's seed count): for the head's targets and for the Run-1-style
+in-domain negative tiles (3 x 3 tiles of the seed images' active area without mask pixels).
+Masks of other training images are used only to choose the threshold (as ``rtseg tune``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from rtseg.active_area import Box, paste
+from rtseg.datasets import DataFolder, Item, _h, group_folds
+from rtseg.head import HeadConfig, SegHead
+from rtseg.imageio import read_image, read_mask
+from rtseg.metrics import image_scores
+from rtseg.model import LITE_MEAN, LITE_STD, Bundle, Manifest, build_model
+from rtseg.postprocess import refine
+from rtseg.probe import (TARGET, Cached, extract, fit_classifier, fit_head, head_cams, head_maps,
+                         logits_of, mask_target, pseudo_targets, set_classifier)
+
+ARCH = "efficientnet-lite1"
+SIZE = 224
+SEEDS = {"kvasir": 70, "cvc": 30}
+THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.25, 0.76, 0.05))
+STEPS = ((), ("largest",), ("largest", "fill"))
+RADII = tuple(round(r, 3) for r in np.arange(0.10, 0.501, 0.025))
+
+
+@dataclass
+class Variant:
+    """One training set-up; the ideas are measured by switching one field at a time."""
+
+    name: str = "default"
+    tiles: bool = True  # in-domain negative tiles of the seed images
+    crops: bool = False  # the old non-polyp crops as negatives
+    pg_pos: bool = True  # PolypGen polyp frames as positives (image labels)
+    head: bool = True  # segmentation head (else: the plain Grad-CAM, thresholded)
+    selftrain: bool = True  # second head round on its own confident maps
+    gate: bool = True  # no mask where the classifier says no polyp
+    c: float = 0.5  # logistic-regression C
+    epochs: int = 40
+
+
+VARIANTS = {
+    "default": Variant(),
+    "no-selftrain": Variant("no-selftrain", selftrain=False),
+    "no-tiles": Variant("no-tiles", tiles=False),
+    "crops": Variant("crops", crops=True),
+    "no-pg-pos": Variant("no-pg-pos", pg_pos=False),
+    "no-gate": Variant("no-gate", gate=False),
+    "cam-only": Variant("cam-only", head=False, selftrain=False),
+}
+
+
+def manifest(gate: bool = True, head: bool = True) -> Manifest:
+    return Manifest(arch=ARCH, input_size=SIZE, mean=LITE_MEAN, std=LITE_STD, fov_mask=True,
+                    active_area=True, cam_layer="head", threshold="above 0.5",
+                    head=HeadConfig(gate=gate).to_dict() if head else None)
+
+
+# --------------------------------------------------------------------------------------------
+# data: items, seed tiles, features
+# --------------------------------------------------------------------------------------------
+def ordered(items: list[Item]) -> list[Item]:
+    return sorted(items, key=lambda it: _h(str(it.image.name), 1))
+
+
+def seed_tiles(img: np.ndarray, mask: np.ndarray, m: Manifest, grid: int = 3) -> list[np.ndarray]:
+    """Tiles of the image's active area that hold no polyp pixel (in-domain negatives)."""
+    from rtseg.active_area import prepare
+
+    view, box = prepare(img, True)
+    mk = mask[box.y0:box.y1, box.x0:box.x1]
+    h, w = view.shape[:2]
+    out = []
+    for i in range(grid):
+        for j in range(grid):
+            ys, xs = slice(i * h // grid, (i + 1) * h // grid), slice(j * w // grid, (j + 1) * w // grid)
+            tile = view[ys, xs]
+            # a tile that is mostly black border says nothing
+            if not mk[ys, xs].any() and (tile.max(axis=2) > 30).mean() > 0.6:
+                out.append(np.ascontiguousarray(tile))
+    return out
+
+
+class FeatureStore:
+    """Features of every image used, computed once (and kept on disk under ``cache``)."""
+
+    def __init__(self, model, m: Manifest, cache: Path | None) -> None:
+        self.model, self.m, self.cache = model, m, cache
+        self.index: dict[str, int] = {}
+        self.parts: list[Cached] = []
+        self.data: Cached | None = None
+
+    def add(self, keys: list[str], loader, label: str) -> None:
+        keys = [k for k in keys if k not in self.index]
+        if not keys:
+            return
+        f = self.cache / f"{label}.npz" if self.cache else None
+        if f is not None and f.is_file():
+            z = np.load(f, allow_pickle=True)
+            if list(z["keys"]) == keys:
+                self._append(keys, Cached(z["gap"], z["head"], [z[f"f{i}"] for i in range(3)],
+                                          [Box(*b) for b in z["boxes"]]))
+                return
+        t = time.time()
+        out = []
+        for s in range(0, len(keys), 64):
+            imgs = [loader(k) for k in keys[s:s + 64]]
+            out.append(extract(self.model, self.m, imgs, self.m.head["features"]))
+        c = Cached.concat(out)
+        print(f"  features of {len(keys)} {label}: {time.time() - t:.0f} s", flush=True)
+        if f is not None:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(f, keys=np.array(keys), gap=c.gap, head=c.head,
+                     **{f"f{i}": x for i, x in enumerate(c.feats)},
+                     boxes=np.array([b.as_tuple() for b in c.boxes]))
+        self._append(keys, c)
+
+    def _append(self, keys: list[str], c: Cached) -> None:
+        base = len(self.index)
+        for i, k in enumerate(keys):
+            self.index[k] = base + i
+        self.parts.append(c)
+        self.data = None
+
+    def get(self, keys: list[str]) -> Cached:
+        if self.data is None:
+            self.data = Cached.concat(self.parts)
+        return self.data.take([self.index[k] for k in keys])
+
+
+# --------------------------------------------------------------------------------------------
+# one fit: classifier + head on a training selection
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Fit:
+    w: np.ndarray
+    b: float
+    head: SegHead | None
+    threshold: float
+    steps: tuple[str, ...]
+    radius: float
+    tune: dict = field(default_factory=dict)
+
+
+def _truth_crop(mask: np.ndarray, box: Box, size: int) -> np.ndarray:
+    m = mask[box.y0:box.y1, box.x0:box.x1].astype(np.float32)
+    return cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA) > 0.5
+
+
+def maps_of(fit: Fit, c: Cached, size: int, gate: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(logits [N], maps [N, size, size] in [0, 1]) exactly as the bundle computes them."""
+    from rtseg.cam import normalize_cam
+    import torch
+
+    z = logits_of(c.gap, fit.w, fit.b)
+    raw = head_cams(c.head, fit.w)
+    if fit.head is not None:
+        maps = head_maps(fit.head, c, raw, size)
+    else:
+        maps = normalize_cam(torch.from_numpy(raw), size).numpy()
+    if gate:
+        maps = maps * (z > 0)[:, None, None]
+    return z, maps
+
+
+def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manifest,
+        log=print) -> Fit:
+    kv, cvc = ordered(train["kvasir"]), ordered(train["cvc"])
+    seeds = kv[:SEEDS["kvasir"]] + cvc[:SEEDS["cvc"]]
+    rest = kv[SEEDS["kvasir"]:] + cvc[SEEDS["cvc"]:]
+    tune_set = rest[::max(1, len(rest) // 250)]
+    pos_keys = [str(it.image) for it in kv + cvc] + ([str(it.image) for it in train["pg_pos"]] if v.pg_pos else [])
+    neg_keys = [str(it.image) for it in train["pg_neg"]]
+    if v.crops:
+        neg_keys += [str(it.image) for it in train["non_polyp"]]
+    tile_keys = [k for it in seeds for k in store.tile_keys.get(str(it.image), [])] if v.tiles else []
+    neg_keys += tile_keys
+    # 1. classifier
+    c_pos, c_neg = store.get(pos_keys), store.get(neg_keys)
+    gap = np.concatenate([c_pos.gap, c_neg.gap])
+    y = np.r_[np.ones(len(pos_keys)), np.zeros(len(neg_keys))]
+    w, b = fit_classifier(gap, y, v.c)
+    # 2. head: seed masks + empty masks of negatives (+ own confident maps)
+    head = None
+    if v.head:
+        seed_c = store.get([str(it.image) for it in seeds])
+        tg = np.stack([mask_target(read_mask(it.mask), bx) for it, bx in zip(seeds, seed_c.boxes)])
+        rng = np.random.default_rng(0)
+        nk = list(rng.choice(neg_keys, size=min(len(neg_keys), 3 * len(seeds)), replace=False))
+        neg_c = store.get(nk)
+        cc = Cached.concat([seed_c, neg_c])
+        tgt = np.concatenate([tg, np.zeros((len(nk), TARGET, TARGET), np.float32)])
+        wgt = np.ones_like(tgt)
+        torch_seed = 0
+        head = SegHead(HeadConfig(**{**m.head, "gate": v.gate}))
+        fit_head(head, cc, head_cams(cc.head, w), tgt, wgt, epochs=v.epochs, seed=torch_seed)
+        if v.selftrain:
+            un_keys = [str(it.image) for it in rest] + ([str(it.image) for it in train["pg_pos"]] if v.pg_pos else [])
+            un_c = store.get(un_keys)
+            un_raw = head_cams(un_c.head, w)
+            pt, pw, keep = pseudo_targets(head_maps(head, un_c, un_raw))
+            keep &= logits_of(un_c.gap, w, b) > 0
+            idx = np.flatnonzero(keep)
+            cc2 = Cached.concat([cc, un_c.take(idx)])
+            tgt2 = np.concatenate([tgt, pt[idx]])
+            wgt2 = np.concatenate([wgt, pw[idx] * 0.5])
+            head = SegHead(HeadConfig(**{**m.head, "gate": v.gate}))
+            fit_head(head, cc2, head_cams(cc2.head, w), tgt2, wgt2, epochs=max(10, v.epochs // 2),
+                     seed=torch_seed + 1)
+            log(f"    self-training: {len(idx)} of {len(un_keys)} unlabeled polyp images kept")
+    # 3. threshold, clean-up and the ellipse radius on the training folds' tune set
+    f = Fit(w, b, head, 0.5, (), 0.25)
+    tc = store.get([str(it.image) for it in tune_set])
+    _, maps = maps_of(f, tc, SIZE, v.gate)
+    truths = [_truth_crop(read_mask(it.mask), bx, SIZE) for it, bx in zip(tune_set, tc.boxes)]
+    best = (-1.0, 0.5, ())
+    for t in THRESHOLDS:
+        pm = maps > t
+        for steps in STEPS:
+            d = np.mean([image_scores(refine(p, steps) if steps else p, tr)["dice"]
+                         for p, tr in zip(pm, truths)])
+            if d > best[0]:
+                best = (float(d), t, steps)
+    f.threshold, f.steps = best[1], best[2]
+    full_truth = [read_mask(it.mask) for it in tune_set]
+    f.radius = max(RADII, key=lambda r: np.mean([image_scores(ellipse(t.shape, r), t)["dice"]
+                                                 for t in full_truth]))
+    f.tune = {"dice": round(best[0], 4), "threshold": f.threshold, "postprocess": list(f.steps),
+              "n_tune": len(tune_set), "n_pos": len(pos_keys), "n_neg": len(neg_keys),
+              "n_tiles": len(tile_keys), "ellipse_radius": f.radius}
+    return f
+
+
+def ellipse(hw: tuple[int, int], r: float) -> np.ndarray:
+    h, w = hw
+    yy, xx = np.ogrid[:h, :w]
+    return ((xx + 0.5 - w / 2) / (r * w)) ** 2 + ((yy + 0.5 - h / 2) / (r * h)) ** 2 <= 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# scoring a held-out fold
+# --------------------------------------------------------------------------------------------
+def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]], v: Variant) -> dict:
+    out: dict = {}
+    for src in ("kvasir", "cvc"):
+        items = test[src]
+        if not items:
+            continue
+        c = store.get([str(it.image) for it in items])
+        z, maps = maps_of(f, c, SIZE, v.gate)
+        rows = {"model": [], "ellipse": [], "all_foreground": []}
+        for it, mp, bx in zip(items, maps, c.boxes):
+            truth = read_mask(it.mask)
+            full = paste(mp.astype(np.float32), bx, truth.shape) > f.threshold
+            pred = refine(full, f.steps) if f.steps else full
+            rows["model"].append(image_scores(pred, truth))
+            rows["ellipse"].append(image_scores(ellipse(truth.shape, f.radius), truth))
+            rows["all_foreground"].append(image_scores(np.ones_like(truth), truth))
+        out[src] = {k: {m_: round(float(np.mean([r[m_] for r in rs])), 4)
+                        for m_ in ("dice", "jaccard", "recall", "precision")} for k, rs in rows.items()}
+        out[src]["n"] = len(items)
+        out[src]["called_polyp"] = round(float((z > 0).mean()), 4)
+    for src in ("pg_neg", "pg_pos", "non_polyp"):
+        if test.get(src):
+            z = logits_of(store.get([str(it.image) for it in test[src]]).gap, f.w, f.b)
+            key = "called_non_polyp" if src in ("pg_neg", "non_polyp") else "called_polyp"
+            out[src] = {key: round(float((z <= 0).mean() if key == "called_non_polyp" else (z > 0).mean()), 4),
+                        "n": len(test[src])}
+    return out
+
+
+def load_all(data: Path, crops: int = 600) -> dict[str, list[Item]]:
+    df = DataFolder.open(data)
+    return {"kvasir": df.kvasir, "cvc": df.cvc, "pg_neg": df.pg_neg, "pg_pos": df.pg_pos,
+            "non_polyp": ordered(df.non_polyp)[:crops]}
+
+
+def open_store(items: dict[str, list[Item]], cache: Path | None) -> FeatureStore:
+    m = manifest()
+    model = build_model(ARCH, pretrained=True).eval()
+    store = FeatureStore(model, m, cache)
+    for src, its in items.items():
+        store.add([str(it.image) for it in its], read_image, src)
+    # seed-tile candidates: the first images of every source, in seed order, per fold
+    store.tile_keys = {}
+    return store
+
+
+def add_tiles(store: FeatureStore, seeds: list[Item]) -> None:
+    m = store.m
+    keys, tiles = [], []
+    for it in seeds:
+        k = str(it.image)
+        if k in store.tile_keys:
+            continue
+        ts = seed_tiles(read_image(it.image), read_mask(it.mask), m)
+        store.tile_keys[k] = [f"{k}#t{i}" for i in range(len(ts))]
+        keys += store.tile_keys[k]
+        tiles += ts
+    if keys:
+        lut = dict(zip(keys, tiles))
+        store.add(keys, lambda key: lut[key], f"tiles-{len(store.parts)}")
+
+
+def _mean_sd(vals: list[float]) -> str:
+    return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
+
+
+def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | None) -> dict:
+    items = load_all(data)
+    store = open_store(items, cache)
+    fold_of = {src: group_folds(its, folds) for src, its in items.items()}
+    results: dict = {v: [] for v in variants}
+    for k in range(folds):
+        train = {src: [it for j, f in enumerate(fl) if j != k for it in f] for src, fl in fold_of.items()}
+        test = {src: fl[k] for src, fl in fold_of.items()}
+        add_tiles(store, ordered(train["kvasir"])[:SEEDS["kvasir"]] + ordered(train["cvc"])[:SEEDS["cvc"]])
+        for name in variants:
+            v = VARIANTS[name]
+            t = time.time()
+            f = fit(store, train, v, store.m)
+            sc = score(store, f, test, v)
+            sc["tune"] = f.tune
+            results[name].append(sc)
+            print(f"fold {k} {name}: kvasir {sc['kvasir']['model']['dice']:.3f} (ellipse "
+                  f"{sc['kvasir']['ellipse']['dice']:.3f}) cvc {sc['cvc']['model']['dice']:.3f} "
+                  f"(ellipse {sc['cvc']['ellipse']['dice']:.3f}) pg_neg "
+                  f"{sc['pg_neg']['called_non_polyp']:.3f} polyp {sc['kvasir']['called_polyp']:.3f}/"
+                  f"{sc['cvc']['called_polyp']:.3f} [{time.time() - t:.0f} s] {f.tune}", flush=True)
+    summary = {}
+    for name, rs in results.items():
+        s = {}
+        for src in ("kvasir", "cvc"):
+            for who in ("model", "ellipse", "all_foreground"):
+                for met in ("dice", "jaccard"):
+                    s[f"{src}_{who}_{met}"] = _mean_sd([r[src][who][met] for r in rs])
+            s[f"{src}_called_polyp"] = _mean_sd([r[src]["called_polyp"] for r in rs])
+        s["pg_neg_called_non_polyp"] = _mean_sd([r["pg_neg"]["called_non_polyp"] for r in rs])
+        s["pg_pos_called_polyp"] = _mean_sd([r["pg_pos"]["called_polyp"] for r in rs])
+        s["crops_called_non_polyp"] = _mean_sd([r["non_polyp"]["called_non_polyp"] for r in rs])
+        summary[name] = s
+    return {"folds": folds, "variants": {n: VARIANTS[n].__dict__ for n in variants},
+            "per_fold": results, "summary": summary}
+
+
+def build(data: Path, out: Path, cache: Path | None, variant: str = "default") -> Path:
+    """Fit on all the data and write the bundle (weights + manifest)."""
+    import torch
+
+    from rtseg.model import save_bundle
+
+    items = load_all(data)
+    store = open_store(items, cache)
+    add_tiles(store, ordered(items["kvasir"])[:SEEDS["kvasir"]] + ordered(items["cvc"])[:SEEDS["cvc"]])
+    v = VARIANTS[variant]
+    f = fit(store, items, v, store.m)
+    m = manifest(gate=v.gate, head=v.head)
+    model = build_model(ARCH, pretrained=True, head=m.head).eval()
+    set_classifier(model, f.w, f.b)
+    if f.head is not None:
+        model.rtseg_head.load_state_dict(f.head.state_dict())
+    from rtseg.thresholds import ThresholdPolicy
+
+    m = m.replace(threshold=ThresholdPolicy.parse(f"above {f.threshold}"), postprocess=tuple(f.steps),
+                  training={"recipe": f"python -m rtseg.recipe_lite build --variant {variant}",
+                            "backbone": "ImageNet efficientnet-lite1, frozen",
+                            "variant": v.__dict__, **f.tune},
+                  metrics={"tuning": {"baselines": {"ellipse": {"radius": f.radius}}}})
+    bundle = Bundle(model, m)
+    with torch.no_grad():
+        save_bundle(bundle, out, half=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m rtseg.recipe_lite", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=["cv", "build"])
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--variants", default="default")
+    ap.add_argument("--variant", default="default")
+    ap.add_argument("--cache", type=Path, default=Path("runs/lite_features"))
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=Path("runs/lite_model"))
+    a = ap.parse_args(argv)
+    import torch
+
+    torch.set_flush_denormal(True)
+    if a.stage == "cv":
+        res = cross_validate(a.data, a.folds, a.variants.split(","), a.cache)
+        print(json.dumps(res["summary"], indent=2))
+        if a.json:
+            from rtseg.atomic import write_json
+
+            write_json(a.json, res)
+    else:
+        print(build(a.data, a.out, a.cache, a.variant))
+
+
+if __name__ == "__main__":
+    main()
