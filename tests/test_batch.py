@@ -46,6 +46,15 @@ def ray_up():
 
 
 @pytest.fixture(scope="module")
+def model(calibrated_bundle, onnx_cache):
+    """The calibrated test bundle's fused graph, exported once per session (shared cache):
+    ``--model file.onnx`` (a bundle is exported to the same graph by the driver)."""
+    from rtseg.exporter import cached_onnx
+
+    return cached_onnx(calibrated_bundle, 14, cache=onnx_cache)
+
+
+@pytest.fixture(scope="module")
 def cache_env(tmp_path_factory):
     """The session's ONNX export cache, for this module's drivers (and child processes)."""
     old = os.environ.get("RTSEG_CACHE")
@@ -80,11 +89,11 @@ def archive(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def batch_run(ray_up, cache_env, archive, bundle_dir, tmp_path_factory):
+def batch_run(ray_up, cache_env, archive, model, tmp_path_factory):
     from rtseg.batch import BatchConfig, run_batch
 
     out = tmp_path_factory.mktemp("batch") / "out"
-    cfg = BatchConfig(input=str(archive), out=str(out), model=str(bundle_dir), workers=2,
+    cfg = BatchConfig(input=str(archive), out=str(out), model=str(model), workers=2,
                       save_video=True, save_masks=True, chunk=3, quiet=True)
     t0 = time.perf_counter()
     manifest = run_batch(cfg)
@@ -162,7 +171,7 @@ def test_rerun_skips_everything_done(batch_run):
     assert before == {p: p.stat().st_mtime_ns for p in batch_run["out"].rglob("frames.parquet")}
 
 
-def test_per_frame_outputs_identical_to_stream(batch_run, archive, bundle_dir, monkeypatch):
+def test_per_frame_outputs_identical_to_stream(batch_run, archive, model, monkeypatch):
     """The probabilities and masks of rtseg stream on the same video, frame by frame."""
     from rtseg.overlay import Overlay
     from rtseg.stream import StreamConfig, run_stream
@@ -177,7 +186,7 @@ def test_per_frame_outputs_identical_to_stream(batch_run, archive, bundle_dir, m
 
     monkeypatch.setattr(Overlay, "draw", spy)
     video = archive / "day1" / "clip1.mp4"
-    run_stream(StreamConfig(source=str(video), model=str(bundle_dir), backend="onnxruntime",
+    run_stream(StreamConfig(source=str(video), model=str(model), backend="onnxruntime",
                             threads=1, headless=True, quiet=True))
     vdir = batch_run["out"] / "videos" / "archive" / "day1" / "clip1.mp4"
     tab = _table(vdir / "frames.parquet")
@@ -189,8 +198,13 @@ def test_per_frame_outputs_identical_to_stream(batch_run, archive, bundle_dir, m
         assert int(m.sum()) == tab["mask_pixels"][i]
 
 
-def test_sigkill_mid_archive_then_rerun(ray_up, cache_env, bundle_dir, tmp_path):
-    """Kill the job (SIGKILL) mid-archive and rerun: every video complete exactly once."""
+def test_sigkill_mid_archive_then_rerun(ray_up, cache_env, model, tmp_path):
+    """Kill the job (SIGKILL) mid-archive and rerun: every video complete exactly once.
+
+    The job runs in a child process on this module's Ray (``--address``: one Ray start less,
+    and the cluster path is tested too)."""
+    import ray
+
     from rtseg.batch import BatchConfig, run_batch
 
     arch = tmp_path / "arch"
@@ -200,7 +214,8 @@ def test_sigkill_mid_archive_then_rerun(ray_up, cache_env, bundle_dir, tmp_path)
         write_video(arch / f"v{i}.mp4", n=n_frames, size=SIZE, seed=i)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "rtseg", "batch", "--input", str(arch), "--out", str(out),
-           "--model", str(bundle_dir), "--workers", "2"]
+           "--model", str(model), "--workers", "2",
+           "--address", ray.get_runtime_context().gcs_address]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True, env={**os.environ, "COLUMNS": "120"})
     vdir = out / "videos" / "arch"
@@ -217,14 +232,13 @@ def test_sigkill_mid_archive_then_rerun(ray_up, cache_env, bundle_dir, tmp_path)
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
-    time.sleep(1.0)  # let the killed job's workers notice
     done_before = sorted(d.name for d in vdir.iterdir() if (d / "done.json").exists())
     assert 0 < len(done_before) < n_videos
     for d in vdir.iterdir():  # what is in place is complete; partial work only in .work
         assert (d / "done.json").exists()
         assert _table(d / "frames.parquet")["frame"] == list(range(n_frames))
 
-    m = run_batch(BatchConfig(input=str(arch), out=str(out), model=str(bundle_dir), workers=2,
+    m = run_batch(BatchConfig(input=str(arch), out=str(out), model=str(model), workers=2,
                               quiet=True))
     t = m["totals"]
     assert m["complete"] and t["failed"] == 0 and t["files_done"] == n_videos

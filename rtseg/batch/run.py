@@ -167,7 +167,9 @@ def prepare_model(cfg: BatchConfig, say=print) -> dict:
     for name in sorted(files):
         h.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
     payload = {"files": files, "entry": entry, "backend": getattr(seg, "backend", cfg.backend),
-               "device": cfg.device, "layer": layer, "untrained": untrained,
+               # "auto" as the driver resolved it (a GPU cluster: --device cuda)
+               "device": seg.device if cfg.device == "auto" else cfg.device,
+               "layer": layer, "untrained": untrained,
                "sha256": h.hexdigest(), "describe": seg.describe(),
                "input_size": int(seg.manifest.input_size), "spec": cfg.model or "default model"}
     del seg, keep
@@ -184,6 +186,12 @@ def build_segmenter(payload: dict, threads: int = 1):
         for name, data in payload["files"].items():
             (tmp / name).write_bytes(data)
         target = tmp / payload["entry"] if payload["entry"] else tmp
+        if payload["backend"] == "onnxruntime" and payload["device"] == "cpu":
+            # the runtime's own ONNX segmenter, without create_segmenter's device probe (which
+            # imports torch: seconds per worker start on a busy machine)
+            from rtseg.runtime.onnx_backend import OnnxSegmenter
+
+            return OnnxSegmenter(target, "cpu", False, threads=threads)
         return create(str(target), payload["backend"], payload["device"], None, payload["layer"],
                       threads)
     finally:
