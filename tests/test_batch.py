@@ -232,6 +232,7 @@ def test_sigkill_mid_archive_then_rerun(ray_up, cache_env, model, tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
+    time.sleep(1.0)  # the killed job's actors go with it (a unit they still finish is complete)
     done_before = sorted(d.name for d in vdir.iterdir() if (d / "done.json").exists())
     assert 0 < len(done_before) < n_videos
     for d in vdir.iterdir():  # what is in place is complete; partial work only in .work
@@ -242,8 +243,8 @@ def test_sigkill_mid_archive_then_rerun(ray_up, cache_env, model, tmp_path):
                               quiet=True))
     t = m["totals"]
     assert m["complete"] and t["failed"] == 0 and t["files_done"] == n_videos
-    assert t["files_already_done"] == len(done_before)
-    assert t["files_this_run"] == n_videos - len(done_before)
+    assert t["files_already_done"] >= len(done_before)
+    assert t["files_this_run"] == n_videos - t["files_already_done"] > 0
     assert sorted(d.name for d in vdir.iterdir()) == [f"v{i}.mp4" for i in range(n_videos)]
     for d in vdir.iterdir():
         assert sorted(p.name for p in d.iterdir()) == ["done.json", "frames.parquet"]

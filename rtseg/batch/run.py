@@ -156,6 +156,8 @@ def prepare_model(cfg: BatchConfig, say=print) -> dict:
         untrained = True
     seg, _ = load_segmenter(model, cfg.backend, cfg.device, None, cfg.layer, say=say, threads=1)
     path = getattr(seg, "path", None)
+    if model is not None and Path(model).is_file():  # --model an .onnx / .engine file
+        path = Path(model)
     if path is not None and Path(path).is_file():  # an ONNX graph (exported once, cached) / engine
         files = {Path(path).name: Path(path).read_bytes()}
         entry, layer = Path(path).name, None
@@ -201,8 +203,13 @@ def build_segmenter(payload: dict, threads: int = 1):
 class UnitWorker:
     """The Ray Data actor: one segmenter, then one unit per call (``{"unit": json}``)."""
 
-    def __init__(self, payload: dict, options: dict, counter=None) -> None:
+    def __init__(self, payload, options: dict, counter=None) -> None:
         import cv2
+
+        if isinstance(payload, list):  # [ObjectRef]: the model's bytes, put once by the driver
+            import ray
+
+            payload = ray.get(payload[0])
 
         cv2.setNumThreads(1)
         threads = int(options.get("threads", 1))
@@ -413,8 +420,8 @@ def run_batch(cfg: BatchConfig, console=None) -> dict:
         from rtseg.batch.raysession import check_address
 
         check_address(cfg.address)  # a bad address fails before any work
-    out = prepare_out(cfg.out)
-    inp = discover(cfg.input, out)
+    inp = discover(cfg.input, Path(os.path.abspath(cfg.out)) if str(cfg.out).strip() else None)
+    out = prepare_out(cfg.out)  # after the input: a bad input creates no folder
     with out_lock(out):
         left = clean_work(out)
         if left:
@@ -479,7 +486,10 @@ def _dispatch(cfg: BatchConfig, state: _State, todo: list[dict], console, say) -
         # reported as failed, and the actor restarts for the other units. Ray Data has no named
         # parameter for these (yet): its deprecation warning for **ray_remote_args is muted.
         remote_args.update(max_restarts=3, max_task_retries=0)
-        map_kw = dict(fn_constructor_kwargs={"payload": state.payload, "options": options,
+        # the model goes into the object store once; the actors' constructor arguments stay
+        # small (a reference in a list is passed as it is, not resolved by Ray)
+        payload_ref = [ray.put(state.payload)]
+        map_kw = dict(fn_constructor_kwargs={"payload": payload_ref, "options": options,
                                              "counter": counter},
                       compute=ray.data.ActorPoolStrategy(size=min(workers, len(items)),
                                                          max_tasks_in_flight_per_actor=1))
