@@ -68,7 +68,7 @@ def check_out_dir(path: str | os.PathLike) -> Path:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise UserError(f"cannot create output folder {path}: {probe} is a file")
+        raise UserError(f"cannot create folder {path}: {probe} is a file")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to output folder {path}: permission denied on {probe}")
     return path

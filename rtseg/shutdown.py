@@ -20,11 +20,13 @@ ignores SIGHUP) stays ignored. Outside the main thread the context does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from typing import Callable
+from typing import Callable, Iterator
 
 SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+_ACTIVE: list["Shutdown"] = []  # entered Shutdowns of the main thread, outermost first
 
 
 def signal_name(signum: int | None) -> str:
@@ -61,6 +63,10 @@ def interrupt_info(exc: BaseException | None) -> tuple[str, int]:
     """(signal name, exit code) for an Interrupted or a plain KeyboardInterrupt."""
     signum = getattr(exc, "signum", None)
     return signal_name(signum), exit_code(signum)
+
+
+def _raise(signum: int) -> None:
+    raise Interrupted(signum)
 
 
 class Shutdown:
@@ -103,6 +109,17 @@ class Shutdown:
         if self.signum is not None:
             raise Interrupted(self.signum)
 
+    @contextlib.contextmanager
+    def abort_on_signal(self) -> Iterator["Shutdown"]:
+        """Inside the block a signal raises :class:`Interrupted` at once (work that is simply
+        dropped: loading a model); raises at entry if a stop was already asked for."""
+        self.check()
+        old, self.on_signal = self.on_signal, _raise
+        try:
+            yield self
+        finally:
+            self.on_signal = old
+
     # --- the handler ---------------------------------------------------------------------------
     def _handle(self, signum, frame) -> None:
         first = self.signum is None
@@ -120,6 +137,7 @@ class Shutdown:
         self._depth += 1
         if self._depth > 1 or threading.current_thread() is not threading.main_thread():
             return self
+        _ACTIVE.append(self)
         for s in self.signals:
             try:
                 old = signal.getsignal(s)
@@ -135,6 +153,8 @@ class Shutdown:
         self._depth -= 1
         if self._depth > 0:
             return
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         for s, old in self._old.items():
             try:
                 signal.signal(s, old if old is not None else signal.SIG_DFL)
@@ -143,6 +163,15 @@ class Shutdown:
         self._old.clear()
 
 
+def loop_shutdown() -> Shutdown:
+    """The Shutdown a clean-stopping loop should enter: the innermost active one if it is in
+    flag mode (the CLI enters one before parsing the command line, so a signal that arrives
+    while the command starts is not lost), else a new ``Shutdown("flag")``."""
+    if _ACTIVE and _ACTIVE[-1].mode == "flag":
+        return _ACTIVE[-1]
+    return Shutdown("flag")
+
+
 STOP = (KeyboardInterrupt, Interrupted)  # ``except STOP:`` handles Ctrl-C and every signal
 
-__all__ = ["STOP", "Shutdown", "Interrupted", "SIGNALS", "signal_name", "exit_code", "interrupt_info"]
+__all__ = ["STOP", "loop_shutdown", "Shutdown", "Interrupted", "SIGNALS", "signal_name", "exit_code", "interrupt_info"]

@@ -101,6 +101,20 @@ def test_shutdown_raise_mode_and_ignored_signals_stay_ignored():
         signal.signal(signal.SIGHUP, old)
 
 
+def test_loop_shutdown_takes_over_an_early_signal():
+    from rtseg.cli import _command
+    from rtseg.shutdown import loop_shutdown
+
+    with Shutdown("flag") as outer:  # what rtseg.cli.main enters for stream and predict
+        os.kill(os.getpid(), signal.SIGTERM)  # while typer parses the command line
+        with loop_shutdown() as inner:
+            assert inner is outer and inner.requested and inner.exit_code == 143
+        assert signal.getsignal(signal.SIGTERM) == outer._handle  # still the outer's
+    with Shutdown("raise"), loop_shutdown() as fresh:
+        assert fresh.mode == "flag" and not fresh.requested
+    assert _command(["--version"]) is None and _command(["stream", "--headless"]) == "stream"
+
+
 # --- stream, in process ----------------------------------------------------------------------
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_stream_signal_finalises_video_and_stats(sig, video, tmp_path):
@@ -225,6 +239,22 @@ def test_predict_sigterm_writes_the_csv_of_the_masks_done(bundle_dir, images, tm
     rows = (out / "predictions.csv").read_text().splitlines()
     assert len(rows) == 3 and len(list(out.glob("*.png"))) == 2
     assert leftovers(out) == []
+
+
+def test_predict_signal_while_the_model_loads_writes_nothing(images, tmp_path, capsys,
+                                                           monkeypatch):
+    def slow_load(model, device):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)  # interrupted by the handler, not waited for
+        raise AssertionError("loading was not interrupted")
+
+    monkeypatch.setattr("rtseg.cli.inference._load", slow_load)
+    out = tmp_path / "preds"
+    t0 = time.monotonic()
+    code, _, err = run_cli(["predict", "--images", images[0], "--out", out], capsys)
+    assert code == 130 and time.monotonic() - t0 < 10
+    assert err.startswith("error: interrupted by SIGINT") and err.strip().count("\n") == 0
+    assert not out.exists()
 
 
 def test_eval_sigterm_is_one_line_and_writes_nothing(bundle_dir, images, tmp_path, capsys,

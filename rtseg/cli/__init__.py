@@ -27,6 +27,14 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
+FLAG_COMMANDS = ("stream", "predict")  # stop cleanly on a signal (rtseg.shutdown "flag" mode)
+
+
+def _command(argv: list[str] | None) -> str | None:
+    args = sys.argv[1:] if argv is None else argv
+    return next((str(a) for a in args if not str(a).startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     from rtseg.shutdown import STOP, Shutdown, interrupt_info
 
@@ -36,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     try:
         # SIGINT, SIGTERM and SIGHUP all raise rtseg.shutdown.Interrupted (typer would turn a
-        # KeyboardInterrupt into a silent exit 130):
-        # atomic writers drop their temporary files; loops that stop cleanly (stream, predict)
-        # install their own flag-mode Shutdown inside this one.
-        with Shutdown("raise"):
+        # KeyboardInterrupt into a silent exit 130): atomic writers drop their temporary files.
+        # The commands whose loops stop cleanly get a flag-mode Shutdown from the start (they
+        # take it over with rtseg.shutdown.loop_shutdown), so an early signal is not lost.
+        with Shutdown("flag" if _command(argv) in FLAG_COMMANDS else "raise"):
             # standalone mode: typer/click handle usage errors (exit 2) and --help themselves
             app(args=argv, prog_name="rtseg")
     except UserError as exc:

@@ -111,20 +111,24 @@ def predict(
 
     from rtseg.imageio import list_images
     from rtseg.predict import check_out_dir, predict_folder, resolve_settings
-    from rtseg.shutdown import Shutdown
+    from rtseg.shutdown import loop_shutdown
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
     check_out_dir(out)  # a bad --out fails before the model is loaded
     n = len(list_images(images, "images folder"))
-    bundle, dev = _load(model, device)
-    resolve_settings(bundle, layer, threshold)  # bad options fail before reading images
-    # SIGINT/SIGTERM/SIGHUP: finish the current mask, write predictions.csv for the masks done
-    with Shutdown("flag") as stop, _progress(console) as prog:
-        task = prog.add_task("predict", total=n)
-        s = predict_folder(bundle, images, out, layer=layer, threshold=threshold,
-                           heatmaps=heatmaps, batch_size=batch,
-                           progress=lambda k: prog.advance(task, k), stop=lambda: stop.requested)
+    # SIGINT/SIGTERM/SIGHUP: while loading, stop at once (nothing written yet); then finish
+    # the current mask and write predictions.csv for the masks done
+    with loop_shutdown() as stop:
+        with stop.abort_on_signal():
+            bundle, dev = _load(model, device)
+            resolve_settings(bundle, layer, threshold)  # bad options fail before reading images
+        with _progress(console) as prog:
+            task = prog.add_task("predict", total=n)
+            s = predict_folder(bundle, images, out, layer=layer, threshold=threshold,
+                               heatmaps=heatmaps, batch_size=batch,
+                               progress=lambda k: prog.advance(task, k),
+                               stop=lambda: stop.requested)
     Console().print(
         f"wrote {s.n_images} mask(s) to {s.out} ({s.n_polyp} with polyp prob >= 0.5; "
         f"layer {s.layer}, threshold {s.threshold}, {dev})"

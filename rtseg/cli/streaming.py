@@ -44,11 +44,11 @@ def stream(
     threads: int = typer.Option(0, help="CPU threads for the segmenter (0: its default)."),
 ) -> None:
     """Segment polyps live: capture, Grad-CAM mask overlay, fps log (q/Esc quits, space pauses)."""
-    from rtseg.shutdown import Shutdown
+    from rtseg.shutdown import loop_shutdown
 
-    # flag mode from the first line: a signal during the imports is not lost, one during the
-    # model load stops it at once (run_stream writes the stats with 0 frames)
-    with Shutdown("flag") as stop:
+    # flag mode from the start (rtseg.cli.main): a signal during the imports is not lost, one
+    # during the model load stops it at once (run_stream writes the stats with 0 frames)
+    with loop_shutdown() as stop:
         from rtseg.model import parse_layer
         from rtseg.stream import StreamConfig, run_stream
 
