@@ -11,6 +11,10 @@ first one and restores the previous handlers on exit. Two modes:
 - ``mode="raise"`` (everything else): the first signal raises :class:`Interrupted` in the main
   thread, so atomic writers drop their temporary files and nothing half-written stays.
 
+``rtseg.cli.main`` enters one for the whole command (flag mode for ``stream`` and ``predict``,
+which take it over with :func:`loop_shutdown`, so a signal during start-up is not lost);
+:meth:`Shutdown.abort_on_signal` makes a flag-mode block (loading a model) stop at once.
+
 :class:`Interrupted` is a ``BaseException`` like ``KeyboardInterrupt`` (``except Exception`` does
 not swallow it; it is deliberately not a KeyboardInterrupt, which typer turns into a silent exit
 130) carrying the signal; the CLI prints one line and exits ``128 + signum`` (130 SIGINT,
