@@ -6,7 +6,8 @@ uses) and the Grad-CAM itself, and predicts a polyp probability per pixel:
     f_i  = 1x1 conv (C_i -> width) of block ``features[i]``, bilinearly resized to the finest
            of them (stride 8 at the usual blocks)
     c    = the raw Grad-CAM, resized to that grid and min-max normalised (rtseg.cam.normalize_cam)
-    map  = 3x3 conv -> ReLU -> 3x3 conv -> ReLU -> 1x1 conv  of  concat(f_1..f_n, c)
+    map  = 1x1 conv -> ReLU -> 3x3 conv -> ReLU -> 3x3 conv -> ReLU -> 1x1 conv
+           of concat(f_1..f_n, c)   (about 8 M multiply-adds per 224 x 224 frame)
     out  = sigmoid(bilinear resize of map to S x S)  [x 1(logit > 0) when ``gate``]
 
 so the classifier's evidence (the CAM) and its own features decide the mask, and with
@@ -37,7 +38,7 @@ from rtseg.errors import UserError
 class HeadConfig:
     features: list[int] = field(default_factory=lambda: [6, 14, 20])  # block indices
     channels: list[int] = field(default_factory=lambda: [40, 112, 320])  # their channels
-    width: int = 32
+    width: int = 16
     gate: bool = True  # no mask where the classifier says "no polyp"
 
     @classmethod
@@ -88,7 +89,8 @@ class SegHead(nn.Module):
         w = cfg.width
         self.proj = nn.ModuleList(nn.Conv2d(c, w, 1) for c in cfg.channels)
         self.fuse = nn.Sequential(
-            nn.Conv2d(w * len(cfg.channels) + 1, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w * len(cfg.channels) + 1, 2 * w, 1), nn.ReLU(),
+            nn.Conv2d(2 * w, w, 3, padding=1), nn.ReLU(),
             nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
             nn.Conv2d(w, 1, 1))
 

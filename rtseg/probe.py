@@ -171,7 +171,7 @@ def fit_head(head: SegHead, cached: Cached, raw: np.ndarray, targets: np.ndarray
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         history.append(total / n)
     head.eval()
     return history

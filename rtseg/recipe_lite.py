@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from rtseg.active_area import Box, paste
+from rtseg.baselines import ellipse_mask
 from rtseg.datasets import DataFolder, Item, _h, group_folds
 from rtseg.head import HeadConfig, SegHead
 from rtseg.imageio import read_image, read_mask
@@ -59,7 +60,7 @@ class Variant:
     selftrain: bool = True  # second head round on its own confident maps
     gate: bool = True  # no mask where the classifier says no polyp
     c: float = 0.5  # logistic-regression C
-    epochs: int = 40
+    epochs: int = 30  # head epochs (self-training round: a third, on at most 400 images)
 
 
 VARIANTS = {
@@ -224,13 +225,16 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
             pt, pw, keep = pseudo_targets(head_maps(head, un_c, un_raw))
             keep &= logits_of(un_c.gap, w, b) > 0
             idx = np.flatnonzero(keep)
+            if len(idx) > 400:
+                idx = np.sort(np.random.default_rng(1).choice(idx, 400, replace=False))
             cc2 = Cached.concat([cc, un_c.take(idx)])
             tgt2 = np.concatenate([tgt, pt[idx]])
             wgt2 = np.concatenate([wgt, pw[idx] * 0.5])
             head = SegHead(HeadConfig(**{**m.head, "gate": v.gate}))
-            fit_head(head, cc2, head_cams(cc2.head, w), tgt2, wgt2, epochs=max(10, v.epochs // 2),
+            fit_head(head, cc2, head_cams(cc2.head, w), tgt2, wgt2, epochs=max(2, v.epochs // 3),
                      seed=torch_seed + 1)
-            log(f"    self-training: {len(idx)} of {len(un_keys)} unlabeled polyp images kept")
+            log(f"    self-training: {len(idx)} of {len(un_keys)} unlabeled polyp images used "
+                f"({int(keep.sum())} confident)")
     # 3. threshold, clean-up and the ellipse radius on the training folds' tune set
     f = Fit(w, b, head, 0.5, (), 0.25)
     tc = store.get([str(it.image) for it in tune_set])
@@ -245,19 +249,17 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
             if d > best[0]:
                 best = (float(d), t, steps)
     f.threshold, f.steps = best[1], best[2]
-    full_truth = [read_mask(it.mask) for it in tune_set]
-    f.radius = max(RADII, key=lambda r: np.mean([image_scores(ellipse(t.shape, r), t)["dice"]
-                                                 for t in full_truth]))
+    # the constant ellipse's radius: relative to the frame, so chosen on the whole-frame
+    # truth resized to S x S (the same search as rtseg.baselines.choose_radius)
+    from rtseg.baselines import choose_radius
+
+    whole = np.stack([_truth_crop(read_mask(it.mask), Box.full(read_mask(it.mask).shape), SIZE)
+                      for it in tune_set])
+    f.radius, _ = choose_radius(whole, RADII)
     f.tune = {"dice": round(best[0], 4), "threshold": f.threshold, "postprocess": list(f.steps),
               "n_tune": len(tune_set), "n_pos": len(pos_keys), "n_neg": len(neg_keys),
               "n_tiles": len(tile_keys), "ellipse_radius": f.radius}
     return f
-
-
-def ellipse(hw: tuple[int, int], r: float) -> np.ndarray:
-    h, w = hw
-    yy, xx = np.ogrid[:h, :w]
-    return ((xx + 0.5 - w / 2) / (r * w)) ** 2 + ((yy + 0.5 - h / 2) / (r * h)) ** 2 <= 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,14 +272,16 @@ def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]], v: Variant) 
         if not items:
             continue
         c = store.get([str(it.image) for it in items])
-        z, maps = maps_of(f, c, SIZE, v.gate)
-        rows = {"model": [], "ellipse": [], "all_foreground": []}
-        for it, mp, bx in zip(items, maps, c.boxes):
+        z, maps = maps_of(f, c, SIZE, False)
+        rows = {"model": [], "ungated": [], "ellipse": [], "all_foreground": []}
+        for it, mp, bx, zi in zip(items, maps, c.boxes, z):
             truth = read_mask(it.mask)
             full = paste(mp.astype(np.float32), bx, truth.shape) > f.threshold
             pred = refine(full, f.steps) if f.steps else full
-            rows["model"].append(image_scores(pred, truth))
-            rows["ellipse"].append(image_scores(ellipse(truth.shape, f.radius), truth))
+            # the product's mask: empty where the classifier says no polyp (gate)
+            rows["model"].append(image_scores(pred if (zi > 0 or not v.gate) else np.zeros_like(pred), truth))
+            rows["ungated"].append(image_scores(pred, truth))
+            rows["ellipse"].append(image_scores(ellipse_mask(truth.shape, f.radius), truth))
             rows["all_foreground"].append(image_scores(np.ones_like(truth), truth))
         out[src] = {k: {m_: round(float(np.mean([r[m_] for r in rs])), 4)
                         for m_ in ("dice", "jaccard", "recall", "precision")} for k, rs in rows.items()}
@@ -322,7 +326,10 @@ def add_tiles(store: FeatureStore, seeds: list[Item]) -> None:
         tiles += ts
     if keys:
         lut = dict(zip(keys, tiles))
-        store.add(keys, lambda key: lut[key], f"tiles-{len(store.parts)}")
+        import hashlib
+
+        tag = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:12]
+        store.add(keys, lambda key: lut[key], f"tiles-{tag}")
 
 
 def _mean_sd(vals: list[float]) -> str:
@@ -354,7 +361,7 @@ def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | No
     for name, rs in results.items():
         s = {}
         for src in ("kvasir", "cvc"):
-            for who in ("model", "ellipse", "all_foreground"):
+            for who in ("model", "ungated", "ellipse", "all_foreground"):
                 for met in ("dice", "jaccard"):
                     s[f"{src}_{who}_{met}"] = _mean_sd([r[src][who][met] for r in rs])
             s[f"{src}_called_polyp"] = _mean_sd([r[src]["called_polyp"] for r in rs])

@@ -125,7 +125,7 @@ def test_cached_head_cam_equals_grad_cam_of_the_linear_classifier(lite):
     imgs = list(_frames(3)[..., ::-1])
     c = extract(lite.model, lite.manifest, imgs, lite.manifest.head["features"])
     w = lite.model._fc.weight.detach().numpy()[0]
-    b = float(lite.model._fc.bias)
+    b = float(lite.model._fc.bias.detach())
     raw = head_cams(c.head, w)
     x = images_to_input(imgs, lite.manifest)
     with GradCAM(lite.model, "head", lite.manifest.arch) as cam:
