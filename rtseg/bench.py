@@ -161,7 +161,14 @@ def time_loop(seg, source: str, batch: int, n_frames: int) -> dict[str, Any]:
 
     cfg = StreamConfig(source=source, headless=True, max_frames=n_frames, batch=batch, loop=True,
                        quiet=True, log_every=0)
-    res = run_stream(cfg, segmenter=seg).stats
+    out = run_stream(cfg, segmenter=seg)
+    if out.interrupted:  # the loop stopped cleanly on a signal: the benchmark stops too
+        import signal
+
+        from rtseg.shutdown import Interrupted
+
+        raise Interrupted(getattr(signal, out.signal or "SIGINT", signal.SIGINT))
+    res = out.stats
     return {**res["table2"], "frames": res["frames_processed"], "stages_ms": res["stages_ms"]}
 
 
