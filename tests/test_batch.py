@@ -320,3 +320,42 @@ def test_features_workers_same_csv_and_cache(ray_up, tmp_path, capsys, monkeypat
     code, _, err = run_cli(["features", str(imgs), "--out", str(tmp_path / "x.csv"),
                             "--address", "bogus"], capsys)
     assert code == 2 and err.startswith("error: --address")
+
+
+# --- one unit without Ray ---------------------------------------------------------------------
+def test_unit_csv_table_and_failed_unit_without_ray(archive, tmp_path):
+    """process_unit on its own: a CSV table published with its done-marker; a cut video fails
+    with bad_input (not retried while unchanged) and leaves no folder behind."""
+    from rtseg.batch.inputs import discover, plan_units
+    from rtseg.batch.work import UnitContext, process_unit
+    from rtseg.model import Manifest
+    from rtseg.runtime.base import Segmenter, SegOutput
+    from rtseg.thresholds import ThresholdPolicy
+
+    class Grey(Segmenter):
+        name = "grey"
+
+        def __init__(self):
+            self.manifest = Manifest(input_size=16, threshold=ThresholdPolicy("above", 0.5))
+
+        def __call__(self, frames):
+            cam = np.stack([cv2.resize(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), (16, 16))
+                            for f in frames]).astype(np.float32) / 255.0
+            return SegOutput(cam.mean(axis=(1, 2)), cam, (cam > 0.5).astype(np.uint8))
+
+    out = tmp_path / "out"
+    units = {Path(u["source"]).name: u for u in
+             plan_units(discover(str(archive / "day1")), out, "sig", 4)}
+    seen = []
+    ctx = UnitContext(Grey(), {"table": "csv", "batch": 4}, report=seen.append)
+    r = process_unit(units["clip2.mp4"], ctx)
+    assert r["status"] == "done" and r["frames"] == N_FRAMES and sum(seen) == N_FRAMES
+    final = Path(units["clip2.mp4"]["final"])
+    assert sorted(p.name for p in final.iterdir()) == ["done.json", "frames.csv"]
+    lines = (final / "frames.csv").read_text().splitlines()
+    assert lines[0] == "frame,time_s,prob,mask_pixels,mask_area,bbox_x,bbox_y,bbox_w,bbox_h"
+    assert len(lines) == N_FRAMES + 1 and lines[1].startswith("0,0.0,")
+    bad = process_unit(units["cut.mp4"], ctx)
+    assert bad["status"] == "failed" and bad["bad_input"] and "cannot open" in bad["reason"]
+    assert not Path(units["cut.mp4"]["final"]).exists()
+    assert not list((out / ".work").iterdir())

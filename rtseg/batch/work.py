@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+from array import array
 import os
 import shutil
 import time
@@ -42,6 +43,9 @@ from rtseg.errors import UserError
 
 COLUMNS = ("frame", "time_s", "prob", "mask_pixels", "mask_area", "bbox_x", "bbox_y", "bbox_w",
            "bbox_h")
+# typed columns (array.array): hours of video stay a few MB per worker, not Python objects
+TYPECODES = {"frame": "q", "time_s": "d", "prob": "f", "mask_pixels": "q", "mask_area": "f",
+             "bbox_x": "i", "bbox_y": "i", "bbox_w": "i", "bbox_h": "i"}
 IMAGE_COLUMNS = ("path", "mask", "width", "height", "prob", "mask_pixels", "mask_area",
                  "bbox_x", "bbox_y", "bbox_w", "bbox_h")
 VIDEO_NAME = "overlay.mp4"
@@ -65,7 +69,7 @@ def mask_stats(mask: np.ndarray) -> tuple[int, int, int, int, int]:
     return pixels, x, y, w, h
 
 
-def write_table(path: Path, columns: tuple[str, ...], rows: dict[str, list], fmt: str) -> None:
+def write_table(path: Path, columns: tuple[str, ...], rows: dict, fmt: str) -> None:
     """A table (dict of columns) as Parquet (pyarrow) or CSV, atomically."""
     if fmt == "parquet":
         import pyarrow as pa
@@ -74,7 +78,8 @@ def write_table(path: Path, columns: tuple[str, ...], rows: dict[str, list], fmt
         types = {"frame": pa.int64(), "time_s": pa.float64(), "prob": pa.float32(),
                  "mask_pixels": pa.int64(), "mask_area": pa.float32(), "width": pa.int32(),
                  "height": pa.int32(), "path": pa.string(), "mask": pa.string()}
-        arrays = [pa.array(rows[c], type=types.get(c, pa.int32())) for c in columns]
+        arrays = [pa.array(np.asarray(rows[c]) if isinstance(rows[c], array) else rows[c],
+                           type=types.get(c, pa.int32())) for c in columns]
         with atomic_path(path) as tmp:
             pq.write_table(pa.Table.from_arrays(arrays, names=list(columns)), str(tmp))
         return
@@ -233,7 +238,7 @@ def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
     overlay = ctx.overlay([info.label] if info.label else [])
     smoother = CamSmoother(o.get("smooth", 0.0), ctx.seg.manifest.threshold)
     post = tuple(getattr(ctx.seg.manifest, "postprocess", ()) or ())
-    rows: dict[str, list] = {c: [] for c in COLUMNS}
+    rows = {c: array(TYPECODES[c]) for c in COLUMNS}
     save_video, save_masks = o.get("save_video", False), o.get("save_masks", False)
     heatmap = o.get("heatmap", False)
     sink = VideoSink(staging / VIDEO_NAME, fps, unit["source"]) if save_video else None
