@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 from typing import Iterator
 
 from rtseg.errors import UserError
@@ -78,6 +79,29 @@ def configure_data(preserve_order: bool = False) -> None:
     ctx.max_errored_blocks = -1
 
 
+_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _signal_handlers() -> dict:
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {getattr(signal, n): signal.getsignal(getattr(signal, n))
+            for n in _SIGNALS if hasattr(signal, n)}
+
+
+def _restore_signal_handlers(saved: dict) -> None:
+    """Put back the Python handlers ray.init replaced: its C++ handler aborts the process on
+    SIGTERM (exit 134, a stack dump) instead of rtseg's clean stop (rtseg.shutdown)."""
+    import signal
+
+    for sig, handler in saved.items():
+        if handler is not None:
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(sig, handler)
+
+
 @contextlib.contextmanager
 def ray_session(workers: int, threads: int = 1, address: str | None = None) -> Iterator[dict]:
     """Ray up for the block; yields ``{"started": bool, "address": str, "cpus": float}``."""
@@ -89,6 +113,7 @@ def ray_session(workers: int, threads: int = 1, address: str | None = None) -> I
     _quiet()
     started = False
     if not ray.is_initialized():
+        saved = _signal_handlers()
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
                       logging_level=logging.ERROR)
@@ -103,6 +128,7 @@ def ray_session(workers: int, threads: int = 1, address: str | None = None) -> I
             where = f"connect to Ray at {address}" if address else "start a local Ray"
             raise UserError(f"cannot {where}: {msg}") from None
         started = True
+        _restore_signal_handlers(saved)
     _quiet()
     configure_data()
     try:

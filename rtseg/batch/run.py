@@ -450,9 +450,11 @@ def run_batch(cfg: BatchConfig, console=None) -> dict:
             _merge_folders(state)
             clean_work(out)
             manifest = state.write(complete=True, force=True)
-        except BaseException:
+        except BaseException:  # Ctrl-C, SIGTERM (rtseg.shutdown): Ray is down by now
             with contextlib.suppress(Exception):
                 state.write(complete=False, force=True)
+            with contextlib.suppress(Exception):
+                clean_work(out)  # the units in flight: redone by the next run
             raise
     if not cfg.quiet:
         print_totals(console, manifest)
