@@ -440,10 +440,13 @@ def run_batch(cfg: BatchConfig, console=None) -> dict:
                 state.results[u["id"]] = known_bad[u["id"]]  # the same bad file: not retried
             else:
                 todo.append(u)
-        n_skip = len(units) - len(todo)
+        n_bad = sum(1 for r in state.results.values() if r.get("status") != "done")
+        n_skip = len(units) - len(todo) - n_bad
         say(f"rtseg batch: {len(inp.videos)} video(s), {len(inp.images)} image(s) under "
             f"{cfg.input} -> {out}; {payload['describe']}"
-            + (f"; {n_skip} unit(s) already done" if n_skip else ""))
+            + (f"; {n_skip} unit(s) already done" if n_skip else "")
+            + (f"; {n_bad} unreadable file(s) unchanged since the last run (not retried)"
+               if n_bad else ""))
         try:
             if todo:
                 _dispatch(cfg, state, todo, console, say)
