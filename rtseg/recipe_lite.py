@@ -7,6 +7,8 @@
     Jaccard on Kvasir-SEG and CVC-ClinicDB, beside the constant baselines; polyp-free PolypGen
     frames called non-polyp; polyp frames called polyp). Several variants (the ideas measured
     one at a time) share one feature extraction.
+``python -m rtseg.recipe_lite classifier --data ../shared/data --folds 3 --json cls.json``
+    the classifier alone over its options (negatives used, regularisation): seconds per fit.
 ``python -m rtseg.recipe_lite build --data ../shared/data --out rtseg/assets/default_model``
     the same fit on all the data, written as a bundle.
 
@@ -43,7 +45,7 @@ from rtseg.probe import (TARGET, Cached, extract, fit_classifier, fit_head, head
 ARCH = "efficientnet-lite1"
 SIZE = 224
 SEEDS = {"kvasir": 70, "cvc": 30}
-THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.25, 0.76, 0.05))
+THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.10, 0.76, 0.05))
 STEPS = ((), ("largest",), ("largest", "fill"))
 RADII = tuple(round(r, 3) for r in np.arange(0.10, 0.501, 0.025))
 
@@ -60,6 +62,7 @@ class Variant:
     selftrain: bool = True  # second head round on its own confident maps
     gate: bool = True  # no mask where the classifier says no polyp
     c: float = 0.5  # logistic-regression C
+    neg_weight: float = 1.0  # sample weight of the in-domain polyp-free frames (PolypGen)
     epochs: int = 30  # head epochs (self-training round: a third, on at most 400 images)
 
 
@@ -195,6 +198,7 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     tune_set = rest[::max(1, len(rest) // 250)]
     pos_keys = [str(it.image) for it in kv + cvc] + ([str(it.image) for it in train["pg_pos"]] if v.pg_pos else [])
     neg_keys = [str(it.image) for it in train["pg_neg"]]
+    n_pg_neg = len(neg_keys)
     if v.crops:
         neg_keys += [str(it.image) for it in train["non_polyp"]]
     tile_keys = [k for it in seeds for k in store.tile_keys.get(str(it.image), [])] if v.tiles else []
@@ -203,7 +207,9 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     c_pos, c_neg = store.get(pos_keys), store.get(neg_keys)
     gap = np.concatenate([c_pos.gap, c_neg.gap])
     y = np.r_[np.ones(len(pos_keys)), np.zeros(len(neg_keys))]
-    w, b = fit_classifier(gap, y, v.c)
+    sw = np.ones(len(y))
+    sw[len(pos_keys):len(pos_keys) + n_pg_neg] = v.neg_weight
+    w, b = fit_classifier(gap, y, v.c, sample_weight=sw)
     # 2. head: seed masks + empty masks of negatives (+ own confident maps)
     head = None
     if v.head:
@@ -373,6 +379,41 @@ def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | No
             "per_fold": results, "summary": summary}
 
 
+def classifier_cv(data: Path, folds: int, cache: Path | None,
+                  cs: tuple[float, ...] = (0.05, 0.2, 0.5, 2.0)) -> dict:
+    """The classifier alone (no head: seconds per fit), over the negatives used and C: the
+    held-out rates of polyp-free PolypGen frames called non-polyp and polyp frames called polyp."""
+    items = load_all(data)
+    store = open_store(items, cache)
+    fold_of = {src: group_folds(its, folds) for src, its in items.items()}
+    grid = [(c, tiles, crops, pg_pos) for c in cs for tiles in (True, False)
+            for crops in (False, True) for pg_pos in (True, False)]
+    rows: dict = {}
+    for k in range(folds):
+        train = {src: [it for j, f in enumerate(fl) if j != k for it in f] for src, fl in fold_of.items()}
+        test = {src: fl[k] for src, fl in fold_of.items()}
+        seeds = ordered(train["kvasir"])[:SEEDS["kvasir"]] + ordered(train["cvc"])[:SEEDS["cvc"]]
+        add_tiles(store, seeds)
+        for c, tiles, crops, pg_pos in grid:
+            pos = [str(it.image) for it in train["kvasir"] + train["cvc"] + (train["pg_pos"] if pg_pos else [])]
+            neg = [str(it.image) for it in train["pg_neg"] + (train["non_polyp"] if crops else [])]
+            if tiles:
+                neg += [t for it in seeds for t in store.tile_keys.get(str(it.image), [])]
+            gap = np.concatenate([store.get(pos).gap, store.get(neg).gap])
+            w, b = fit_classifier(gap, np.r_[np.ones(len(pos)), np.zeros(len(neg))], c)
+            r = {}
+            for src in ("kvasir", "cvc", "pg_pos", "pg_neg", "non_polyp"):
+                z = logits_of(store.get([str(it.image) for it in test[src]]).gap, w, b)
+                r[src] = float((z > 0).mean()) if src in ("kvasir", "cvc", "pg_pos") else float((z <= 0).mean())
+            rows.setdefault(f"C={c} tiles={tiles} crops={crops} pg_pos={pg_pos}", []).append(r)
+    summary = {name: {src: round(float(np.mean([r[src] for r in rs])), 4) for src in rs[0]}
+               for name, rs in rows.items()}
+    for name, r in summary.items():
+        print(f"{name:45s} polyp called polyp: kvasir {r['kvasir']:.3f} cvc {r['cvc']:.3f} "
+              f"pg_pos {r['pg_pos']:.3f} | called non-polyp: pg_neg {r['pg_neg']:.3f} crops {r['non_polyp']:.3f}")
+    return {"folds": folds, "per_fold": rows, "summary": summary}
+
+
 def build(data: Path, out: Path, cache: Path | None, variant: str = "default") -> Path:
     """Fit on all the data and write the bundle (weights + manifest)."""
     import torch
@@ -405,7 +446,7 @@ def build(data: Path, out: Path, cache: Path | None, variant: str = "default") -
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m rtseg.recipe_lite", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["cv", "build"])
+    ap.add_argument("stage", choices=["cv", "classifier", "build"])
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--variants", default="default")
@@ -420,6 +461,12 @@ def main(argv: list[str] | None = None) -> None:
     if a.stage == "cv":
         res = cross_validate(a.data, a.folds, a.variants.split(","), a.cache)
         print(json.dumps(res["summary"], indent=2))
+        if a.json:
+            from rtseg.atomic import write_json
+
+            write_json(a.json, res)
+    elif a.stage == "classifier":
+        res = classifier_cv(a.data, a.folds, a.cache)
         if a.json:
             from rtseg.atomic import write_json
 
