@@ -246,9 +246,9 @@ def drawn_masks(monkeypatch):
     drawn = []
     orig = Overlay.draw
 
-    def spy(self, frame, mask, cam=None, prob=None, fps=None):
+    def spy(self, frame, mask, cam=None, prob=None, fps=None, box=None):
         drawn.append(mask.copy())
-        return orig(self, frame, mask, cam, prob, fps)
+        return orig(self, frame, mask, cam, prob, fps, box=box)
 
     monkeypatch.setattr(Overlay, "draw", spy)
     return drawn
