@@ -386,31 +386,41 @@ def classifier_cv(data: Path, folds: int, cache: Path | None,
     items = load_all(data)
     store = open_store(items, cache)
     fold_of = {src: group_folds(its, folds) for src, its in items.items()}
-    grid = [(c, tiles, crops, pg_pos) for c in cs for tiles in (True, False)
+    grid = [(c, tiles, crops, pg_pos, 1.0) for c in cs for tiles in (True, False)
             for crops in (False, True) for pg_pos in (True, False)]
+    grid += [(0.5, True, False, True, wn) for wn in (2.0, 4.0)]  # PolypGen negatives weighted
     rows: dict = {}
     for k in range(folds):
         train = {src: [it for j, f in enumerate(fl) if j != k for it in f] for src, fl in fold_of.items()}
         test = {src: fl[k] for src, fl in fold_of.items()}
         seeds = ordered(train["kvasir"])[:SEEDS["kvasir"]] + ordered(train["cvc"])[:SEEDS["cvc"]]
         add_tiles(store, seeds)
-        for c, tiles, crops, pg_pos in grid:
+        from sklearn.metrics import roc_auc_score
+
+        for c, tiles, crops, pg_pos, wn in grid:
             pos = [str(it.image) for it in train["kvasir"] + train["cvc"] + (train["pg_pos"] if pg_pos else [])]
             neg = [str(it.image) for it in train["pg_neg"] + (train["non_polyp"] if crops else [])]
             if tiles:
                 neg += [t for it in seeds for t in store.tile_keys.get(str(it.image), [])]
             gap = np.concatenate([store.get(pos).gap, store.get(neg).gap])
-            w, b = fit_classifier(gap, np.r_[np.ones(len(pos)), np.zeros(len(neg))], c)
-            r = {}
+            sw = np.ones(len(pos) + len(neg))
+            sw[len(pos):len(pos) + len(train["pg_neg"])] = wn
+            w, b = fit_classifier(gap, np.r_[np.ones(len(pos)), np.zeros(len(neg))], c, sample_weight=sw)
+            r, zs = {}, {}
             for src in ("kvasir", "cvc", "pg_pos", "pg_neg", "non_polyp"):
-                z = logits_of(store.get([str(it.image) for it in test[src]]).gap, w, b)
+                z = zs[src] = logits_of(store.get([str(it.image) for it in test[src]]).gap, w, b)
                 r[src] = float((z > 0).mean()) if src in ("kvasir", "cvc", "pg_pos") else float((z <= 0).mean())
-            rows.setdefault(f"C={c} tiles={tiles} crops={crops} pg_pos={pg_pos}", []).append(r)
+            # how well the logit ranks PolypGen polyp above polyp-free frames, whatever the bias
+            r["pg_auc"] = float(roc_auc_score(np.r_[np.ones(len(zs["pg_pos"])), np.zeros(len(zs["pg_neg"]))],
+                                              np.r_[zs["pg_pos"], zs["pg_neg"]]))
+            name = f"C={c} tiles={tiles} crops={crops} pg_pos={pg_pos}" + (f" pg_neg_weight={wn}" if wn != 1.0 else "")
+            rows.setdefault(name, []).append(r)
     summary = {name: {src: round(float(np.mean([r[src] for r in rs])), 4) for src in rs[0]}
                for name, rs in rows.items()}
     for name, r in summary.items():
         print(f"{name:45s} polyp called polyp: kvasir {r['kvasir']:.3f} cvc {r['cvc']:.3f} "
-              f"pg_pos {r['pg_pos']:.3f} | called non-polyp: pg_neg {r['pg_neg']:.3f} crops {r['non_polyp']:.3f}")
+              f"pg_pos {r['pg_pos']:.3f} | called non-polyp: pg_neg {r['pg_neg']:.3f} crops {r['non_polyp']:.3f}"
+              f" | PolypGen AUC {r['pg_auc']:.3f}")
     return {"folds": folds, "per_fold": rows, "summary": summary}
 
 
