@@ -113,11 +113,15 @@ class BaseCAM:
             cam = F.relu((w * acts).sum(dim=1))
         return logits.detach(), cam
 
-    def finish(self, logits: torch.Tensor, raw: torch.Tensor, size: int) -> torch.Tensor:
-        """Steps 4-6: the raw CAM of the last :meth:`raw` call -> [B, size, size] in [0, 1]."""
+    def finish(self, logits: torch.Tensor, raw: torch.Tensor, size: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 4-6 on the last :meth:`raw` call: (prob [B], cam [B, size, size] in [0, 1]).
+
+        Without a head, prob = sigmoid(logit); with one, the head's decision (rtseg.head.decide).
+        """
         head = getattr(self.model, "rtseg_head", None)
         if head is None:
-            return normalize_cam(raw, size)
+            return torch.sigmoid(logits), normalize_cam(raw, size)
         with torch.no_grad():
             feats = [self._feats[i].detach() for i in head.cfg.features]
             return head(feats, raw, size, logits)
@@ -125,7 +129,7 @@ class BaseCAM:
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(prob [B], cam [B, S, S] in [0, 1]) for a preprocessed batch [B, 3, S, S]."""
         logits, raw = self.raw(x)
-        return torch.sigmoid(logits), self.finish(logits, raw, x.shape[-1])
+        return self.finish(logits, raw, x.shape[-1])
 
 
 class GradCAM(BaseCAM):

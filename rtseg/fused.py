@@ -345,8 +345,8 @@ def fused_function(folded: nn.Module, manifest, layer: int | str,
             with GraphGradCAM(folded, layer, m.arch) as cam_op:
                 if half:
                     logits, raw = cam_op.raw(x)
-                    prob = torch.sigmoid(logits.float())
-                    cam = cam_op.finish(logits, raw.float() / FP16_GRAD_SCALE, size).float()
+                    prob, cam = cam_op.finish(logits.float(), raw.float() / FP16_GRAD_SCALE, size)
+                    prob, cam = prob.float(), cam.float()
                 else:
                     prob, cam = cam_op(x)
         finally:

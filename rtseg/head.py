@@ -8,7 +8,10 @@ uses) and the Grad-CAM itself, and predicts a polyp probability per pixel:
     c    = the raw Grad-CAM, resized to that grid and min-max normalised (rtseg.cam.normalize_cam)
     map  = 1x1 conv -> ReLU -> 3x3 conv -> ReLU -> 3x3 conv -> ReLU -> 1x1 conv
            of concat(f_1..f_n, c)   (about 8 M multiply-adds per 224 x 224 frame)
-    out  = sigmoid(bilinear resize of map to S x S)  [x 1(logit > 0) when ``gate``]
+    out  = sigmoid(bilinear resize of map to S x S)
+    prob = sigmoid(logit), or with ``agree`` min(sigmoid(logit), max of out): a frame is
+           called polyp only when the classifier AND some pixel of the head say so
+    [out x 1(prob > 0.5) when ``gate``]
 
 so the classifier's evidence (the CAM) and its own features decide the mask, and with
 ``gate`` a frame the classifier calls polyp-free shows no mask. The output takes the place of
@@ -39,7 +42,8 @@ class HeadConfig:
     features: list[int] = field(default_factory=lambda: [6, 14, 20])  # block indices
     channels: list[int] = field(default_factory=lambda: [40, 112, 320])  # their channels
     width: int = 16
-    gate: bool = True  # no mask where the classifier says "no polyp"
+    gate: bool = True  # no mask where the frame is called "no polyp"
+    agree: bool = False  # the frame's polyp probability = min(classifier, head's max pixel)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], arch: str) -> "HeadConfig":
@@ -47,7 +51,7 @@ class HeadConfig:
 
         if not isinstance(d, dict):
             raise UserError(f"manifest field 'head' must be an object, not {type(d).__name__}")
-        known = {"features", "channels", "width", "gate"}
+        known = {"features", "channels", "width", "gate", "agree"}
         try:
             cfg = cls(**{k: v for k, v in d.items() if k in known})
         except TypeError as exc:
@@ -57,7 +61,8 @@ class HeadConfig:
         ok = (feats and len(feats) == len(chans)
               and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in feats)
               and all(isinstance(c, int) and c > 0 for c in chans)
-              and isinstance(cfg.width, int) and cfg.width > 0 and isinstance(cfg.gate, bool))
+              and isinstance(cfg.width, int) and cfg.width > 0 and isinstance(cfg.gate, bool)
+              and isinstance(cfg.agree, bool))
         if not ok:
             raise UserError(f"manifest field 'head' is invalid for {arch}: {d}")
         cfg.features, cfg.channels = feats, chans
@@ -109,14 +114,24 @@ class SegHead(nn.Module):
         return self.fuse(torch.cat(xs + [c], dim=1))
 
     def forward(self, feats: Sequence[torch.Tensor], raw_cam: torch.Tensor, size: int,
-                cls_logits: torch.Tensor) -> torch.Tensor:
-        """[B, size, size] polyp probability per pixel (0 everywhere when gated off)."""
+                cls_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prob [B], map [B, size, size]): the frame's polyp probability and the per-pixel one
+        (0 everywhere when gated off)."""
         z = self.logits(feats, raw_cam)
         z = F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
         p = torch.sigmoid(z.float())
-        if self.cfg.gate:
-            p = p * (cls_logits.float() > 0).to(p.dtype).view(-1, 1, 1)
-        return p
+        return decide(self.cfg, cls_logits, p)
+
+
+def decide(cfg: HeadConfig, cls_logits: torch.Tensor, pixel: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frame decision and the gate, in one place (the graph, eager and the recipe use it)."""
+    prob = torch.sigmoid(cls_logits.float())
+    if cfg.agree:
+        prob = torch.minimum(prob, pixel.flatten(1).amax(dim=1))
+    if cfg.gate:
+        pixel = pixel * (prob > 0.5).to(pixel.dtype).view(-1, 1, 1)
+    return prob, pixel
 
 
 def attach_head(model, head: dict | HeadConfig, arch: str) -> SegHead:

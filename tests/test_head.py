@@ -165,3 +165,19 @@ def test_tune_scores_only_the_heads_layer(lite, tmp_path):
         pairs.append((tmp_path / f"{i}.png", tmp_path / f"{i}_m.png"))
     res = tune(lite, pairs, layers=[3, 5], policies=["above 0.5"], steps_options=[()])
     assert {r.layer for r in res.rows} == {"head"}
+
+
+def test_agree_takes_the_weaker_of_classifier_and_head():
+    from rtseg.head import decide
+
+    cfg = HeadConfig(gate=True, agree=True)
+    logits = torch.tensor([5.0, 5.0, -5.0])
+    pixel = torch.zeros(3, 4, 4)
+    pixel[0, 1, 1] = 0.9  # classifier and head agree: polyp
+    pixel[1] = 0.2  # the head sees no polyp pixel: not a polyp frame, no mask
+    pixel[2, 2, 2] = 0.95  # the classifier says no
+    prob, gated = decide(cfg, logits, pixel)
+    assert torch.allclose(prob, torch.tensor([0.9, 0.2, float(torch.sigmoid(torch.tensor(-5.0)))]))
+    assert gated[0, 1, 1] == 0.9 and gated[1].max() == 0 and gated[2].max() == 0
+    prob, _ = decide(HeadConfig(gate=True, agree=False), logits, pixel)
+    assert prob[1] > 0.99  # without agree the classifier alone decides

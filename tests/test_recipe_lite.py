@@ -72,6 +72,7 @@ def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, mon
 
     monkeypatch.setattr(rl, "SEEDS", {"kvasir": 3, "cvc": 2})
     monkeypatch.setattr(rl, "VARIANTS", {"default": rl.Variant(epochs=2),
+                                         "agree": rl.Variant("agree", agree=True, epochs=2),
                                          "cam-only": rl.Variant("cam-only", head=False, selftrain=False)})
     res = rl.cross_validate(data_folder, 2, ["default", "cam-only"], tmp_path / "cache")
     for name in ("default", "cam-only"):
@@ -90,6 +91,7 @@ def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, mon
     out = rl.build(data_folder, tmp_path / "bundle", tmp_path / "cache")
     b = load_bundle(out)
     assert b.manifest.arch == "efficientnet-lite1" and b.manifest.active_area and b.manifest.head
+    assert b.manifest.head["agree"] is True  # the shipped variant
     seg = create_segmenter(out, backend="torch-eager", device="cpu")
     o = seg(cv2.imread(str(data_folder / "polypgen/positive/A_positive0.jpg"))[None])
     assert o.boxes[0].x0 >= 30 and o.mask.shape == (1, 224, 224)
