@@ -1,0 +1,77 @@
+"""Are the cross-validation figures the product's? One fold, scored both ways.
+
+Fits the default recipe (``rtseg.recipe_lite``, variant ``agree``) on the training folds of
+fold K, scores the held-out Kvasir-SEG / CVC-ClinicDB images with the recipe's own scorer
+(cached features), then writes the fit as a bundle and scores the same images with
+``rtseg eval``'s code (:func:`rtseg.evaluate.run_eval`: decode, active area, eager Grad-CAM +
+head, threshold, clean-up, paste back). The two Dice figures must agree.
+
+    python benchmarks/lite_fold_check.py ../shared/data --fold 0 --json fold_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--variant", default="agree")
+    ap.add_argument("--cache", type=Path, default=Path("runs/lite_features"))
+    ap.add_argument("--out", type=Path, default=Path("runs/fold_check_bundle"))
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    import rtseg.recipe_lite as rl
+    from rtseg.datasets import group_folds
+    from rtseg.evaluate import run_eval
+    from rtseg.model import Bundle, build_model, load_bundle, save_bundle
+    from rtseg.probe import set_classifier
+    from rtseg.thresholds import ThresholdPolicy
+
+    torch.set_flush_denormal(True)
+    items = rl.load_all(a.data)
+    store = rl.open_store(items, a.cache)
+    fold_of = {s: group_folds(v, a.folds) for s, v in items.items()}
+    train = {s: [it for j, f in enumerate(fl) if j != a.fold for it in f] for s, fl in fold_of.items()}
+    test = {s: fl[a.fold] for s, fl in fold_of.items()}
+    rl.add_tiles(store, rl.ordered(train["kvasir"])[:rl.SEEDS["kvasir"]] + rl.ordered(train["cvc"])[:rl.SEEDS["cvc"]])
+    v = rl.VARIANTS[a.variant]
+    f = rl.fit(store, train, v, store.m)
+    cached = rl.score(store, f, test, v)
+    m = rl.manifest(gate=v.gate, head=v.head, agree=v.agree).replace(
+        threshold=ThresholdPolicy.parse(f"above {f.threshold}"), postprocess=tuple(f.steps))
+    model = build_model(rl.ARCH, pretrained=True, head=m.head).eval()
+    set_classifier(model, f.w, f.b)
+    model.rtseg_head.load_state_dict(f.head.state_dict())
+    save_bundle(Bundle(model, m), a.out)  # fp32: the same weights as the cached fit
+    bundle = load_bundle(a.out)
+    rows = {}
+    for src in ("kvasir", "cvc"):
+        pairs = [(it.image, it.mask) for it in test[src]]
+        prod = run_eval(bundle, pairs, per_image=False).metrics
+        rows[src] = {"recipe_dice": cached[src]["model"]["dice"], "product_dice": round(prod["dice"], 4),
+                     "recipe_jaccard": cached[src]["model"]["jaccard"], "product_jaccard": round(prod["jaccard"], 4),
+                     "n": len(pairs)}
+    t = Table(title=f"fold {a.fold} of {a.folds}, held out: the recipe's scorer vs rtseg eval")
+    for c in ("source", "n", "Dice (recipe)", "Dice (rtseg eval)", "Jaccard (recipe)", "Jaccard (rtseg eval)"):
+        t.add_column(c)
+    for src, r in rows.items():
+        t.add_row(src, str(r["n"]), f"{r['recipe_dice']:.4f}", f"{r['product_dice']:.4f}",
+                  f"{r['recipe_jaccard']:.4f}", f"{r['product_jaccard']:.4f}")
+    Console().print(t)
+    if a.json:
+        from rtseg.atomic import write_json
+
+        write_json(a.json, {"fold": a.fold, "folds": a.folds, "variant": a.variant, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
