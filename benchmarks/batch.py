@@ -27,7 +27,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import sys
@@ -39,20 +38,13 @@ import cv2
 
 from rtseg.errors import UserError
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cvc_frames  # noqa: E402
+
 CLIP_WH = (384, 288)
 CLIP_FPS = 25.0
 
 
-def cvc_frames(data_dir: Path) -> list[tuple[int, Path]]:
-    root = data_dir / "cvc-clinicdb"
-    table = root / "sequences.csv"
-    if not table.is_file():
-        raise UserError(f"{table} not found (DATA_DIR should hold cvc-clinicdb/, see "
-                        "../shared/data/README.md)")
-    with open(table, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    rows.sort(key=lambda r: (int(r["sequence"]), int(r["frame"])))
-    return [(int(r["sequence"]), root / r["image"]) for r in rows]
 
 
 def build_archive(data_dir: Path, folder: Path, videos: int, frames: int) -> int:

@@ -12,7 +12,6 @@ photographs, so the right normalisation gives a ratio somewhat below 1.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np

@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import sys
@@ -29,6 +28,9 @@ from pathlib import Path
 import cv2
 
 from rtseg.errors import UserError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cvc_frames  # noqa: E402
 
 CLIP_WH = (384, 288)
 CLIP_FPS = 25.0
@@ -47,21 +49,13 @@ def rss_mb() -> float:
 
 def build_clip(data_dir: Path, out: Path) -> int:
     """Write the CVC-ClinicDB sequences as one mp4; returns the number of frames."""
-    root = data_dir / "cvc-clinicdb"
-    table = root / "sequences.csv"
-    if not table.is_file():
-        raise UserError(f"{table} not found (DATA_DIR should hold cvc-clinicdb/, see "
-                        "../shared/data/README.md)")
-    with open(table, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    rows.sort(key=lambda r: (int(r["sequence"]), int(r["frame"])))
     vw = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), CLIP_FPS, CLIP_WH)
     if not vw.isOpened():
         raise UserError(f"OpenCV cannot write {out}")
     n = 0
     try:
-        for r in rows:
-            img = cv2.imread(str(root / r["image"]), cv2.IMREAD_COLOR)
+        for _, path in cvc_frames(data_dir):
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if img is None:
                 continue
             if (img.shape[1], img.shape[0]) != CLIP_WH:
@@ -71,7 +65,7 @@ def build_clip(data_dir: Path, out: Path) -> int:
     finally:
         vw.release()
     if not n:
-        raise UserError(f"no readable frame in {root}")
+        raise UserError(f"no readable frame in {data_dir / 'cvc-clinicdb'}")
     return n
 
 

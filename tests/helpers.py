@@ -19,3 +19,16 @@ def run_cli(argv, capsys):
         warnings.showwarning = saved
     cap = capsys.readouterr()
     return code, cap.out, cap.err
+
+
+def count_frames(path) -> int:
+    """Frames OpenCV decodes from a video file (the file must open)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), f"cannot reopen {path}"
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n

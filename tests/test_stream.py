@@ -8,7 +8,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import run_cli, count_frames
 
 from rtseg.capture import (FrameReader, FrameSource, ReadResult, SourceInfo, classify_source,
                            open_source)
@@ -33,16 +33,6 @@ def video(tmp_path_factory):
     p = tmp_path_factory.mktemp("vid") / "clip.mp4"
     write_video(p, n=N_FRAMES, size=SIZE)
     return p
-
-
-def count_frames(path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    assert cap.isOpened(), f"cannot reopen {path}"
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
 
 
 class FakeSeg(Segmenter):
