@@ -7,6 +7,8 @@ few train-mode forward passes on synthetic colonoscopy-like images.
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -74,3 +76,18 @@ def onnx_cache(tmp_path_factory):
 def rtseg_cache(onnx_cache, monkeypatch):
     """Point rtseg's cache folder at the session's export cache."""
     monkeypatch.setenv("RTSEG_CACHE", str(onnx_cache.parent))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def usual_signal_dispositions():
+    """The usual SIGINT/SIGTERM/SIGHUP dispositions for the whole session, whatever the runner
+    set (``nohup`` ignores SIGHUP, and rtseg rightly leaves an ignored signal ignored): the
+    shutdown tests signal this process and its children, which inherit the dispositions."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    for s, h in saved.items():
+        if h is not None:
+            signal.signal(s, h)
