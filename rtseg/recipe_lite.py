@@ -62,6 +62,7 @@ class Variant:
     selftrain: bool = True  # second head round on its own confident maps
     gate: bool = True  # no mask where the frame is called polyp-free
     agree: bool = False  # called polyp only if the classifier and the head's max pixel agree
+    flip: bool = False  # test-time horizontal flip (experiment; not in the exported graph)
     c: float = 0.5  # logistic-regression C
     neg_weight: float = 1.0  # sample weight of the in-domain polyp-free frames (PolypGen)
     epochs: int = 30  # head epochs (self-training round: a third, on at most 400 images)
@@ -77,6 +78,7 @@ VARIANTS = {
     # the shipped model: a frame is polyp only if the classifier and the head's most confident
     # pixel agree (PolypGen polyp-free frames called non-polyp 0.63 -> 0.87 by CV)
     "agree": Variant("agree", agree=True),
+    "agree-flip": Variant("agree-flip", agree=True, flip=True),
     "cam-only": Variant("cam-only", head=False, selftrain=False),
 }
 
@@ -178,10 +180,11 @@ def _truth_crop(mask: np.ndarray, box: Box, size: int) -> np.ndarray:
     return cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA) > 0.5
 
 
-def maps_of(fit: Fit, c: Cached, size: int, gate: bool, agree: bool = False
-            ) -> tuple[np.ndarray, np.ndarray]:
+def maps_of(fit: Fit, c: Cached, size: int, gate: bool, agree: bool = False,
+            flipped: Cached | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(frame polyp probability [N], maps [N, size, size] in [0, 1]) exactly as the bundle
-    computes them (:func:`rtseg.head.decide`)."""
+    computes them (:func:`rtseg.head.decide`). ``flipped``: the same views mirrored (a
+    test-time-flip experiment: logits and head maps averaged with the mirrored-back ones)."""
     import torch
 
     from rtseg.cam import normalize_cam
@@ -189,6 +192,11 @@ def maps_of(fit: Fit, c: Cached, size: int, gate: bool, agree: bool = False
 
     z = torch.from_numpy(logits_of(c.gap, fit.w, fit.b))
     raw = head_cams(c.head, fit.w)
+    if flipped is not None and fit.head is not None:
+        zf = torch.from_numpy(logits_of(flipped.gap, fit.w, fit.b))
+        mf = head_maps(fit.head, flipped, head_cams(flipped.head, fit.w), size)[:, :, ::-1]
+        maps = torch.from_numpy((head_maps(fit.head, c, raw, size) + mf) / 2)
+        return tuple(t.numpy() for t in decide(HeadConfig(gate=gate, agree=agree), (z + zf) / 2, maps))
     if fit.head is None:
         maps = normalize_cam(torch.from_numpy(raw), size)
         prob = torch.sigmoid(z)
@@ -254,7 +262,7 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     # 3. threshold, clean-up and the ellipse radius on the training folds' tune set
     f = Fit(w, b, head, 0.5, (), 0.25)
     tc = store.get([str(it.image) for it in tune_set])
-    _, maps = maps_of(f, tc, SIZE, v.gate, v.agree)
+    _, maps = maps_of(f, tc, SIZE, v.gate, v.agree, flipped_of(store, tune_set, v))
     truths = [_truth_crop(read_mask(it.mask), bx, SIZE) for it, bx in zip(tune_set, tc.boxes)]
     best = (-1.0, 0.5, ())
     for t in THRESHOLDS:
@@ -288,8 +296,9 @@ def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]], v: Variant) 
         if not items:
             continue
         c = store.get([str(it.image) for it in items])
-        prob, _ = maps_of(f, c, SIZE, False, v.agree)
-        _, maps = maps_of(f, c, SIZE, False, False)  # ungated
+        cf = flipped_of(store, items, v)
+        prob, _ = maps_of(f, c, SIZE, False, v.agree, cf)
+        _, maps = maps_of(f, c, SIZE, False, False, cf)  # ungated
         called = prob > 0.5
         rows = {"model": [], "ungated": [], "ellipse": [], "all_foreground": []}
         for it, mp, bx, zi in zip(items, maps, c.boxes, called):
@@ -318,6 +327,23 @@ def load_all(data: Path, crops: int = 600) -> dict[str, list[Item]]:
     df = DataFolder.open(data)
     return {"kvasir": df.kvasir, "cvc": df.cvc, "pg_neg": df.pg_neg, "pg_pos": df.pg_pos,
             "non_polyp": ordered(df.non_polyp)[:crops]}
+
+
+def flipped_of(store: FeatureStore, items: list[Item], v: Variant) -> Cached | None:
+    """Features of the mirrored network views of ``items`` (computed once, cached)."""
+    if not v.flip:
+        return None
+    from rtseg.active_area import prepare
+
+    keys = [f"{it.image}#flip" for it in items]
+    missing = [k for k in keys if k not in store.index]
+    if missing:
+        import hashlib
+
+        tag = hashlib.sha1("\n".join(missing).encode()).hexdigest()[:12]
+        store.add(missing, lambda k: np.ascontiguousarray(prepare(read_image(k[:-5]))[0][:, ::-1]),
+                  f"flip-{tag}")
+    return store.get(keys)
 
 
 def open_store(items: dict[str, list[Item]], cache: Path | None) -> FeatureStore:
