@@ -50,6 +50,10 @@ class Box:
     def full(cls, hw: tuple[int, int]) -> "Box":
         return cls(0, 0, int(hw[1]), int(hw[0]))
 
+    def covers(self, hw: tuple[int, int]) -> bool:
+        """Whether the box is the whole (H, W) frame (nothing was cropped)."""
+        return self.as_tuple() == (0, 0, int(hw[1]), int(hw[0]))
+
 
 def detect_box(image: np.ndarray) -> Box:
     """The bounding box of the lit field of view of an RGB/BGR uint8 image [H, W, 3]."""

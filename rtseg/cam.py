@@ -145,10 +145,6 @@ class CamResult:
     cams: list[np.ndarray]  # float32 [S, S] each (tiles mode: [2S, 2S], gated by tile prob)
     boxes: list | None = None  # the active area each CAM covers (rtseg.active_area.Box)
 
-    def full_cam(self, i: int, hw: tuple[int, int]) -> np.ndarray:
-        """CAM ``i`` at the image's (H, W): resized into its box, 0 outside."""
-        return place_cam(self.cams[i], hw, None if self.boxes is None else self.boxes[i])
-
 
 def cam_images(bundle, images: Sequence[np.ndarray], layer: int | str | None = None,
                batch_size: int = 16, device: str | None = None) -> CamResult:
@@ -159,10 +155,8 @@ def cam_images(bundle, images: Sequence[np.ndarray], layer: int | str | None = N
     classifier calls non-polyp (prob < 0.5) contributes zeros. The image's prob is the
     largest tile prob.
     """
+    from rtseg.preprocess import images_to_input, network_views
     from rtseg.tiles import split_tiles
-    from rtseg.preprocess import images_to_input
-
-    from rtseg.preprocess import network_views
 
     m = bundle.manifest
     layer = m.cam_layer if layer is None else layer
@@ -198,7 +192,7 @@ def resize_to(cam: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 def place_cam(cam: np.ndarray, hw: tuple[int, int], box=None) -> np.ndarray:
     """A CAM at an image's (H, W): resized to the whole image, or into ``box`` (0 outside)."""
-    if box is None or (box.x0, box.y0, box.x1, box.y1) == (0, 0, hw[1], hw[0]):
+    if box is None or box.covers(hw):
         return resize_to(cam, hw)
     from rtseg.active_area import paste
 

@@ -15,6 +15,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from rtseg.active_area import paste
+
 MASK_COLOUR = (0, 255, 0)  # BGR
 CONTOUR_COLOUR = (0, 255, 255)
 WARN_COLOUR = (0, 0, 255)
@@ -55,7 +57,7 @@ class Overlay:
         area the segmenter cropped to); outside it the mask is 0."""
         self._buffers(h, w)
         m = mask if mask.dtype == np.uint8 else mask.astype(np.uint8)
-        if box is None or (box.width, box.height) == (w, h):
+        if box is None or box.covers((h, w)):
             return cv2.resize(m, (w, h), dst=self._mask, interpolation=cv2.INTER_NEAREST)
         self._mask[:] = 0
         self._mask[box.y0:box.y1, box.x0:box.x1] = cv2.resize(
@@ -70,11 +72,9 @@ class Overlay:
         m = self.resize_mask(mask, h, w, box)
         x, y, bw, bh = cv2.boundingRect(m)  # zero-size box for an empty mask
         if self.heatmap and cam is not None:
-            if box is None:
+            if box is None or box.covers((h, w)):
                 heat = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
             else:
-                from rtseg.active_area import paste
-
                 heat = paste(cam.astype(np.float32), box, (h, w))
             heat8 = cv2.convertScaleAbs(heat, alpha=255.0)
             colour = cv2.applyColorMap(heat8, cv2.COLORMAP_JET)

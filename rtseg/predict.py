@@ -156,7 +156,7 @@ def iter_predictions(bundle, paths: Sequence[Path], layer: int | str | None = No
         boxes = res.boxes or [None] * len(images)
         for p, img, prob, cam, box in zip(chunk, images, res.prob, res.cams, boxes):
             mask = cam_to_mask(cam, policy, img.shape[:2], bundle.manifest.postprocess, box)
-            if box is not None and (box.x0, box.y0, box.x1, box.y1) != (0, 0, img.shape[1], img.shape[0]):
+            if box is not None and not box.covers(img.shape[:2]):
                 cam = place_cam(cam, img.shape[:2], box)  # the heat map in image coordinates
             yield ImagePrediction(p, img, float(prob), cam, mask)
         if tiny:

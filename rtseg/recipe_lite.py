@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from rtseg.active_area import Box, paste
@@ -176,8 +175,7 @@ class Fit:
 
 
 def _truth_crop(mask: np.ndarray, box: Box, size: int) -> np.ndarray:
-    m = mask[box.y0:box.y1, box.x0:box.x1].astype(np.float32)
-    return cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA) > 0.5
+    return mask_target(mask, box, size) > 0.5
 
 
 def maps_of(fit: Fit, c: Cached, size: int, gate: bool, agree: bool = False,
@@ -239,9 +237,8 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
         cc = Cached.concat([seed_c, neg_c])
         tgt = np.concatenate([tg, np.zeros((len(nk), TARGET, TARGET), np.float32)])
         wgt = np.ones_like(tgt)
-        torch_seed = 0
         head = SegHead(HeadConfig(**{**m.head, "gate": v.gate, "agree": v.agree}))
-        fit_head(head, cc, head_cams(cc.head, w), tgt, wgt, epochs=v.epochs, seed=torch_seed)
+        fit_head(head, cc, head_cams(cc.head, w), tgt, wgt, epochs=v.epochs, seed=0)
         if v.selftrain:
             un_keys = [str(it.image) for it in rest] + ([str(it.image) for it in train["pg_pos"]] if v.pg_pos else [])
             un_c = store.get(un_keys)
@@ -256,7 +253,7 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
             wgt2 = np.concatenate([wgt, pw[idx] * 0.5])
             head = SegHead(HeadConfig(**{**m.head, "gate": v.gate, "agree": v.agree}))
             fit_head(head, cc2, head_cams(cc2.head, w), tgt2, wgt2, epochs=max(2, v.epochs // 3),
-                     seed=torch_seed + 1)
+                     seed=1)
             log(f"    self-training: {len(idx)} of {len(un_keys)} unlabeled polyp images used "
                 f"({int(keep.sum())} confident)")
     # 3. threshold, clean-up and the ellipse radius on the training folds' tune set
