@@ -8,6 +8,17 @@ from pathlib import Path
 from rtseg.errors import UserError
 
 
+def run_cli(main) -> None:
+    """Run a benchmark's ``main()``: bad input is one ``error:`` line and exit 2, no traceback."""
+    import sys
+
+    try:
+        main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def cvc_frames(data_dir: Path) -> list[tuple[int, Path]]:
     """(sequence, image path) of every CVC-ClinicDB frame, in sequence and frame order."""
     root = data_dir / "cvc-clinicdb"

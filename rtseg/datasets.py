@@ -73,6 +73,9 @@ class DataFolder:
                 continue
             with open(table, newline="") as fh:
                 rows = list(csv.DictReader(fh))
+            if rows and not {"image", "centre", "sequence"} <= set(rows[0]):
+                raise UserError(f"{table} needs the columns image, centre, sequence "
+                                "(see the data README)")
             items = [Item(pg / kind / r["image"], None, label, attr,
                           f"pg-{r['centre']}-{r['sequence']}" if r.get("sequence") else Path(r["image"]).stem)
                      for r in rows if (pg / kind / r["image"]).is_file()]

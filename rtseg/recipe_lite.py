@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ import numpy as np
 from rtseg.active_area import Box, paste
 from rtseg.baselines import ellipse_mask
 from rtseg.datasets import DataFolder, Item, _h, group_folds
+from rtseg.errors import UserError
 from rtseg.head import HeadConfig, SegHead
 from rtseg.imageio import read_image, read_mask
 from rtseg.metrics import image_scores
@@ -128,11 +130,14 @@ class FeatureStore:
             return
         f = self.cache / f"{label}.npz" if self.cache else None
         if f is not None and f.is_file():
-            z = np.load(f, allow_pickle=True)
-            if list(z["keys"]) == keys:
-                self._append(keys, Cached(z["gap"], z["head"], [z[f"f{i}"] for i in range(3)],
-                                          [Box(*b) for b in z["boxes"]]))
-                return
+            try:
+                z = np.load(f, allow_pickle=True)
+                if list(z["keys"]) == keys:
+                    self._append(keys, Cached(z["gap"], z["head"], [z[f"f{i}"] for i in range(3)],
+                                              [Box(*b) for b in z["boxes"]]))
+                    return
+            except Exception as exc:  # a damaged cache file (numpy/zipfile raise many types)
+                print(f"  feature cache {f} unreadable ({type(exc).__name__}): recomputing", flush=True)
         t = time.time()
         out = []
         for s in range(0, len(keys), 64):
@@ -500,6 +505,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/lite_model"))
     a = ap.parse_args(argv)
+    try:
+        _run(a)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(a) -> None:
     import torch
 
     torch.set_flush_denormal(True)
