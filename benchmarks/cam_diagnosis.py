@@ -50,11 +50,11 @@ def centre_prior(hw: tuple[int, int], sigma: float) -> np.ndarray:
 
 
 def diagnose(bundle, pairs, disc: float = 0.25, batch: int = 16, prior_sigma: float = 0.2) -> dict:
-    from rtseg.cam import cam_images, resize_to
+    from rtseg.model.cam import cam_images, resize_to
     from rtseg.imageio import read_image, read_mask
-    from rtseg.metrics import image_scores
-    from rtseg.postprocess import refine
-    from rtseg.tiles import split_tiles
+    from rtseg.evaluate.metrics import image_scores
+    from rtseg.model.postprocess import refine
+    from rtseg.model.tiles import split_tiles
 
     m = bundle.manifest
     policy = m.threshold
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rtseg.atomic import write_json
     from rtseg.imageio import pair_images_masks
-    from rtseg.model import resolve_bundle
+    from rtseg.model.bundle import resolve_bundle
 
     try:
         bundle = resolve_bundle(args.model)

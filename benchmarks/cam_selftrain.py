@@ -33,8 +33,8 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 def extract(bundle, images, batch: int = 8) -> dict:
     """Frozen features (fp16), head Grad-CAM and prob for uint8 RGB images."""
-    from rtseg.cam import GradCAM
-    from rtseg.preprocess import images_to_input
+    from rtseg.model.gradcam import GradCAM
+    from rtseg.model.preprocess import images_to_input
 
     model, m = bundle.model, bundle.manifest
     store: dict = {}
@@ -72,8 +72,8 @@ class RefineHead(nn.Module):
 
 
 def pseudo_masks(cam: torch.Tensor, res: int, input_size: int, fg_t: float, bg_q: float):
-    from rtseg.postprocess import largest_component
-    from rtseg.preprocess import fov_mask
+    from rtseg.model.postprocess import largest_component
+    from rtseg.model.preprocess import fov_mask
 
     c = F.adaptive_avg_pool2d(cam[:, None], res)[:, 0]
     fov = F.adaptive_avg_pool2d(fov_mask(input_size)[None, None], res)[0, 0] > 0.99
@@ -84,9 +84,9 @@ def pseudo_masks(cam: torch.Tensor, res: int, input_size: int, fg_t: float, bg_q
 
 
 def score(maps, truths, t: float) -> tuple[float, float]:
-    from rtseg.cam import resize_to
-    from rtseg.metrics import image_scores
-    from rtseg.postprocess import largest_component
+    from rtseg.model.cam import resize_to
+    from rtseg.evaluate.metrics import image_scores
+    from rtseg.model.postprocess import largest_component
 
     d, j = [], []
     for mp, gt in zip(maps, truths):
@@ -98,7 +98,7 @@ def score(maps, truths, t: float) -> tuple[float, float]:
 
 def run(args) -> dict:
     from rtseg.imageio import pair_images_masks, read_image, read_mask
-    from rtseg.model import resolve_bundle
+    from rtseg.model.bundle import resolve_bundle
 
     torch.manual_seed(args.seed)
     bundle = resolve_bundle(args.model)

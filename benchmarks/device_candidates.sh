@@ -3,7 +3,7 @@
 # training cache and judge each on the validation split (rtseg tune, then cam_diagnosis).
 #
 # Prepare here (CPU):
-#   python -m rtseg.recipe prepare --data ../shared/data --work runs/default
+#   python -m rtseg.recipes.paper prepare --data ../shared/data --work runs/default
 #   python benchmarks/seed_grid_tiles.py --work runs/default --out runs/default/pack --csv labels_grid3.csv
 #   mkdir -p .carry/site && cp -r "$(python -c 'import efficientnet_pytorch,os;print(os.path.dirname(efficientnet_pytorch.__file__))')" .carry/site/
 #   cp -r runs/default/pack .carry/pack && cp -rL runs/default/val .carry/val

@@ -48,8 +48,9 @@ CUDA_BACKENDS = ("tensorrt", "torch-fused-fp16-compile", "torch-fused-fp16-graph
                  "torch-fused-fp32-graph", "onnxruntime", "eager", "pytorch-grad-cam")
 
 
-# the pytorch-grad-cam baseline and the device name come from rtseg.bench (one definition)
-from rtseg.bench import PytorchGradCamBaseline, device_name  # noqa: E402
+# the pytorch-grad-cam baseline and the device name come from rtseg.live.bench (one definition)
+from rtseg.errors import first_line
+from rtseg.live.bench import PytorchGradCamBaseline, device_name  # noqa: E402
 
 
 def make_frames(hw: tuple[int, int], n: int = 8) -> np.ndarray:
@@ -85,8 +86,8 @@ def time_calls(fn: Callable, frames: np.ndarray, batch: int, iters: int, budget_
 def calibrated_default_bundle(size: int = 224):
     import torch
 
-    from rtseg.calibrate import calibrate_bn
-    from rtseg.model import new_bundle
+    from rtseg.train.calibrate import calibrate_bn
+    from rtseg.model.bundle import new_bundle
 
     torch.manual_seed(0)
     return calibrate_bn(new_bundle(input_size=size))
@@ -103,13 +104,14 @@ def build_backend(name: str, bundle, device: str, cache: str | None):
 
         return EagerSegmenter(copy.deepcopy(bundle), device)  # it moves and hooks the model
     if name == "onnxruntime":
-        from rtseg.exporter import cached_onnx
+        from rtseg.graph.onnx import cached_onnx
         from rtseg.runtime.onnx_backend import OnnxSegmenter
 
         half = device.startswith("cuda")
         return OnnxSegmenter(cached_onnx(bundle, None, half, cache=cache), device, half)
     if name == "tensorrt":
-        from rtseg.exporter import build_engine, cached_onnx, tensorrt_status
+        from rtseg.graph.onnx import cached_onnx
+        from rtseg.graph.tensorrt import build_engine, tensorrt_status
         from rtseg.runtime.trt_backend import TrtSegmenter
 
         ok, why = tensorrt_status()
@@ -168,7 +170,7 @@ def run_ablation(bundle, iters: int, budget: float, console, tmpdir: str,
     """
     import onnxruntime as ort
 
-    from rtseg.exporter import onnx_model_proto, save_proto
+    from rtseg.graph.onnx import onnx_model_proto, save_proto
     from rtseg.runtime.onnx_backend import cpu_cores
 
     s = bundle.manifest.input_size
@@ -266,7 +268,8 @@ def main(argv=None) -> int:
 
     from rtseg.atomic import ensure_parent, write_json
     from rtseg.errors import UserError
-    from rtseg.model import load_bundle, parse_layer, resolve_device
+    from rtseg.model.arch import parse_layer
+    from rtseg.model.bundle import load_bundle, resolve_device
 
     console = Console()
     try:
@@ -347,7 +350,7 @@ def main(argv=None) -> int:
             try:
                 seg = build_backend(name, bundle, dev, cache)
             except Exception as exc:  # unavailable here: note it, go on
-                why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                why = first_line(exc)
                 results["skipped"][name] = why
                 console.print(f"skipped {name}: {why}", markup=False)
                 continue
@@ -369,7 +372,7 @@ def main(argv=None) -> int:
                                   f"{c['cam_mean']:.2e}, max |prob diff| {c['prob_max']:.2e}, masks "
                                   f"agree {c['mask_agree']:.2%}", markup=False)
                 except Exception as exc:
-                    msg = f"{name} check: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                    msg = f"{name} check: {type(exc).__name__}: {first_line(exc, 200, '')}"
                     results["errors"].append(msg)
                     console.print(f"  error {msg}", markup=False)
             for size_name, fr in frames.items():
@@ -377,7 +380,7 @@ def main(argv=None) -> int:
                     try:
                         r = time_calls(seg, fr, b, args.iters, args.budget)
                     except Exception as exc:
-                        msg = f"{name} {size_name} b{b}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                        msg = f"{name} {size_name} b{b}: {type(exc).__name__}: {first_line(exc, 200, '')}"
                         results["errors"].append(msg)
                         console.print(f"  error {msg}", markup=False)
                         if os.environ.get("RTSEG_BENCH_TRACEBACK"):
@@ -401,7 +404,7 @@ def main(argv=None) -> int:
                 results["ablation"] = run_ablation(bundle, args.iters, args.budget, console, tmp.name,
                                                    check_frames, reference)
             except Exception as exc:
-                results["errors"].append(f"ablation: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                results["errors"].append(f"ablation: {type(exc).__name__}: {first_line(exc)}")
                 console.print(f"  ablation failed: {exc}", markup=False)
     finally:
         tmp.cleanup()

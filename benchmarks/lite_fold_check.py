@@ -1,9 +1,9 @@
 """Are the cross-validation figures the product's? One fold, scored both ways.
 
-Fits the default recipe (``rtseg.recipe_lite``, variant ``agree``) on the training folds of
+Fits the default recipe (``rtseg.recipes.lite``, variant ``agree``) on the training folds of
 fold K, scores the held-out Kvasir-SEG / CVC-ClinicDB images with the recipe's own scorer
 (cached features), then writes the fit as a bundle and scores the same images with
-``rtseg eval``'s code (:func:`rtseg.evaluate.run_eval`: decode, active area, eager Grad-CAM +
+``rtseg eval``'s code (:func:`rtseg.evaluate.scoring.run_eval`: decode, active area, eager Grad-CAM +
 head, threshold, clean-up, paste back). The two Dice figures must agree.
 
     python benchmarks/lite_fold_check.py ../shared/data --fold 0 --json fold_check.json
@@ -29,12 +29,12 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    import rtseg.recipe_lite as rl
-    from rtseg.datasets import group_folds
-    from rtseg.evaluate import run_eval
-    from rtseg.model import Bundle, build_model, load_bundle, save_bundle
-    from rtseg.probe import set_classifier
-    from rtseg.thresholds import ThresholdPolicy
+    import rtseg.recipes.lite as rl
+    from rtseg.recipes.layout import group_folds
+    from rtseg.evaluate.scoring import run_eval
+    from rtseg.model.bundle import Bundle, build_model, load_bundle, save_bundle
+    from rtseg.train.probe import set_classifier
+    from rtseg.model.thresholds import ThresholdPolicy
 
     torch.set_flush_denormal(True)
     items = rl.load_all(a.data)

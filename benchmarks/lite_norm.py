@@ -27,10 +27,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rtseg.active_area import prepare
-    from rtseg.data import resize_like_preprocess
+    from rtseg.model.active_area import prepare
+    from rtseg.train.data import resize_like_preprocess
     from rtseg.imageio import list_images, read_image
-    from rtseg.model import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, build_model
+    from rtseg.model.arch import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD
+    from rtseg.model.bundle import build_model
 
     paths = list_images(a.images, "images folder")[: a.n]
     x = torch.from_numpy(np.stack([resize_like_preprocess(prepare(read_image(p))[0], 224) for p in paths]))

@@ -38,7 +38,7 @@ from rich.table import Table
 
 from rtseg.atomic import write_json
 from rtseg.imageio import list_images, read_mask
-from rtseg.propagate import (
+from rtseg.propagate.kmeans import (
     NON_POLYP,
     POLYP,
     UNLABELED,

@@ -3,7 +3,7 @@
     python benchmarks/seed_grid_tiles.py --work runs/default --out runs/grid3 [--grid 3] [--min-cover 0.3]
                                          [--csv labels.csv]
 
-Takes the recipe's work folder (``python -m rtseg.recipe prepare``): the polyp seed images
+Takes the recipe's work folder (``python -m rtseg.recipes.paper prepare``): the polyp seed images
 (``seeds/polyp``), their masks (``seed_masks``) and the packed whole-image labels
 (``pack/labels_whole.csv``). Every seed image is cut into G x G tiles; a tile with no mask
 pixel is labeled non-polyp (an in-domain negative: same camera, light and look as the polyp
@@ -37,7 +37,7 @@ def make_tiles(work: Path, out: Path, grid: int, min_cover: float, size: int = 2
 
     labels = work / "pack" / "labels_whole.csv"
     if not labels.is_file():
-        raise UserError(f"{labels} not found: run python -m rtseg.recipe prepare first")
+        raise UserError(f"{labels} not found: run python -m rtseg.recipes.paper prepare first")
     with open(labels, newline="") as fh:
         rows = [dict(r, path=(labels.parent / r["path"]).resolve()) for r in csv.DictReader(fh)]
     masks = {p.stem: p for p in list_images(work / "seed_masks", "seed masks folder")}

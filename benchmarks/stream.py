@@ -71,8 +71,8 @@ def build_clip(data_dir: Path, out: Path) -> int:
 
 def count_frames(clip: Path) -> int:
     """Frames in a prebuilt clip (e.g. carried to a GPU machine), opened the way the stream
-    loop opens it (:func:`rtseg.capture.open_source`: same checks, same one-line errors)."""
-    from rtseg.capture import open_source
+    loop opens it (:func:`rtseg.live.capture.open_source`: same checks, same one-line errors)."""
+    from rtseg.live.capture import open_source
 
     src = open_source(str(clip))
     try:
@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> dict:
     from rich.table import Table
 
     from rtseg.atomic import ensure_parent, write_json
-    from rtseg.fpsstats import TABLE2_FIELDS
-    from rtseg.stream import StreamConfig, load_segmenter, run_stream
+    from rtseg.live.stats import TABLE2_FIELDS
+    from rtseg.live.loop import StreamConfig, load_segmenter, run_stream
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
     if args.json:

@@ -3,7 +3,7 @@
     python benchmarks/table1.py ../shared/data [--presets run1,run3] [--folds 5]
                                 [--device auto] [--json table1.json] [--work runs/table1]
 
-Each preset runs end to end (:func:`rtseg.presets.run_preset`: seeds -> label propagation ->
+Each preset runs end to end (:func:`rtseg.recipes.presets.run_preset`: seeds -> label propagation ->
 EfficientNet-b1 training -> Grad-CAM masks -> Medico 2021 scores on held-out polyp images with
 masks). Without ``--folds`` it uses one hold-out split (``--test-fraction``); with ``--folds K``
 (K >= 2) it cross-validates: every fold is the test set once, and a CVC-ClinicDB sequence never
@@ -32,7 +32,7 @@ from rich.console import Console
 
 from rtseg.atomic import write_json
 from rtseg.errors import UserError
-from rtseg.metrics import METRIC_KEYS
+from rtseg.evaluate.metrics import METRIC_KEYS
 
 SUMMARY_KEYS = METRIC_KEYS + ("classification_accuracy", "non_polyp_specificity",
                               "heldout_classification_accuracy")
@@ -49,8 +49,8 @@ def _summary(folds: list[dict]) -> tuple[dict, dict]:
 
 
 def run_table(args) -> dict:
-    from rtseg.model import resolve_device
-    from rtseg.presets import (PAPER_TABLE1_NOTE, PAPER_TABLE1_RANGES, RunConfig, fold_split,
+    from rtseg.model.bundle import resolve_device
+    from rtseg.recipes.presets import (PAPER_TABLE1_NOTE, PAPER_TABLE1_RANGES, RunConfig, fold_split,
                                get_preset, holdout_split, open_data, run_preset)
 
     presets = [get_preset(p) for p in args.presets.split(",") if p.strip()]
@@ -100,7 +100,7 @@ def print_table(result: dict, console: Console) -> None:
     from rich import box
     from rich.table import Table
 
-    from rtseg.presets import PAPER_TABLE1_NOTE
+    from rtseg.recipes.presets import PAPER_TABLE1_NOTE
 
     cols = ("jaccard", "dice", "f1", "recall", "precision", "accuracy")
     t = Table(title=f"Table 1: Medico 2021 scores (per-image mean; "

@@ -1,6 +1,6 @@
 """Benchmark ``rtseg train``: training images/s on the device in use.
 
-Runs the real training path (:func:`rtseg.train.train`: decode once into the device cache,
+Runs the real training path (:func:`rtseg.train.loop.train`: decode once into the device cache,
 batched augmentation, the training step, validation, background checkpoints, bundle) on
 generated colonoscopy-like images (written as JPEGs with a labels CSV) or on a given labels
 CSV, then prints a rich table (median / min / max epoch time, images/s, device) and writes
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from rtseg.atomic import write_json
     from rtseg.errors import UserError
-    from rtseg.model import resolve_device
-    from rtseg.train import TrainConfig, train
+    from rtseg.model.bundle import resolve_device
+    from rtseg.train.loop import TrainConfig, train
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -32,3 +32,12 @@ def brief(text: object, limit: int = 200) -> str:
         return cut[:end + 1]
     space = cut.rfind(" ")
     return (cut[:space] if space >= 30 else cut).rstrip(" ,:;") + "..."
+
+
+def first_line(exc: BaseException, limit: int = 200, default: str | None = None) -> str:
+    """The first line of an exception's message, cut at ``limit`` characters, for one-line
+    reports; an empty message gives ``default`` (None: the exception's type name)."""
+    lines = str(exc).strip().splitlines()
+    if lines:
+        return lines[0][:limit]
+    return type(exc).__name__ if default is None else default

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from rtseg.model import new_bundle
-from rtseg.preprocess import images_to_input
+from rtseg.model.bundle import new_bundle
+from rtseg.model.preprocess import images_to_input
 from rtseg.synthetic import make_dataset
 
 
@@ -61,7 +61,7 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def bundle_dir(calibrated_bundle, tmp_path_factory):
     """The calibrated bundle saved as a bundle folder."""
-    from rtseg.model import save_bundle
+    from rtseg.model.bundle import save_bundle
 
     return save_bundle(calibrated_bundle, tmp_path_factory.mktemp("bundles") / "calib64")
 

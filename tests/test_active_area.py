@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from rtseg.active_area import Box, BoxCache, crop, detect_box, inset_box, paste, prepare
+from rtseg.model.active_area import Box, BoxCache, crop, detect_box, inset_box, paste, prepare
 
 
 def _video_frame(h=360, w=640, black=16, fov=(184, 0, 636, 360), inset=True, text=True, seed=0):
@@ -73,7 +73,7 @@ def test_prepare_off_is_the_identity():
 
 
 def test_box_cache_detects_once_then_every_n_frames_and_on_size_change(monkeypatch):
-    import rtseg.active_area as aa
+    import rtseg.model.active_area as aa
 
     calls = []
     real = aa.detect_box

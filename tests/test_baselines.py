@@ -1,15 +1,15 @@
-"""Constant-mask baselines (rtseg.baselines): geometry, radius search, scoring, messages."""
+"""Constant-mask baselines (rtseg.evaluate.baselines): geometry, radius search, scoring, messages."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rtseg.baselines import (DEFAULT_RADII, DEFAULT_RADIUS, BaselineScorer, all_foreground_mask,
+from rtseg.evaluate.baselines import (DEFAULT_RADII, DEFAULT_RADIUS, BaselineScorer, all_foreground_mask,
                              beats, choose_radius, ellipse_mask, manifest_radius,
                              not_beaten_message, score_baselines)
 from rtseg.errors import UserError
-from rtseg.metrics import METRIC_KEYS, MedicoScorer
+from rtseg.evaluate.metrics import METRIC_KEYS, MedicoScorer
 
 
 @pytest.mark.parametrize("hw,r", [((120, 200), 0.25), ((300, 160), 0.1), ((97, 131), 0.4)])
@@ -105,7 +105,7 @@ def test_baseline_scorer_accepts_0_255_masks():
 
 
 def test_manifest_radius():
-    from rtseg.model import Manifest
+    from rtseg.model.manifest import Manifest
 
     m = Manifest()
     assert manifest_radius(m) == (DEFAULT_RADIUS, "default")

@@ -49,7 +49,7 @@ def ray_up():
 def model(calibrated_bundle, onnx_cache):
     """The calibrated test bundle's fused graph, exported once per session (shared cache):
     ``--model file.onnx`` (a bundle is exported to the same graph by the driver)."""
-    from rtseg.exporter import cached_onnx
+    from rtseg.graph.onnx import cached_onnx
 
     return cached_onnx(calibrated_bundle, 14, cache=onnx_cache)
 
@@ -173,8 +173,8 @@ def test_rerun_skips_everything_done(batch_run):
 
 def test_per_frame_outputs_identical_to_stream(batch_run, archive, model, monkeypatch):
     """The probabilities and masks of rtseg stream on the same video, frame by frame."""
-    from rtseg.overlay import Overlay
-    from rtseg.stream import StreamConfig, run_stream
+    from rtseg.live.overlay import Overlay
+    from rtseg.live.loop import StreamConfig, run_stream
 
     drawn = []
     orig = Overlay.draw
@@ -328,9 +328,9 @@ def test_unit_csv_table_and_failed_unit_without_ray(archive, tmp_path):
     with bad_input (not retried while unchanged) and leaves no folder behind."""
     from rtseg.batch.inputs import discover, plan_units
     from rtseg.batch.work import UnitContext, process_unit
-    from rtseg.model import Manifest
+    from rtseg.model.manifest import Manifest
     from rtseg.runtime.base import Segmenter, SegOutput
-    from rtseg.thresholds import ThresholdPolicy
+    from rtseg.model.thresholds import ThresholdPolicy
 
     class Grey(Segmenter):
         name = "grey"

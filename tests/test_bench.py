@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from rtseg.bench import PAPER_FPS, PytorchGradCamBaseline, parse_batches
+from rtseg.live.bench import PAPER_FPS, PytorchGradCamBaseline, parse_batches
 from rtseg.errors import UserError
-from rtseg.fpsstats import TABLE2_FIELDS
-from rtseg.model import load_bundle
+from rtseg.live.stats import TABLE2_FIELDS
+from rtseg.model.bundle import load_bundle
 from rtseg.runtime import create_segmenter
 from rtseg.synthetic import clip_frames, write_video
 

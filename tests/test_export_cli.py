@@ -12,7 +12,7 @@ import onnx
 import pytest
 from helpers import run_cli
 
-from rtseg.model import default_bundle_path
+from rtseg.model.bundle import default_bundle_path
 
 
 @pytest.fixture(autouse=True)

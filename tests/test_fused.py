@@ -1,4 +1,4 @@
-"""The fused forward + Grad-CAM graph equals the eager Grad-CAM (rtseg.cam) it is traced from.
+"""The fused forward + Grad-CAM graph equals the eager Grad-CAM (rtseg.model.cam) it is traced from.
 
 Exports are the slow part (~10-30 s each on 2 cores): each (bundle, layer, precision) is
 exported once per session into a shared cache folder (``cached_onnx``), which
@@ -23,12 +23,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rtseg.calibrate import calibrate_bn
-from rtseg.cam import GradCAM
-from rtseg.exporter import cached_onnx, read_onnx_metadata
-from rtseg.fused import StaticConv2d, check_folded, fold_model, trace_fused
-from rtseg.model import new_bundle
-from rtseg.preprocess import frames_to_input
+from rtseg.train.calibrate import calibrate_bn
+from rtseg.model.gradcam import GradCAM
+from rtseg.graph.metadata import read_onnx_metadata
+from rtseg.graph.onnx import cached_onnx
+from rtseg.graph.fold import StaticConv2d, check_folded, fold_model
+from rtseg.graph.fused import trace_fused
+from rtseg.model.bundle import new_bundle
+from rtseg.model.preprocess import frames_to_input
 from rtseg.runtime.onnx_backend import OnnxSegmenter
 from rtseg.runtime.torch_eager import EagerSegmenter
 from rtseg.synthetic import make_dataset
@@ -212,7 +214,7 @@ def test_cast_input_first_is_exact(graphs):
     import onnx
     import onnxruntime as ort
 
-    from rtseg.exporter import cast_input_first
+    from rtseg.graph.tensorrt import cast_input_first
 
     _, seg = graphs(14)
     proto = cast_input_first(onnx.load(str(seg.path)))

@@ -1,4 +1,4 @@
-"""Medico 2021 scoring (rtseg.metrics) against values computed by hand."""
+"""Medico 2021 scoring (rtseg.evaluate.metrics) against values computed by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rtseg.errors import UserError
-from rtseg.metrics import (METRIC_KEYS, Confusion, MedicoScorer, as_bool_mask, check_reduction,
+from rtseg.evaluate.metrics import (METRIC_KEYS, Confusion, MedicoScorer, as_bool_mask, check_reduction,
                            classification_accuracy, image_scores, score)
 
 

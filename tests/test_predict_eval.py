@@ -12,7 +12,7 @@ import pytest
 from helpers import run_cli
 
 from rtseg.errors import UserError
-from rtseg.metrics import METRIC_KEYS, image_scores
+from rtseg.evaluate.metrics import METRIC_KEYS, image_scores
 from rtseg.synthetic import make_dataset
 
 SIZES = [(72, 96), (64, 64), (90, 70), (80, 80), (64, 100)]
@@ -21,7 +21,7 @@ SIZES = [(72, 96), (64, 64), (90, 70), (80, 80), (64, 100)]
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, calibrated_bundle):
     """images/ (5 of different sizes, one in a sub-folder, one without a mask), masks/, model/."""
-    from rtseg.model import save_bundle
+    from rtseg.model.bundle import save_bundle
 
     root = tmp_path_factory.mktemp("pe")
     save_bundle(calibrated_bundle, root / "model")
@@ -70,7 +70,7 @@ def test_predict_writes_masks_heatmaps_and_csv(data, tmp_path, capsys):
 
 
 def test_predict_threshold_and_layer_override(data, calibrated_bundle, tmp_path):
-    from rtseg.predict import predict_folder
+    from rtseg.evaluate.predict import predict_folder
 
     s = predict_folder(calibrated_bundle, data / "images", tmp_path / "o", layer="head",
                        threshold="above 0.99")
@@ -102,7 +102,7 @@ def test_eval_json_figure_and_missing_masks(data, tmp_path, capsys):
     img = cv2.imread(str(fig))
     assert img is not None and img.shape[0] > 100 and img.shape[1] > 400
     # baselines: after the documented keys, on the 4 images with a mask only, default radius
-    from rtseg.baselines import score_baselines
+    from rtseg.evaluate.baselines import score_baselines
     from rtseg.imageio import read_mask
 
     assert list(m)[-2:] == ["baselines", "beats_baselines"]
@@ -139,7 +139,7 @@ def test_eval_baselines_radius_from_manifest_and_warning(data, tmp_path, capsys)
     tuning time: the ellipse baseline scores Dice 1, the model cannot beat it."""
     import shutil
 
-    from rtseg.baselines import ellipse_mask
+    from rtseg.evaluate.baselines import ellipse_mask
 
     model = tmp_path / "model"
     shutil.copytree(data / "model", model)
@@ -164,8 +164,8 @@ def test_eval_baselines_radius_from_manifest_and_warning(data, tmp_path, capsys)
 
 def test_eval_beats_baselines_on_its_own_masks(data, tmp_path, capsys, calibrated_bundle):
     """Truth masks = the model's own predictions: Dice 1 beats both constant masks, no warning."""
-    from rtseg.evaluate import evaluate
-    from rtseg.predict import predict_folder
+    from rtseg.evaluate.scoring import evaluate
+    from rtseg.evaluate.predict import predict_folder
 
     predict_folder(calibrated_bundle, data / "images", tmp_path / "p", threshold="otsu")
 
@@ -190,9 +190,9 @@ def test_eval_beats_baselines_on_its_own_masks(data, tmp_path, capsys, calibrate
 
 def test_eval_scores_equal_predict_masks(data, tmp_path, calibrated_bundle):
     """Scoring the masks ``predict`` wrote gives what ``evaluate`` reports (same pipeline)."""
-    from rtseg.evaluate import evaluate
+    from rtseg.evaluate.scoring import evaluate
     from rtseg.imageio import pair_images_masks, read_mask
-    from rtseg.predict import predict_folder
+    from rtseg.evaluate.predict import predict_folder
 
     predict_folder(calibrated_bundle, data / "images", tmp_path / "p")
     pairs, _ = pair_images_masks(data / "images", data / "masks")
@@ -208,7 +208,7 @@ def test_eval_scores_equal_predict_masks(data, tmp_path, calibrated_bundle):
 
 
 def test_evaluate_accepts_tuples_and_resizes_masks(data, tmp_path, calibrated_bundle):
-    from rtseg.evaluate import evaluate
+    from rtseg.evaluate.scoring import evaluate
 
     small = tmp_path / "small.png"  # truth at a different size from its image
     m = cv2.imread(str(data / "masks" / "a.png"), cv2.IMREAD_GRAYSCALE)
@@ -258,7 +258,7 @@ def test_bad_input_exit_2_one_error_line(case, data, tmp_path, capsys):
 
 
 def test_no_mask_matches_is_an_error(data, tmp_path, calibrated_bundle):
-    from rtseg.evaluate import evaluate_folders
+    from rtseg.evaluate.scoring import evaluate_folders
 
     other = tmp_path / "masks"
     other.mkdir()
@@ -301,17 +301,17 @@ def data_folder(tmp_path_factory):
 
 @pytest.fixture
 def fake_train(monkeypatch, tmp_path, calibrated_bundle):
-    """rtseg.train.train replaced by one that saves the calibrated model with the run's
+    """rtseg.train.loop.train replaced by one that saves the calibrated model with the run's
     manifest settings (training itself is tested by the train module's own tests)."""
     import types
 
-    import rtseg.train
-    from rtseg.model import Bundle, save_bundle
+    import rtseg.train.loop
+    from rtseg.model.bundle import Bundle, save_bundle
 
     seen = []
 
     def train(cfg, progress=True, on_epoch=None):
-        from rtseg.data import read_labels_csv
+        from rtseg.train.data import read_labels_csv
 
         seen.append((cfg, read_labels_csv(cfg.labels)))
         m = calibrated_bundle.manifest.replace(cam_layer=cfg.layer, threshold=cfg.threshold,
@@ -320,7 +320,7 @@ def fake_train(monkeypatch, tmp_path, calibrated_bundle):
         return types.SimpleNamespace(bundle=cfg.out, best_epoch=1, val_accuracy=None,
                                      seconds=0.0)
 
-    monkeypatch.setattr(rtseg.train, "train", train)
+    monkeypatch.setattr(rtseg.train.loop, "train", train)
     monkeypatch.setenv("RTSEG_CACHE_DIR", str(tmp_path / "cache"))
     return seen
 
@@ -352,7 +352,7 @@ def test_run_preset_end_to_end(preset, layer, threshold, tiles, data_folder, fak
 
 
 def test_presets_table_and_errors(data_folder, tmp_path, capsys):
-    from rtseg.presets import PRESETS, fold_split, get_preset, holdout_split, open_data
+    from rtseg.recipes.presets import PRESETS, fold_split, get_preset, holdout_split, open_data
 
     assert [(p.layer, p.threshold, p.tiles) for p in PRESETS.values()] == [
         (14, "band 0.4 0.7", True), (13, "band 0.4 0.7", False), (14, "band 0.4 0.7", False),

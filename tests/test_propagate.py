@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtseg.propagate import (
+from rtseg.propagate.kmeans import (
     NON_POLYP,
     POLYP,
     UNLABELED,
@@ -190,7 +190,7 @@ def test_truth_matching_and_report(tmp_path):
 def test_tile_features_match_extract_and_are_cached(tmp_path, monkeypatch):
     import cv2
 
-    import rtseg.propagate as P
+    import rtseg.propagate.kmeans as P
     from rtseg.features import extract
 
     monkeypatch.setenv("RTSEG_CACHE_DIR", str(tmp_path / "cache"))

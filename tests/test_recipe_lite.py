@@ -54,8 +54,8 @@ def data_folder(tmp_path_factory):
 
 
 def test_no_sequence_spans_two_folds(data_folder):
-    from rtseg.datasets import group_folds
-    from rtseg.recipe_lite import load_all
+    from rtseg.recipes.layout import group_folds
+    from rtseg.recipes.lite import load_all
 
     items = load_all(data_folder)
     assert len(items["pg_neg"]) == 8 and len(items["cvc"]) == 9
@@ -66,8 +66,8 @@ def test_no_sequence_spans_two_folds(data_folder):
 
 
 def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, monkeypatch):
-    import rtseg.recipe_lite as rl
-    from rtseg.model import load_bundle
+    import rtseg.recipes.lite as rl
+    from rtseg.model.bundle import load_bundle
     from rtseg.runtime import create_segmenter
 
     monkeypatch.setattr(rl, "SEEDS", {"kvasir": 3, "cvc": 2})

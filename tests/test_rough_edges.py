@@ -15,14 +15,15 @@ import pytest
 from helpers import run_cli
 
 from rtseg.atomic import write_json, write_text
-from rtseg.capture import classify_source, open_source
+from rtseg.live.capture import classify_source, open_source
 from rtseg.errors import UserError, brief
-from rtseg.model import Bundle, Manifest, load_bundle, save_bundle
+from rtseg.model.bundle import Bundle, load_bundle, save_bundle
+from rtseg.model.manifest import Manifest
 from rtseg.runtime.base import Segmenter, SegOutput
-from rtseg.stream import StreamConfig, run_stream
+from rtseg.live.loop import StreamConfig, run_stream
 from rtseg.synthetic import make_dataset, write_video
-from rtseg.thresholds import ThresholdPolicy
-from rtseg.validate import validate_manifest_dict
+from rtseg.model.thresholds import ThresholdPolicy
+from rtseg.model.validate import validate_manifest_dict
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -103,7 +104,7 @@ def test_every_output_is_644_under_umask_022(umask022, bundle_dir, calibrated_bu
 
 def test_export_table_keeps_whole_names_at_80_columns(umask022, bundle_dir, tmp_path, capsys,
                                                      monkeypatch):
-    import rtseg.exporter as E
+    import rtseg.graph.onnx as E
     from rtseg.atomic import write_bytes
 
     def fake_export(bundle, path, layer=None, fp16=False, **k):  # the table, not the export
@@ -229,7 +230,7 @@ def test_truncated_weights_message_is_not_cut_mid_sentence(bundle_dir, tmp_path)
 
 def test_first_export_says_it_is_building_the_graph(calibrated_bundle, tmp_path, capsys,
                                                     monkeypatch):
-    import rtseg.exporter as E
+    import rtseg.graph.onnx as E
 
     def fake_export(bundle, path, layer=None, fp16=False, check=True, **k):
         path.write_bytes(b"onnx")

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from rtseg.errors import UserError
-from rtseg.exporter import META_MANIFEST, cached_onnx
+from rtseg.graph.metadata import META_MANIFEST
+from rtseg.graph.onnx import cached_onnx
 from rtseg.runtime import BACKENDS, available_backends, create_segmenter
 from rtseg.runtime.base import Segmenter
 from rtseg.runtime.torch_eager import EagerSegmenter
@@ -182,7 +183,7 @@ def test_unwritable_cache(bundle_dir, tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     monkeypatch.setenv("RTSEG_CACHE", str(blocker / "sub"))
-    from rtseg.model import load_bundle
+    from rtseg.model.bundle import load_bundle
 
     b = load_bundle(bundle_dir)
     b.manifest = b.manifest.replace(cam_layer=3)  # not in the cache: would need an export

@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 from helpers import run_cli, count_frames
 
-from rtseg.model import Manifest
+from rtseg.model.manifest import Manifest
 from rtseg.runtime.base import Segmenter, SegOutput
 from rtseg.shutdown import Interrupted, Shutdown, exit_code, signal_name
-from rtseg.stream import StreamConfig, run_stream
+from rtseg.live.loop import StreamConfig, run_stream
 from rtseg.synthetic import make_dataset, write_video
-from rtseg.thresholds import ThresholdPolicy
+from rtseg.model.thresholds import ThresholdPolicy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -134,7 +134,7 @@ def test_stream_signal_while_the_model_loads_stops_at_once(video, tmp_path, monk
         time.sleep(30)  # interrupted by the handler, not waited for
         raise AssertionError("loading was not interrupted")
 
-    monkeypatch.setattr("rtseg.stream.load_segmenter", slow_load)
+    monkeypatch.setattr("rtseg.live.loop.load_segmenter", slow_load)
     js = tmp_path / "s.json"
     t0 = time.monotonic()
     res = run_stream(StreamConfig(source=str(video), headless=True, quiet=True,
@@ -146,7 +146,7 @@ def test_stream_signal_while_the_model_loads_stops_at_once(video, tmp_path, monk
 
 
 def test_stream_cli_ctrl_c_exits_130_with_the_summary(video, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("rtseg.stream.load_segmenter",
+    monkeypatch.setattr("rtseg.live.loop.load_segmenter",
                         lambda *a, **k: (KillSeg(signal.SIGINT, at=6), False))
     js = tmp_path / "s.json"
     code, out, err = run_cli(["stream", "--source", video, "--headless", "--json", js,
@@ -209,7 +209,7 @@ def images(tmp_path):
 
 def test_predict_sigterm_writes_the_csv_of_the_masks_done(bundle_dir, images, tmp_path, capsys,
                                                           monkeypatch):
-    import rtseg.predict as P
+    import rtseg.evaluate.predict as P
 
     real, calls = P.write_mask, []
 
@@ -249,7 +249,7 @@ def test_predict_signal_while_the_model_loads_writes_nothing(images, tmp_path, c
 
 def test_eval_sigterm_is_one_line_and_writes_nothing(bundle_dir, images, tmp_path, capsys,
                                                      monkeypatch):
-    import rtseg.cam as C
+    import rtseg.model.cam as C
 
     real, calls = C.cam_images, []
 

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from helpers import run_cli, count_frames
 
-from rtseg.capture import (FrameReader, FrameSource, ReadResult, SourceInfo, classify_source,
+from rtseg.live.capture import (FrameReader, FrameSource, ReadResult, SourceInfo, classify_source,
                            open_source)
-from rtseg.fpsstats import RESERVOIR, TABLE2_FIELDS, RunningStats, StreamStats, table2
-from rtseg.model import Manifest
-from rtseg.overlay import Overlay
+from rtseg.live.stats import RESERVOIR, TABLE2_FIELDS, RunningStats, StreamStats, table2
+from rtseg.model.manifest import Manifest
+from rtseg.live.overlay import Overlay
 from rtseg.runtime.base import Segmenter, SegOutput
-from rtseg.stream import CamSmoother, StreamConfig, run_stream
+from rtseg.live.loop import CamSmoother, StreamConfig, run_stream
 from rtseg.synthetic import clip_frames, write_video
-from rtseg.thresholds import ThresholdPolicy
+from rtseg.model.thresholds import ThresholdPolicy
 
 N_FRAMES = 30
 SIZE = (64, 96)  # (H, W) of the generated clips
@@ -351,7 +351,7 @@ def test_reader_loops_and_limits(video):
 
 
 def test_lost_live_source_in_the_loop_writes_stats(tmp_path, monkeypatch):
-    import rtseg.stream as stream_mod
+    import rtseg.live.loop as stream_mod
 
     monkeypatch.setattr(stream_mod, "open_source", lambda spec: LiveFake(12))
     js = tmp_path / "s.json"

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from rtseg.cli import main
-from rtseg.data import (AugmentConfig, augment_batch, crop_tile, load_images, parse_tile_path,
+from rtseg.train.data import (AugmentConfig, augment_batch, crop_tile, load_images, parse_tile_path,
                         read_labels_csv, split_tiles, stratified_split)
 from rtseg.errors import UserError
-from rtseg.model import load_bundle
+from rtseg.model.bundle import load_bundle
 from rtseg.synthetic import make_dataset
-from rtseg.train import CHECKPOINT, TrainConfig, load_init_state, train
+from rtseg.train.loop import CHECKPOINT, TrainConfig, load_init_state, train
 
 SIZE = 64
 
@@ -114,7 +114,7 @@ def test_training_lowers_loss_and_writes_bundle(trained, dataset):
     assert ck["epoch"] == 2 and ck["best"]["epoch"] == mt["best_epoch"]
     assert_same(weights(trained.bundle / "weights.pt"), ck["best"]["state"])
     # the bundle's model runs on the manifest's preprocessing
-    from rtseg.preprocess import images_to_input
+    from rtseg.model.preprocess import images_to_input
 
     x = images_to_input([np.zeros((40, 50, 3), np.uint8)], m)
     assert bundle.model(x).shape == (1, 1)
@@ -171,7 +171,7 @@ def test_precise_bn_re_estimates_the_statistics(dataset, tmp_path, precise):
     """With --precise-bn the saved BN statistics are those of the training images under the
     final weights (stem BN: the mean of the stem convolution's output over all 24 training
     images, 3 equal batches); without it they lag far behind (momentum 0.01)."""
-    from rtseg.preprocess import images_to_input
+    from rtseg.model.preprocess import images_to_input
 
     res = train(config(dataset, tmp_path / "m", epochs=1, val=8, precise_bn=precise),
                 progress=False)
@@ -253,7 +253,7 @@ def test_augment_is_seeded_and_flip_only_is_exact():
 def test_init_loads_imagenet_body_and_drops_fc(tmp_path):
     from efficientnet_pytorch import EfficientNet
 
-    from rtseg.model import build_model
+    from rtseg.model.bundle import build_model
 
     torch.manual_seed(1)
     imagenet = EfficientNet.from_name("efficientnet-b1")  # 1000-class head

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from rtseg.cam import GradCAM, multi_layer_cams
-from rtseg.datasets import Item, group_folds, split_groups
-from rtseg.postprocess import fill_holes, largest_component, refine
-from rtseg.preprocess import images_to_input
+from rtseg.model.gradcam import GradCAM, multi_layer_cams
+from rtseg.recipes.layout import Item, group_folds, split_groups
+from rtseg.model.postprocess import fill_holes, largest_component, refine
+from rtseg.model.preprocess import images_to_input
 from rtseg.synthetic import make_dataset
 
 
@@ -76,7 +76,7 @@ def test_group_folds_balanced_and_disjoint():
 
 @pytest.fixture(scope="module")
 def val_folder(tmp_path_factory, calibrated_bundle):
-    from rtseg.model import save_bundle
+    from rtseg.model.bundle import save_bundle
 
     root = tmp_path_factory.mktemp("tune")
     (root / "images").mkdir()
@@ -89,8 +89,8 @@ def val_folder(tmp_path_factory, calibrated_bundle):
 
 
 def test_tune_scores_every_combination_and_writes_the_best(val_folder):
-    from rtseg.model import load_bundle
-    from rtseg.tune import apply_best, tune
+    from rtseg.model.bundle import load_bundle
+    from rtseg.evaluate.tune import apply_best, tune
 
     b = load_bundle(val_folder / "model")
     pairs = [(val_folder / "images" / f"{i}.png", val_folder / "masks" / f"{i}.png") for i in range(6)]
@@ -109,9 +109,9 @@ def test_tune_scores_every_combination_and_writes_the_best(val_folder):
 def test_tune_scores_baselines_on_the_same_truth_masks(val_folder, calibrated_bundle):
     import copy
 
-    from rtseg.baselines import DEFAULT_RADII, ellipse_mask, score_baselines
+    from rtseg.evaluate.baselines import DEFAULT_RADII, ellipse_mask, score_baselines
     from rtseg.imageio import read_mask
-    from rtseg.tune import _truth_at, apply_best, tune
+    from rtseg.evaluate.tune import _truth_at, apply_best, tune
 
     b = copy.deepcopy(calibrated_bundle)
     b.manifest = b.manifest.replace(metrics={"training": {"epochs": 1}})
@@ -179,7 +179,7 @@ def test_tune_cli_write_and_bad_layer(val_folder, tmp_path):
 
 
 def test_pack_resizes_tiles_and_rewrites_paths(tmp_path):
-    from rtseg.recipe import pack
+    from rtseg.recipes.paper import pack
 
     img = np.zeros((40, 60, 3), np.uint8)
     img[:20, :30] = (255, 0, 0)  # t0 red (RGB)
@@ -200,7 +200,7 @@ def test_tune_cli_warns_when_a_constant_ellipse_wins(val_folder, tmp_path, capsy
     so no CAM mask can beat it; tune says so in one warning line and in the JSON."""
     from helpers import run_cli
 
-    from rtseg.baselines import ellipse_mask
+    from rtseg.evaluate.baselines import ellipse_mask
 
     masks = tmp_path / "masks"
     masks.mkdir()

@@ -1,7 +1,7 @@
 """The Ray back end of ``rtseg features`` / ``rtseg propagate`` (``--workers N``, ``--address``).
 
 :class:`RayMapper` is a drop-in for ``map(fn, items)`` in :func:`rtseg.features.extract_paths`
-and :func:`rtseg.propagate.tile_features`: the same per-file function (decode + the four LIRE
+and :func:`rtseg.propagate.kmeans.tile_features`: the same per-file function (decode + the four LIRE
 descriptors) runs on Ray Data tasks over chunks of paths, and the results come back in the
 order of the paths. The caller keeps everything else (the cache lookups before, the cache
 writes after, the progress bar), so the cache file and the features are the single-process

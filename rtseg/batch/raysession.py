@@ -20,7 +20,7 @@ import socket
 import threading
 from typing import Iterator
 
-from rtseg.errors import UserError
+from rtseg.errors import UserError, first_line
 
 LOCAL_OBJECT_STORE = 256 * 1024 * 1024  # results are small; the model travels once per worker
 
@@ -32,7 +32,7 @@ def import_ray():
         import ray.data  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - ImportError or a broken install
         raise UserError(f"this command needs Ray Data: pip install 'ray[data]' "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                        f"({type(exc).__name__}: {first_line(exc, 10**6, '')})"
                         ) from None
     return ray
 
@@ -124,7 +124,7 @@ def ray_session(workers: int, threads: int = 1, address: str | None = None) -> I
             else:
                 ray.init(address=address, **kwargs)
         except Exception as exc:  # noqa: BLE001 - Ray raises many kinds; one line for the user
-            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            msg = first_line(exc)
             where = f"connect to Ray at {address}" if address else "start a local Ray"
             raise UserError(f"cannot {where}: {msg}") from None
         started = True

@@ -94,7 +94,7 @@ def cpu_cores() -> int:
 
 # --- the output folder ------------------------------------------------------------------------
 def prepare_out(path: str) -> Path:
-    from rtseg.predict import prepare_out_dir
+    from rtseg.evaluate.predict import prepare_out_dir
 
     if not str(path).strip():
         raise UserError("--out is empty")
@@ -147,8 +147,8 @@ def prepare_model(cfg: BatchConfig, say=print) -> dict:
     """Load the model once here; returns the payload every worker builds its segmenter from."""
     import hashlib
 
-    from rtseg.model import default_bundle_path
-    from rtseg.stream import default_model_available, load_segmenter, untrained_fallback_bundle
+    from rtseg.model.bundle import default_bundle_path
+    from rtseg.live.loop import default_model_available, load_segmenter, untrained_fallback_bundle
 
     model, keep, untrained = cfg.model, None, False
     if model is None and not default_model_available():
@@ -181,7 +181,7 @@ def prepare_model(cfg: BatchConfig, say=print) -> dict:
 def build_segmenter(payload: dict, threads: int = 1):
     """A worker's segmenter from :func:`prepare_model`'s payload (files in a temporary folder,
     removed once the segmenter has loaded them)."""
-    from rtseg.stream import create
+    from rtseg.live.loop import create
 
     tmp = Path(tempfile.mkdtemp(prefix="rtseg-batch-model-"))
     try:
@@ -408,7 +408,7 @@ def _progress(console, enabled: bool):
 
 def run_batch(cfg: BatchConfig, console=None) -> dict:
     """Run ``cfg``; returns the final manifest (also in ``OUT/manifest.json``)."""
-    from rtseg.stream import make_console
+    from rtseg.live.loop import make_console
 
     from rtseg.batch.raysession import import_ray
 

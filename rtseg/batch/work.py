@@ -1,12 +1,12 @@
 """One work unit of ``rtseg batch``, without Ray: a video, or a chunk of an image folder.
 
-Per frame this is the loop of ``rtseg stream`` (:mod:`rtseg.stream`) with its own pieces, so
-the outputs are the stream's: :func:`rtseg.capture.open_source` and
-:class:`~rtseg.capture.FrameReader` (decode thread, frame indices counting corrupt frames),
-the segmenter on ``batch`` frames, :class:`~rtseg.stream.CamSmoother` (``--smooth``),
-:func:`~rtseg.stream.refine_masks` (the manifest's mask clean-up), the mask at frame size by
-:meth:`rtseg.overlay.Overlay.resize_mask` (nearest), :meth:`~rtseg.overlay.Overlay.draw` and
-:class:`~rtseg.stream.VideoSink` for ``--save-video`` (without the live fps text, which is a
+Per frame this is the loop of ``rtseg stream`` (:mod:`rtseg.live.loop`) with its own pieces, so
+the outputs are the stream's: :func:`rtseg.live.capture.open_source` and
+:class:`~rtseg.live.capture.FrameReader` (decode thread, frame indices counting corrupt frames),
+the segmenter on ``batch`` frames, :class:`~rtseg.live.loop.CamSmoother` (``--smooth``),
+:func:`~rtseg.live.loop.refine_masks` (the manifest's mask clean-up), the mask at frame size by
+:meth:`rtseg.live.overlay.Overlay.resize_mask` (nearest), :meth:`~rtseg.live.overlay.Overlay.draw` and
+:class:`~rtseg.live.loop.VideoSink` for ``--save-video`` (without the live fps text, which is a
 timing and not an output).
 
 Per-frame table columns (:data:`COLUMNS`): ``frame`` (index in the source), ``time_s``
@@ -39,7 +39,7 @@ import numpy as np
 
 from rtseg.atomic import atomic_path, write_json
 from rtseg.batch.inputs import DONE, MASKS_DIR, WORK_DIR
-from rtseg.errors import UserError
+from rtseg.errors import UserError, first_line
 
 COLUMNS = ("frame", "time_s", "prob", "mask_pixels", "mask_area", "bbox_x", "bbox_y", "bbox_w",
            "bbox_h")
@@ -107,10 +107,9 @@ class BadInput(UserError):
 
 
 def one_line(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()
     if isinstance(exc, UserError):
-        return msg[0] if msg else "error"
-    return f"{type(exc).__name__}: {msg[0] if msg else ''}".strip()[:300]
+        return first_line(exc, limit=10**9, default="error")
+    return f"{type(exc).__name__}: {first_line(exc, limit=10**9, default='')}".strip()[:300]
 
 
 # --- staging and publishing -----------------------------------------------------------------
@@ -144,7 +143,7 @@ class UnitContext:
         self.report = report or (lambda n: None)
 
     def overlay(self, labels=()):
-        from rtseg.overlay import Overlay
+        from rtseg.live.overlay import Overlay
 
         o = self.options
         return Overlay(o.get("alpha", 0.4), heatmap=o.get("heatmap", False), labels=labels,
@@ -208,7 +207,7 @@ def _segment(ctx: UnitContext, smoother, post, frames: np.ndarray):
     """The stream loop's per-batch step: segmenter, CAM smoothing, mask clean-up; returns
     (prob, cams, masks, boxes): ``boxes[i]`` is where frame i's S x S maps lie in the frame
     (a segmenter that crops to the active area says so in ``SegOutput.boxes``), or None."""
-    from rtseg.stream import refine_masks
+    from rtseg.live.loop import refine_masks
 
     out = ctx.seg(frames)
     cams, masks = smoother(out.cam, out.mask)
@@ -224,9 +223,9 @@ def _kw(box) -> dict:
 
 
 def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
-    from rtseg.capture import FrameReader, open_source
-    from rtseg.predict import write_mask
-    from rtseg.stream import CamSmoother, VideoSink
+    from rtseg.live.capture import FrameReader, open_source
+    from rtseg.evaluate.predict import write_mask
+    from rtseg.live.loop import CamSmoother, VideoSink
 
     o = ctx.options
     try:
@@ -291,9 +290,9 @@ def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
 
 
 def _images(unit: dict, ctx: UnitContext, staging: Path) -> dict:
-    from rtseg.capture import _read_bgr
-    from rtseg.predict import write_mask
-    from rtseg.stream import CamSmoother
+    from rtseg.live.capture import _read_bgr
+    from rtseg.evaluate.predict import write_mask
+    from rtseg.live.loop import CamSmoother
 
     o = ctx.options
     smoother = CamSmoother(0.0, ctx.seg.manifest.threshold)  # stills: no smoothing

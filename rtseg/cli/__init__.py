@@ -15,6 +15,7 @@ from rtseg.cli.app import app
 from rtseg.errors import UserError
 
 # command modules (import order = order in --help)
+from rtseg.cli import batching  # noqa: F401,E402  batch (listed first)
 from rtseg.cli import propagation  # noqa: F401,E402  features, propagate
 from rtseg.cli import training  # noqa: F401,E402  train
 from rtseg.cli import inference  # noqa: F401,E402  predict, eval, run

@@ -27,6 +27,3 @@ def _root(
                                  help="Print the version and exit."),
 ) -> None:
     """Real-time polyp segmentation without pixel labels."""
-
-
-from rtseg.cli import batching  # noqa: E402,F401  rtseg batch (registered here, listed first)

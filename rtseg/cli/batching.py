@@ -59,7 +59,7 @@ def batch(
     chunk: int = typer.Option(256, help="Images per work unit."),
 ) -> None:
     from rtseg.batch.run import BatchConfig, run_batch
-    from rtseg.model import parse_layer
+    from rtseg.model.arch import parse_layer
 
     cfg = BatchConfig(input=input, out=out, model=model, backend=backend, device=device,
                       workers=workers, threads=threads, address=address, save_video=save_video,

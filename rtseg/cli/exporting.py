@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from rtseg.cli.app import app
-from rtseg.errors import UserError
+from rtseg.errors import UserError, first_line
 
 DEFAULT_FRAME_SIZES = ("1280x720", "1920x1080")
 DEFAULT_BATCHES = (1, 8)
@@ -92,7 +92,8 @@ def export(
     from rich.table import Table
 
     from rtseg.atomic import ensure_parent
-    from rtseg.model import parse_layer, resolve_bundle
+    from rtseg.model.arch import parse_layer
+    from rtseg.model.bundle import resolve_bundle
 
     console = Console(stderr=False)
     out_dir = Path(out)
@@ -102,23 +103,25 @@ def export(
     layer_v = parse_layer(layer)
     batches = parse_batches(batch)
     bundle = resolve_bundle(model, "cpu")
-    from rtseg.fused import resolve_layer
+    from rtseg.model.manifest import resolve_layer
 
     used_layer = resolve_layer(bundle.manifest, layer_v)
     sizes = parse_frame_sizes(frame_size, bundle.manifest.input_size)
     w0, h0 = sizes[0]
 
-    from rtseg.exporter import build_engine, export_onnx, tensorrt_status
+    from rtseg.graph.onnx import export_onnx
+    from rtseg.runtime.verify import check_onnx
+    from rtseg.graph.tensorrt import build_engine, tensorrt_status
 
     name = bundle.name
     files = []
     console.print(f"exporting {name} ({bundle.manifest.arch}, input {bundle.manifest.input_size}, "
                   f"CAM layer {used_layer}) to {out_dir}/ ...", markup=False)
     files.append(export_onnx(bundle, out_dir / f"{name}.onnx", used_layer, fp16=False,
-                             check=True, frame_hw=(h0, w0), cache=cache))
+                             verify=check_onnx, frame_hw=(h0, w0), cache=cache))
     if fp16:
         files.append(export_onnx(bundle, out_dir / f"{name}.fp16.onnx", used_layer, fp16=True,
-                                 check=True, frame_hw=(h0, w0), cache=cache))
+                                 verify=check_onnx, frame_hw=(h0, w0), cache=cache))
     ok, why = tensorrt_status()
     engine_error = None
     if ok and fp16:
@@ -127,7 +130,7 @@ def export(
             files.append(build_engine(files[0].path, out_dir / f"{name}.engine", sizes, batches,
                                       fp16=True))
         except Exception as exc:  # the ONNX files stand; report the engine's failure
-            engine_error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            engine_error = first_line(exc, 300)
     elif ok:
         console.print("TensorRT engine skipped: add --fp16 to build one.", markup=False)
     else:

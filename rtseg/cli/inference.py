@@ -40,7 +40,7 @@ precision, n_images first, then details, per-image rows, 'baselines' and 'beats_
 
 
 def _load(model: Optional[Path], device: str):
-    from rtseg.model import resolve_bundle, resolve_device
+    from rtseg.model.bundle import resolve_bundle, resolve_device
 
     dev = resolve_device(device)
     return resolve_bundle(model, dev), dev
@@ -110,7 +110,7 @@ def predict(
     from rich.console import Console
 
     from rtseg.imageio import list_images
-    from rtseg.predict import check_out_dir, predict_folder, resolve_settings
+    from rtseg.evaluate.predict import check_out_dir, predict_folder, resolve_settings
     from rtseg.shutdown import loop_shutdown
 
     console = Console(stderr=True)
@@ -174,11 +174,11 @@ def eval_cmd(
     from rich.console import Console
 
     from rtseg.atomic import write_json
-    from rtseg.evaluate import missing_message, run_eval
-    from rtseg.figure import write_figure
+    from rtseg.evaluate.scoring import missing_message, run_eval
+    from rtseg.evaluate.figure import write_figure
     from rtseg.imageio import pair_images_masks
-    from rtseg.metrics import check_reduction
-    from rtseg.predict import resolve_settings
+    from rtseg.evaluate.metrics import check_reduction
+    from rtseg.evaluate.predict import resolve_settings
 
     console = Console(stderr=True)
     reduction = check_reduction(reduction)
@@ -205,7 +205,7 @@ def eval_cmd(
     out = Console()
     rows = [(bundle.name, m)]
     if "baselines" in m:  # short labels: the table fits 80 columns
-        from rtseg.baselines import not_beaten_message
+        from rtseg.evaluate.baselines import not_beaten_message
 
         ell = m["baselines"]["ellipse"]
         rows += [(f"ellipse r={ell['radius']:g}", ell),
@@ -239,7 +239,7 @@ bundle), metrics.json, figure.png and run.json.
 Presets: run1 = 2x2 tiles labeled from masks, layer 14, band 0.4 0.7; run2 = layer 13, band
 0.4 0.7; run3 = layer 14, band 0.4 0.7; run4 = layer 20, above 0.28; run5 = layer 22, above
 0.28. Clusters per run (200/200/50/250/200) and Run 1's tile target are assumptions (see
-rtseg.presets).
+rtseg.recipes.presets).
 """
 
 
@@ -274,9 +274,9 @@ def run(
 ) -> None:
     from rich.console import Console
 
-    from rtseg.model import resolve_device
-    from rtseg.predict import prepare_out_dir
-    from rtseg.presets import (PAPER_TABLE1_NOTE, RunConfig, get_preset, holdout_split,
+    from rtseg.model.bundle import resolve_device
+    from rtseg.evaluate.predict import prepare_out_dir
+    from rtseg.recipes.presets import (PAPER_TABLE1_NOTE, RunConfig, get_preset, holdout_split,
                                open_data, run_preset)
 
     p = get_preset(preset)
@@ -297,7 +297,7 @@ def run(
 
 def paper_row() -> dict:
     """The paper's Table 1 numbers as printable ranges."""
-    from rtseg.presets import PAPER_TABLE1_RANGES
+    from rtseg.recipes.presets import PAPER_TABLE1_RANGES
 
     def r(v: float) -> str:
         return f"{v:.2f}".lstrip("0")

@@ -11,7 +11,7 @@ from rtseg.cli.app import app
 
 PROPAGATE_HELP = """Label many images from a few, by k-means on global image features (stage 1).
 
-[bold]Algorithm[/bold] (details: module rtseg.propagate). Labeled = seeds plus every image
+[bold]Algorithm[/bold] (details: module rtseg.propagate.kmeans). Labeled = seeds plus every image
 labeled in an earlier round. Each round fits k-means (k-means++, random_state=0) on all
 images, first with k = --clusters. A cluster qualifies if it has unlabeled members, at least
 one labeled member, and its majority label holds at least --purity of its labeled members
@@ -108,7 +108,7 @@ def features(
 
     from rtseg.errors import UserError
     from rtseg.features import FEATURE_NAMES
-    from rtseg.propagate import image_features, write_features_csv
+    from rtseg.propagate.kmeans import image_features, write_features_csv
 
     _check_out(out, "--out")
     mapper = _ray_mapper(workers, address)
@@ -160,7 +160,7 @@ def propagate(
     from rtseg.atomic import write_json
     from rtseg.errors import UserError
     from rtseg.imageio import CLASS_NAMES, labeled_folder, list_images, read_mask
-    from rtseg import propagate as P
+    from rtseg.propagate import kmeans as P
 
     t_start = time.perf_counter()
     console = Console()

@@ -49,8 +49,8 @@ def stream(
     # flag mode from the start (rtseg.cli.main): a signal during the imports is not lost, one
     # during the model load stops it at once (run_stream writes the stats with 0 frames)
     with loop_shutdown() as stop:
-        from rtseg.model import parse_layer
-        from rtseg.stream import StreamConfig, run_stream
+        from rtseg.model.arch import parse_layer
+        from rtseg.live.loop import StreamConfig, run_stream
 
         _threads(threads)
         cfg = StreamConfig(source=source, model=model, backend=backend, device=device,
@@ -85,7 +85,7 @@ def bench(
     threads: int = typer.Option(0, help="CPU threads for the segmenters (0: their default)."),
 ) -> None:
     """Time each runtime backend and the pytorch-grad-cam baseline (paper's Table 2 layout)."""
-    from rtseg.bench import parse_batches, run_bench
+    from rtseg.live.bench import parse_batches, run_bench
 
     _threads(threads)
     run_bench(model=model, backend=backend, size=size, batches=parse_batches(batch),

@@ -63,9 +63,9 @@ def train_cmd(
                                    "that re-estimate the BatchNorm statistics after every "
                                    "epoch; 0 = off (the paper's set-up)."),
 ) -> None:
-    from rtseg.model import parse_layer
-    from rtseg.predict import check_out_dir
-    from rtseg.train import TrainConfig, train
+    from rtseg.model.arch import parse_layer
+    from rtseg.evaluate.predict import check_out_dir
+    from rtseg.train.loop import TrainConfig, train
 
     check_out_dir(out)  # a bad --out fails now, not after the first epoch
     config = TrainConfig(labels=labels, out=out, epochs=epochs, batch=batch, size=size, lr=lr,

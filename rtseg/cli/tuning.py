@@ -38,11 +38,12 @@ def tune(
     from rich.table import Table
 
     from rtseg.atomic import write_json
-    from rtseg.baselines import LABELS, not_beaten_message
+    from rtseg.evaluate.baselines import LABELS, not_beaten_message
     from rtseg.imageio import pair_images_masks, warn_skipped
-    from rtseg.model import check_layer, load_bundle, parse_layer, resolve_device, save_bundle
-    from rtseg.tune import apply_best
-    from rtseg.tune import tune as run_tune
+    from rtseg.model.arch import check_layer, parse_layer
+    from rtseg.model.bundle import load_bundle, resolve_device, save_bundle
+    from rtseg.evaluate.tune import apply_best
+    from rtseg.evaluate.tune import tune as run_tune
 
     from rtseg.atomic import check_out_file
     check_out_file(json_out, "--json")  # before the (long) tuning run

@@ -3,7 +3,7 @@
 ``create_segmenter(model, backend, device, fp16, layer)`` returns a segmenter for
 
 - ``model``: a bundle folder, an exported ``.onnx`` file, a TensorRT ``.engine`` file, a
-  :class:`rtseg.model.Bundle`, or None for the default model shipped with rtseg;
+  :class:`rtseg.model.bundle.Bundle`, or None for the default model shipped with rtseg;
 - ``backend``:
   - ``torch``: eager Grad-CAM on CPU (:mod:`.torch_eager`); on CUDA the fused traced graph
     (:mod:`.torch_fused`, fp16, ``torch.compile`` / CUDA graphs);
@@ -94,7 +94,8 @@ def create_segmenter(model=None, backend: str = "auto", device: str = "auto",
     ``options`` go to the backend: ``mode`` (torch fused: auto/compile/graph/plain),
     ``threads`` and ``spin`` (onnxruntime on CPU).
     """
-    from rtseg.model import parse_layer, resolve_bundle, resolve_device
+    from rtseg.model.arch import parse_layer
+    from rtseg.model.bundle import resolve_bundle, resolve_device
 
     if backend not in BACKENDS:
         raise UserError(f"unknown backend '{backend}' (use {', '.join(BACKENDS)})")
@@ -171,7 +172,7 @@ def _build(chosen, model, kind, dev, fp16, layer, options, resolve_bundle) -> Se
             seg = OnnxSegmenter(model, dev, bool(fp16), **kw)
             _check_file_layer(seg, layer, model)
             return seg
-        from rtseg.exporter import cached_onnx
+        from rtseg.graph.onnx import cached_onnx
 
         bundle = _bundle(model, kind, resolve_bundle)
         half = cuda if fp16 is None else bool(fp16)

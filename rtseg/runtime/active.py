@@ -1,8 +1,8 @@
 """Active-area cropping in front of any segmenter (bundles whose manifest has ``active_area``).
 
-Each frame is cut to the endoscope's field of view (:mod:`rtseg.active_area`) before the
+Each frame is cut to the endoscope's field of view (:mod:`rtseg.model.active_area`) before the
 segmenter sees it, as in training; the box is detected on the first frame of a stream and
-refreshed every 50 frames (:class:`~rtseg.active_area.BoxCache`), so a frame costs a slice
+refreshed every 50 frames (:class:`~rtseg.model.active_area.BoxCache`), so a frame costs a slice
 and, where the processor draws a position inset, a small fill. The output's ``boxes`` say
 where each S x S map lies in its frame (the overlay and ``rtseg batch`` paste them back).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rtseg.active_area import BoxCache, crop
+from rtseg.model.active_area import BoxCache, crop
 from rtseg.runtime.base import Segmenter, SegOutput, check_frames
 
 

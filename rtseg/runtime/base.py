@@ -19,7 +19,7 @@ class SegOutput:
     prob: np.ndarray  # float32 [B]
     cam: np.ndarray  # float32 [B, S, S] in [0, 1]
     mask: np.ndarray  # uint8 [B, S, S], 0/1
-    # where each frame's S x S maps lie in the frame (rtseg.active_area.Box); None = whole frame
+    # where each frame's S x S maps lie in the frame (rtseg.model.active_area.Box); None = whole frame
     boxes: list | None = None
 
 
@@ -28,7 +28,7 @@ class Segmenter(ABC):
 
     name: str = "segmenter"
     device: str = "cpu"
-    manifest = None  # rtseg.model.Manifest
+    manifest = None  # rtseg.model.bundle.Manifest
 
     @abstractmethod
     def __call__(self, frames: np.ndarray) -> SegOutput:

@@ -1,7 +1,7 @@
 """The ONNX Runtime segmenter: runs the exported fused graph (``rtseg export``).
 
 Given a ``.onnx`` file, it reads the manifest from the graph's metadata; given a bundle, it
-exports the fused graph on the fly into the cache folder (:func:`rtseg.exporter.cached_onnx`).
+exports the fused graph on the fly into the cache folder (:func:`rtseg.graph.onnx.cached_onnx`).
 Execution providers are tried in the order TensorRT, CUDA, CPU, keeping those that
 ``onnxruntime.get_available_providers()`` lists (a GPU device keeps TensorRT/CUDA only, with
 CPU as ORT's own fallback for unsupported nodes; ``device="cpu"`` keeps CPU only). On CPU the
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtseg.errors import UserError
+from rtseg.errors import UserError, first_line
 from rtseg.runtime.base import Segmenter, SegOutput, check_frames
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class OnnxSegmenter(Segmenter):
                  threads: int | None = None, spin: bool | None = None) -> None:
         import onnxruntime as ort
 
-        from rtseg.exporter import read_onnx_metadata
+        from rtseg.graph.metadata import read_onnx_metadata
 
         self.path = Path(model)
         self.manifest, self.layer, self.precision = read_onnx_metadata(self.path)
@@ -91,7 +91,7 @@ class OnnxSegmenter(Segmenter):
                                                 providers=providers)
         except Exception as exc:
             raise UserError(f"cannot load ONNX model {self.path}: "
-                            f"{str(exc).strip().splitlines()[0][:200]}") from None
+                            f"{first_line(exc)}") from None
         names_in = [i.name for i in self.session.get_inputs()]
         names_out = [o.name for o in self.session.get_outputs()]
         if names_in != ["frames"] or names_out[:3] != ["prob", "cam", "mask"]:

@@ -1,8 +1,8 @@
-"""The eager PyTorch segmenter: preprocessing + :class:`rtseg.cam.GradCAM` + threshold.
+"""The eager PyTorch segmenter: preprocessing + :class:`rtseg.model.gradcam.GradCAM` + threshold.
 
 The reference every other backend is checked against; the model is loaded once and kept.
 On CPU denormal floats are flushed to zero during a call (see
-:func:`rtseg.fused.cpu_flush_denormal`: up to 80x faster, same CAM).
+:func:`rtseg.graph.fused.cpu_flush_denormal`: up to 80x faster, same CAM).
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rtseg.cam import GradCAM
-from rtseg.preprocess import frames_to_input
+from rtseg.model.gradcam import GradCAM
+from rtseg.model.manifest import with_layer
+from rtseg.model.preprocess import frames_to_input
 from rtseg.runtime.base import Segmenter, SegOutput, check_frames
 
 
@@ -20,12 +21,12 @@ class EagerSegmenter(Segmenter):
 
     def __init__(self, bundle, device: str = "cpu", layer: int | str | None = None) -> None:
         self.bundle = bundle.to(device)
-        self.manifest = bundle.manifest if layer is None else bundle.manifest.replace(cam_layer=layer)
+        self.manifest = with_layer(bundle.manifest, layer)
         self.device = device
         self._cam = GradCAM(bundle.model, self.manifest.cam_layer, self.manifest.arch).__enter__()
 
     def __call__(self, frames: np.ndarray) -> SegOutput:
-        from rtseg.fused import cpu_flush_denormal
+        from rtseg.graph.fold import cpu_flush_denormal
 
         m = self.manifest
         x = torch.from_numpy(check_frames(frames)).to(self.device)

@@ -1,4 +1,4 @@
-"""The fused PyTorch segmenter: the traced forward + Grad-CAM graph (:mod:`rtseg.fused`).
+"""The fused PyTorch segmenter: the traced forward + Grad-CAM graph (:mod:`rtseg.graph.fused`).
 
 On CUDA this is the fast path: the graph is traced on the GPU (fp16 by default for the
 ``torch`` backend on CUDA), then either compiled with ``torch.compile`` (inductor, CUDA graphs
@@ -17,8 +17,8 @@ import logging
 import numpy as np
 import torch
 
-from rtseg.errors import UserError
-from rtseg.fused import cpu_flush_denormal
+from rtseg.errors import UserError, first_line
+from rtseg.graph.fold import cpu_flush_denormal
 from rtseg.runtime.base import Segmenter, SegOutput, check_frames
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,9 @@ class FusedTorchSegmenter(Segmenter):
 
     def __init__(self, bundle, device: str = "cpu", fp16: bool | None = None, layer=None,
                  mode: str = "auto") -> None:
-        from rtseg.fused import fold_model, resolve_layer, trace_fused
+        from rtseg.graph.fold import fold_model
+        from rtseg.graph.fused import trace_fused
+        from rtseg.model.manifest import resolve_layer
 
         if mode not in MODES:
             raise UserError(f"unknown torch fused mode '{mode}' (use {', '.join(MODES)})")
@@ -96,7 +98,7 @@ class FusedTorchSegmenter(Segmenter):
                 if not self._auto:
                     raise
                 log.warning("torch.compile failed (%s); using a CUDA graph of the traced graph",
-                            str(exc).splitlines()[0][:200])
+                            first_line(exc))
                 self.mode = "graph"
                 self.name = self.name.rsplit("-", 1)[0] + "-graph"
                 return self._run(x)

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def tensorrt_available() -> bool:
-    from rtseg.exporter import tensorrt_status
+    from rtseg.graph.tensorrt import tensorrt_status
 
     return tensorrt_status()[0]
 
@@ -29,7 +29,8 @@ class TrtSegmenter(Segmenter):
     name = "tensorrt"
 
     def __init__(self, engine: str | os.PathLike, device: str = "cuda") -> None:
-        from rtseg.exporter import read_engine_metadata, tensorrt_status
+        from rtseg.graph.metadata import read_engine_metadata
+        from rtseg.graph.tensorrt import tensorrt_status
 
         ok, why = tensorrt_status()
         if not ok:

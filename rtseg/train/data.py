@@ -6,7 +6,7 @@ is ``polyp`` or ``non_polyp``; a ``path`` may name one quarter of an image as ``
 resolve against the CSV's folder.
 
 Pipeline (built for a GPU, sane on a CPU): every image is decoded once, cropped to its tile,
-resized to the network input size with the very resize :func:`rtseg.preprocess.frames_to_input`
+resized to the network input size with the very resize :func:`rtseg.model.preprocess.frames_to_input`
 does (bilinear, ``align_corners=False``, no antialias) and kept in one ``uint8 [N, S, S, 3]``
 tensor on the training device. Without augmentation a cached image therefore gives exactly the
 network input inference gives for that image (up to uint8 rounding). Augmentation runs on whole
@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from rtseg.errors import UserError
-from rtseg.tiles import crop_tile, parse_tile_path, split_tiles, tile_box, tile_ref  # noqa: F401  (re-exported)
+from rtseg.model.tiles import crop_tile, parse_tile_path, split_tiles, tile_box, tile_ref  # noqa: F401  (re-exported)
 
 REQUIRED_COLUMNS = ("path", "label")
 MAX_LISTED = 5  # how many offending rows an error message names
@@ -231,7 +231,7 @@ def _load_one(item: LabeledItem, size: int, active_area: bool = False) -> np.nda
     if img is None:
         return f"{item.ref} (not a readable image)"
     if active_area:  # the field of view first, as at inference (then the tile of it)
-        from rtseg.active_area import prepare
+        from rtseg.model.active_area import prepare
 
         img, _ = prepare(img)
     img = crop_tile(img, item.tile)

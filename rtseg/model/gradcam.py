@@ -12,7 +12,7 @@ Definition used everywhere in rtseg (the fused exported graph reproduces it exac
 3. Grad-CAM weights ``w_c`` = spatial mean of ``G``; ``cam = ReLU(sum_c w_c A_c)``;
 4. bilinear upsampling (``align_corners=False``) to the network input size S x S;
 5. per-image min-max: ``(cam - min) / (max - min + EPS)``, values in [0, 1].
-6. where the bundle has a segmentation head (:mod:`rtseg.head`), the head refines this CAM
+6. where the bundle has a segmentation head (:mod:`rtseg.model.head`), the head refines this CAM
    with the activations of a few blocks of the same forward pass: its per-pixel polyp
    probability takes the CAM's place (:meth:`BaseCAM.finish`).
 
@@ -22,14 +22,12 @@ activation on the logit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rtseg.model import check_layer
+from rtseg.model.arch import check_layer
 
 EPS = 1e-7
 
@@ -117,7 +115,7 @@ class BaseCAM:
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Steps 4-6 on the last :meth:`raw` call: (prob [B], cam [B, size, size] in [0, 1]).
 
-        Without a head, prob = sigmoid(logit); with one, the head's decision (rtseg.head.decide).
+        Without a head, prob = sigmoid(logit); with one, the head's decision (rtseg.model.head.decide).
         """
         head = getattr(self.model, "rtseg_head", None)
         if head is None:
@@ -137,80 +135,6 @@ class GradCAM(BaseCAM):
 
     def get_weights(self, acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         return grads.mean(dim=(2, 3), keepdim=True)
-
-
-@dataclass
-class CamResult:
-    prob: np.ndarray  # float32 [N]
-    cams: list[np.ndarray]  # float32 [S, S] each (tiles mode: [2S, 2S], gated by tile prob)
-    boxes: list | None = None  # the active area each CAM covers (rtseg.active_area.Box)
-
-
-def cam_images(bundle, images: Sequence[np.ndarray], layer: int | str | None = None,
-               batch_size: int = 16, device: str | None = None) -> CamResult:
-    """Grad-CAM of RGB uint8 images with the bundle's preprocessing and CAM layer.
-
-    In tiles mode (``manifest.tiles``, the paper's Run 1) every image is split into 2 x 2
-    tiles, each tile gets its own CAM, and the four are put back together; a tile the
-    classifier calls non-polyp (prob < 0.5) contributes zeros. The image's prob is the
-    largest tile prob.
-    """
-    from rtseg.preprocess import images_to_input, network_views
-    from rtseg.tiles import split_tiles
-
-    m = bundle.manifest
-    layer = m.cam_layer if layer is None else layer
-    dev = device or next(bundle.model.parameters()).device
-    tiles = m.tiles
-    views, boxes = network_views(images, m)
-    inputs = [t for im in views for t in split_tiles(im)] if tiles else list(views)
-    probs, cams = [], []
-    with GradCAM(bundle.model, layer, m.arch) as cam:
-        for i in range(0, len(inputs), batch_size):
-            x = images_to_input(inputs[i:i + batch_size], m, crop=False).to(dev)
-            p, c = cam(x)
-            probs.append(p.float().cpu().numpy())
-            cams.extend(c.float().cpu().numpy())
-    prob = np.concatenate(probs) if probs else np.zeros(0, np.float32)
-    if not tiles:
-        return CamResult(prob.astype(np.float32), cams, boxes)
-    out_p, out_c = [], []
-    for k in range(len(images)):
-        tp, tc = prob[4 * k:4 * k + 4], cams[4 * k:4 * k + 4]
-        tc = [c if p >= 0.5 else np.zeros_like(c) for p, c in zip(tp, tc)]
-        out_c.append(np.block([[tc[0], tc[1]], [tc[2], tc[3]]]).astype(np.float32))
-        out_p.append(tp.max())
-    return CamResult(np.asarray(out_p, np.float32), out_c, boxes)
-
-
-def resize_to(cam: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a CAM to an image's (H, W)."""
-    import cv2
-
-    return cv2.resize(cam.astype(np.float32), (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
-
-
-def place_cam(cam: np.ndarray, hw: tuple[int, int], box=None) -> np.ndarray:
-    """A CAM at an image's (H, W): resized to the whole image, or into ``box`` (0 outside)."""
-    if box is None or box.covers(hw):
-        return resize_to(cam, hw)
-    from rtseg.active_area import paste
-
-    return paste(cam.astype(np.float32), box, hw)
-
-
-def cam_to_mask(cam: np.ndarray, policy, hw: tuple[int, int], steps=(), box=None) -> np.ndarray:
-    """Resize a CAM to (H, W) (into ``box``, its active area, if given), threshold it with
-    ``policy`` and apply the post-processing ``steps`` (a manifest's ``postprocess``): bool [H, W]."""
-    from rtseg.postprocess import refine
-
-    full = place_cam(cam, hw, box)
-    mask = np.asarray(policy.apply(np.clip(full, 0.0, 1.0)), dtype=bool)
-    if box is not None:
-        inside = np.zeros(hw, bool)
-        inside[box.y0:box.y1, box.x0:box.x1] = True
-        mask &= inside  # outside the field of view nothing is a polyp, whatever the policy
-    return refine(mask, steps)
 
 
 def multi_layer_cams(model, x: torch.Tensor, layers: Sequence[int | str],

@@ -45,8 +45,8 @@ def calibrate_bn(bundle, images: Sequence[np.ndarray] | None = None, batches: in
     """
     import torch
 
-    from rtseg.fused import cpu_flush_denormal
-    from rtseg.preprocess import images_to_input
+    from rtseg.graph.fold import cpu_flush_denormal
+    from rtseg.model.preprocess import images_to_input
 
     m = bundle.manifest
     if images is None:

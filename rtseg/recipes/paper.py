@@ -1,13 +1,13 @@
 """The recipe of rtseg's default model, as rtseg commands, stage by stage.
 
-``python -m rtseg.recipe prepare --data ../shared/data --work runs/default``
+``python -m rtseg.recipes.paper prepare --data ../shared/data --work runs/default``
     split the data (by CVC sequence), pick 100 + 100 seeds, propagate labels to 1,000
     (``rtseg propagate``, whole images and 2x2 tiles), lay out the validation and test
     folders, and pack the training images into a compact cache (``pack/``) that can travel
     to a GPU machine.
-``python -m rtseg.recipe train --work runs/default --variant whole --device cuda``
+``python -m rtseg.recipes.paper train --work runs/default --variant whole --device cuda``
     ``rtseg train`` on a packed labels CSV.
-``python -m rtseg.recipe select --work runs/default --variant whole``
+``python -m rtseg.recipes.paper select --work runs/default --variant whole``
     ``rtseg tune`` on the validation folder (CAM layer, threshold, clean-up), then
     ``rtseg eval`` on the Kvasir-SEG and CVC-ClinicDB test folders and the classification
     accuracy on held-out polyp and non-polyp images; writes ``report_<variant>.json``.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import cv2
 
-from rtseg.datasets import DataFolder, Item, split_groups
+from rtseg.recipes.layout import DataFolder, Item, split_groups
 
 SPLITS = {
     "kvasir": {"train": 0.70, "val": 0.10, "test": 0.20},
@@ -117,7 +117,7 @@ def _rows(path: Path) -> list[dict]:
 def pack(variants: dict[str, list[dict]], out: Path, size: int = PACK_SIZE, quality: int = 92) -> None:
     """Resize every image (or tile) of the labels CSVs to size x size JPEGs, one CSV per variant."""
     from rtseg.imageio import read_image
-    from rtseg.tiles import split_tiles
+    from rtseg.model.tiles import split_tiles
 
     shutil.rmtree(out, ignore_errors=True)
     (out / "images").mkdir(parents=True)
@@ -180,7 +180,7 @@ def select(work: Path, variant: str, device: str = "auto") -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m rtseg.recipe", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m rtseg.recipes.paper", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["prepare", "train", "select"])
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))

@@ -80,7 +80,7 @@ import numpy as np
 
 from rtseg.errors import UserError
 from rtseg.imageio import CLASS_NAMES
-from rtseg.tiles import parse_tile_path, split_tiles, tile_path  # noqa: F401
+from rtseg.model.tiles import parse_tile_path, split_tiles, tile_path  # noqa: F401
 
 UNLABELED = -1
 NON_POLYP = CLASS_NAMES.index("non_polyp")

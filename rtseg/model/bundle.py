@@ -12,142 +12,16 @@ manifest is also embedded in every exported graph.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rtseg import __version__
 from rtseg.atomic import atomic_path, ensure_parent, write_json
 from rtseg.errors import UserError, brief
-from rtseg.thresholds import ThresholdPolicy
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: TensorFlow EfficientNet-Lite preprocessing ((x - 127) / 128 on 0-255 pixels), which its
-#: ImageNet weights expect: with it the stem BN sees 0.6x its running variance on colonoscopy
-#: frames (smooth images), with torchvision's ImageNet mean/std 3.1x (benchmarks/lite_norm.py)
-LITE_MEAN = (127.0 / 255.0,) * 3
-LITE_STD = (128.0 / 255.0,) * 3
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    blocks: int  # number of MBConv blocks (CAM layers 0..blocks-1, or "head")
-    package: str  # the module that builds it
-    mean: tuple[float, float, float] = IMAGENET_MEAN  # the normalisation its weights expect
-    std: tuple[float, float, float] = IMAGENET_STD
-    pretrained: bool = False  # ImageNet weights installed with rtseg
-
-
-ARCHS = {
-    "efficientnet-b0": ArchSpec(16, "efficientnet_pytorch"),
-    "efficientnet-b1": ArchSpec(23, "efficientnet_pytorch"),
-    "efficientnet-b2": ArchSpec(23, "efficientnet_pytorch"),
-    "efficientnet-b3": ArchSpec(26, "efficientnet_pytorch"),
-    "efficientnet-lite1": ArchSpec(21, "efficientnet_lite_pytorch", LITE_MEAN, LITE_STD, True),
-}
-NUM_BLOCKS = {name: spec.blocks for name, spec in ARCHS.items()}
-MANIFEST = "manifest.json"
-WEIGHTS = "weights.pt"
-REQUIRED_FIELDS = ("arch", "input_size", "mean", "std", "cam_layer", "threshold", "class_names")
-
-
-@dataclass
-class Manifest:
-    arch: str = "efficientnet-b1"
-    input_size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    fov_mask: bool = False
-    cam_layer: int | str = 14  # block index 0..22 for b1, or "head"
-    threshold: ThresholdPolicy = field(default_factory=ThresholdPolicy)
-    tiles: bool = False  # Run 1: one CAM per 2x2 tile, merged back
-    postprocess: tuple[str, ...] = ()  # mask clean-up steps (rtseg.postprocess), in order
-    class_names: tuple[str, str] = ("non_polyp", "polyp")
-    # crop every frame to the endoscope's lit field of view first (rtseg.active_area)
-    active_area: bool = False
-    # segmentation head refining the CAM (rtseg.head.HeadConfig as a dict); None = plain CAM
-    head: dict[str, Any] | None = None
-    training: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    rtseg_version: str = __version__
-
-    def __post_init__(self) -> None:
-        self.mean = tuple(float(v) for v in self.mean)
-        self.std = tuple(float(v) for v in self.std)
-        self.class_names = tuple(self.class_names)
-        from rtseg.postprocess import check_steps
-
-        self.postprocess = check_steps(tuple(self.postprocess))
-        if isinstance(self.threshold, dict):
-            self.threshold = ThresholdPolicy.from_dict(self.threshold)
-        elif isinstance(self.threshold, str):
-            self.threshold = ThresholdPolicy.parse(self.threshold)
-        if isinstance(self.cam_layer, str) and self.cam_layer.lstrip("-").isdigit():
-            self.cam_layer = int(self.cam_layer)
-        check_layer(self.arch, self.cam_layer)
-        if self.head is not None:
-            from rtseg.head import HeadConfig
-
-            self.head = HeadConfig.from_dict(self.head, self.arch).to_dict()
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["threshold"] = self.threshold.to_dict()
-        d["mean"], d["std"], d["class_names"] = list(self.mean), list(self.std), list(self.class_names)
-        d["postprocess"] = list(self.postprocess)
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "Manifest":
-        missing = [k for k in REQUIRED_FIELDS if k not in d]
-        if missing:
-            raise UserError(f"{source} lacks field(s): {', '.join(missing)}")
-        from rtseg.validate import validate_manifest_dict
-        validate_manifest_dict(d, source)  # types, ranges, lengths: one line naming the field
-        known = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in d.items() if k in known})
-        except (TypeError, ValueError, KeyError) as exc:
-            raise UserError(f"{source} is invalid: {exc}") from None
-
-    def replace(self, **changes: Any) -> "Manifest":
-        return dataclasses.replace(self, **changes)
-
-
-def num_blocks(arch: str) -> int:
-    if arch not in NUM_BLOCKS:
-        raise UserError(f"unsupported architecture '{arch}' (supported: {', '.join(NUM_BLOCKS)})")
-    return NUM_BLOCKS[arch]
-
-
-def check_layer(arch: str, layer: int | str) -> int | str:
-    """Validate a CAM layer: a block index 0..N-1 or "head"."""
-    if layer == "head":
-        return layer
-    n = num_blocks(arch)
-    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < n:
-        raise UserError(f"CAM layer {layer!r} out of range for {arch}: use 0..{n - 1} or 'head'")
-    return layer
-
-
-def parse_layer(text: str | int | None) -> int | str | None:
-    """CLI helper: "14" -> 14, "head" -> "head", None -> None."""
-    if text is None or isinstance(text, int):
-        return text
-    t = str(text).strip().lower()
-    if t == "head":
-        return t
-    try:
-        return int(t)
-    except ValueError:
-        raise UserError(f"CAM layer must be a block index or 'head', not '{text}'") from None
+from rtseg.model.arch import ARCHS, num_blocks
+from rtseg.model.manifest import MANIFEST, WEIGHTS, Manifest
 
 
 def build_model(arch: str = "efficientnet-b1", pretrained: bool = False, head: dict | None = None):
@@ -155,7 +29,7 @@ def build_model(arch: str = "efficientnet-b1", pretrained: bool = False, head: d
 
     ``pretrained``: start from the ImageNet weights installed with the architecture's package
     (efficientnet-lite1 only; the classifier layer stays random). ``head``: attach the
-    segmentation head a manifest describes (``model.rtseg_head``, :mod:`rtseg.head`).
+    segmentation head a manifest describes (``model.rtseg_head``, :mod:`rtseg.model.head`).
     """
     num_blocks(arch)
     spec = ARCHS[arch]
@@ -171,7 +45,7 @@ def build_model(arch: str = "efficientnet-b1", pretrained: bool = False, head: d
     if pretrained:
         load_pretrained(model, arch)
     if head is not None:
-        from rtseg.head import attach_head
+        from rtseg.model.head import attach_head
 
         attach_head(model, head, arch)
     return model

@@ -6,7 +6,7 @@ over the baseline at the same batch size (ratio of median frame times).
 
 Without ``--source`` the segmenter alone is timed on generated 384 x 288 frames (one call per
 batch; frame time = call time / batch). With ``--source`` the whole loop (decode, inference,
-overlay) runs headless through :func:`rtseg.stream.run_stream`. Warm-up runs are excluded.
+overlay) runs headless through :func:`rtseg.live.loop.run_stream`. Warm-up runs are excluded.
 
 :class:`PytorchGradCamBaseline` is the reference: Grad-CAM computed as the pytorch-grad-cam
 library does it (what the paper used): trainable parameters, a forward hook storing the
@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from rtseg.errors import UserError
-from rtseg.fpsstats import TABLE2_FIELDS, RunningStats, table2
+from rtseg.live.stats import TABLE2_FIELDS, RunningStats, table2
 from rtseg.runtime.base import Segmenter, SegOutput, check_frames
 
 FRAME_HW = (288, 384)  # generated frames: CVC-ClinicDB size
@@ -43,9 +43,10 @@ class PytorchGradCamBaseline(Segmenter):
     def __init__(self, bundle, device: str = "cpu", layer: int | str | None = None) -> None:
         import copy
 
-        from rtseg.cam import target_module
+        from rtseg.model.gradcam import target_module
+        from rtseg.model.manifest import with_layer
 
-        self.manifest = bundle.manifest if layer is None else bundle.manifest.replace(cam_layer=layer)
+        self.manifest = with_layer(bundle.manifest, layer)
         self.device = device
         # a trainable copy: the bundle's own model stays as other backends expect it
         self.model = copy.deepcopy(bundle.model).to(device).eval()
@@ -73,7 +74,7 @@ class PytorchGradCamBaseline(Segmenter):
     def __call__(self, frames: np.ndarray) -> SegOutput:
         import torch
 
-        from rtseg.preprocess import frames_to_input
+        from rtseg.model.preprocess import frames_to_input
 
         m = self.manifest
         x = torch.from_numpy(check_frames(frames)).to(self.device)
@@ -157,7 +158,7 @@ def time_model(seg, frames: Sequence[np.ndarray], batch: int, n_frames: int,
 
 def time_loop(seg, source: str, batch: int, n_frames: int) -> dict[str, Any]:
     """Time the whole headless loop (decode -> segmenter -> overlay) on ``source``."""
-    from rtseg.stream import StreamConfig, run_stream
+    from rtseg.live.loop import StreamConfig, run_stream
 
     cfg = StreamConfig(source=source, headless=True, max_frames=n_frames, batch=batch, loop=True,
                        quiet=True, log_every=0)
@@ -188,8 +189,8 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
               console=None, threads: int = 0) -> dict[str, Any]:
     """Run the benchmark; print the table; return (and optionally write) the results."""
     from rtseg.atomic import check_out_file, write_json
-    from rtseg.model import resolve_device
-    from rtseg.stream import (backends_here, create, default_model_available, make_console,
+    from rtseg.model.bundle import resolve_device
+    from rtseg.live.loop import (backends_here, create, default_model_available, make_console,
                               untrained_fallback_bundle)
 
     console = console or make_console()
@@ -202,7 +203,7 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
     if json_path:
         check_out_file(json_path, "--json")
     if source is not None:
-        from rtseg.capture import open_source
+        from rtseg.live.capture import open_source
 
         open_source(source).close()  # fail early on a bad source
     dev = resolve_device(device)
@@ -245,7 +246,7 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
         if baseline:
             from pathlib import Path
 
-            from rtseg.model import resolve_bundle
+            from rtseg.model.bundle import resolve_bundle
 
             if model is not None and not Path(model).is_dir():
                 console.print("baseline skipped: it needs a bundle folder (torch weights)")

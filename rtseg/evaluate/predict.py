@@ -9,8 +9,8 @@ For every image below ``images_dir`` (recursive, natural order):
 - ``OUT/predictions.csv``: ``path,prob`` (the polyp probability of each image; ``path`` as found
   below ``images_dir``).
 
-CAMs come from :func:`rtseg.cam.cam_images` (batched; the manifest's tiles mode is handled
-there) and masks from :func:`rtseg.cam.cam_to_mask`, with the manifest's CAM layer and
+CAMs come from :func:`rtseg.model.cam.cam_images` (batched; the manifest's tiles mode is handled
+there) and masks from :func:`rtseg.model.cam.cam_to_mask`, with the manifest's CAM layer and
 threshold policy unless ``layer`` / ``threshold`` override them. Every file is written
 atomically. Unreadable images are skipped with one warning.
 """
@@ -29,7 +29,7 @@ import numpy as np
 
 from rtseg.atomic import atomic_open, atomic_path
 from rtseg.errors import UserError
-from rtseg.thresholds import ThresholdPolicy
+from rtseg.model.thresholds import ThresholdPolicy
 
 PREDICTIONS_CSV = "predictions.csv"
 HEATMAP_DIR = "heatmaps"
@@ -40,18 +40,9 @@ def resolve_settings(bundle, layer: int | str | None = None,
                      threshold: str | ThresholdPolicy | None = None
                      ) -> tuple[int | str, ThresholdPolicy]:
     """(CAM layer, threshold policy): the manifest's unless overridden; both validated."""
-    from rtseg.model import check_layer, parse_layer
+    from rtseg.model.manifest import resolve_layer, resolve_threshold
 
-    m = bundle.manifest
-    lay = m.cam_layer if layer is None else parse_layer(layer)
-    lay = check_layer(m.arch, lay)
-    if threshold is None:
-        policy = m.threshold
-    elif isinstance(threshold, ThresholdPolicy):
-        policy = threshold
-    else:
-        policy = ThresholdPolicy.parse(str(threshold))
-    return lay, policy
+    return resolve_layer(bundle.manifest, layer), resolve_threshold(bundle.manifest, threshold)
 
 
 def check_out_dir(path: str | os.PathLike) -> Path:
@@ -131,7 +122,7 @@ def iter_predictions(bundle, paths: Sequence[Path], layer: int | str | None = No
 
     Unreadable images are left out and appended to ``skipped`` (if given).
     """
-    from rtseg.cam import cam_images, cam_to_mask, place_cam
+    from rtseg.model.cam import cam_images, cam_to_mask, place_cam
     from rtseg.imageio import try_read_image
 
     if batch_size < 1:
@@ -211,7 +202,7 @@ def predict_folder(bundle, images_dir: str | os.PathLike, out_dir: str | os.Path
     written for the images done so far (their masks are complete) and the summary says
     ``interrupted``. A run that fails before writing anything removes the ``out_dir`` it created.
     """
-    from rtseg.figure import heatmap_overlay, write_png
+    from rtseg.evaluate.figure import heatmap_overlay, write_png
     from rtseg.imageio import list_images
 
     root = Path(images_dir)

@@ -7,7 +7,7 @@ epoch. The best epoch by validation accuracy (ties: lower validation loss) becom
 random states, best so far, history) is written atomically after every epoch, in a background
 thread, and ``resume=True`` continues from it.
 
-Speed: the images are decoded once into a uint8 tensor on the device (:mod:`rtseg.data`);
+Speed: the images are decoded once into a uint8 tensor on the device (:mod:`rtseg.train.data`);
 each epoch is a seeded permutation cut into equal batches (the last one is topped up from the
 start of the permutation), augmented and preprocessed in chunks of batches on the device. On
 CUDA the step runs in bf16 autocast (fp16 + GradScaler where bf16 is missing), channels-last,
@@ -18,7 +18,7 @@ H100, 4.7 times the eager step, 25 epochs of 1,000 images in about 41 s all told
 and gained nothing per step.) On the CPU a seeded
 run is deterministic: the same seed gives bit-identical weights.
 
-Network inputs are always made by :func:`rtseg.preprocess.frames_to_input` with the
+Network inputs are always made by :func:`rtseg.model.preprocess.frames_to_input` with the
 manifest's size, mean, std and FOV mask: the same normalisation as at inference.
 """
 
@@ -38,14 +38,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rtseg.atomic import atomic_path, ensure_parent
-from rtseg.calibrate import reestimate_bn
-from rtseg.data import (AugmentConfig, LabeledItem, augment_batch, default_workers, load_images,
+from rtseg.train.calibrate import reestimate_bn
+from rtseg.train.data import (AugmentConfig, LabeledItem, augment_batch, default_workers, load_images,
                         read_labels_csv, require_classes, stratified_split, summarize)
-from rtseg.errors import UserError
+from rtseg.errors import UserError, first_line
 from rtseg.imageio import CLASS_NAMES
-from rtseg.model import (ARCHS, IMAGENET_MEAN, IMAGENET_STD, MANIFEST, WEIGHTS, Bundle, Manifest,
-                         build_model, check_layer, num_blocks, resolve_device, save_bundle)
-from rtseg.thresholds import ThresholdPolicy
+from rtseg.model.arch import ARCHS, IMAGENET_MEAN, IMAGENET_STD, check_layer, num_blocks
+from rtseg.model.bundle import Bundle, build_model, resolve_device, save_bundle
+from rtseg.model.manifest import MANIFEST, WEIGHTS, Manifest
+from rtseg.model.thresholds import ThresholdPolicy
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "rtseg-train-checkpoint"
@@ -74,7 +75,7 @@ class TrainConfig:
     threshold: str | ThresholdPolicy = "above 0.28"  # threshold policy recorded in the manifest
     workers: int | None = None  # image-decoding threads (default min(8, CPUs))
     arch: str = "efficientnet-b1"
-    # None: the normalisation the architecture's weights expect (rtseg.model.ARCHS)
+    # None: the normalisation the architecture's weights expect (rtseg.model.bundle.ARCHS)
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     # start from the ImageNet weights installed for the architecture (None: where installed)
@@ -159,11 +160,6 @@ class TrainResult:
 # ----------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
-
-
 def _check_out(out: Path) -> None:
     """The bundle folder exists (or can be made) and a file can be written in it."""
     if out.exists() and not out.is_dir():
@@ -201,7 +197,7 @@ def load_init_state(path: Path, model) -> int:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise UserError(f"corrupt --init checkpoint {p}: {_first_line(exc)}") from None
+        raise UserError(f"corrupt --init checkpoint {p}: {first_line(exc)}") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
@@ -285,7 +281,7 @@ class _BackgroundSaver:
             exc, self._error = self._error, None
             if isinstance(exc, UserError):
                 raise exc
-            raise UserError(f"cannot write checkpoint {self._path}: {_first_line(exc)}") from None
+            raise UserError(f"cannot write checkpoint {self._path}: {first_line(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -385,7 +381,7 @@ class _Stepper:
             self.graph = g
         except Exception as exc:  # fall back to eager steps for the rest of the run
             self.use_graph = False
-            self.graph_failed = _first_line(exc)
+            self.graph_failed = first_line(exc)
             torch.cuda.synchronize()
             warnings.warn(f"CUDA graph capture failed ({self.graph_failed}); training eagerly",
                           stacklevel=2)
@@ -480,7 +476,7 @@ def train(config: TrainConfig, progress: bool = True,
         try:
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise UserError(f"corrupt checkpoint {ckpt_path}: {_first_line(exc)}") from None
+            raise UserError(f"corrupt checkpoint {ckpt_path}: {first_line(exc)}") from None
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{ckpt_path} is not an rtseg training checkpoint")
         saved = ckpt.get("config", {})
@@ -526,7 +522,7 @@ def train(config: TrainConfig, progress: bool = True,
         train_dev = torch.from_numpy(train_idx).to(device)
 
         def inputs(frames):
-            from rtseg.preprocess import frames_to_input
+            from rtseg.model.preprocess import frames_to_input
 
             x = frames_to_input(frames, cfg.size, cfg.mean, cfg.std, fov=cfg.fov)
             return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -567,7 +563,7 @@ def train(config: TrainConfig, progress: bool = True,
                 optimizer.load_state_dict(ckpt["optimizer"])
             except (KeyError, RuntimeError, ValueError) as exc:
                 raise UserError(f"checkpoint {ckpt_path} does not fit: "
-                                f"{_first_line(exc)}") from None
+                                f"{first_line(exc)}") from None
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr
             if scaler is not None and ckpt.get("scaler"):

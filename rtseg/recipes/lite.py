@@ -1,15 +1,15 @@
 """The default model's recipe: ImageNet EfficientNet-Lite1, frozen; classifier + segmentation head.
 
-``python -m rtseg.recipe_lite cv --data ../shared/data --folds 3 --json cv.json``
+``python -m rtseg.recipes.lite cv --data ../shared/data --folds 3 --json cv.json``
     K-fold cross-validation that cannot leak: a CVC-ClinicDB or PolypGen sequence never spans
     two folds; seeds, classifier, head, threshold, clean-up and the constant-ellipse radius are
     chosen on the training folds only; the held-out fold is scored (full-frame Medico Dice /
     Jaccard on Kvasir-SEG and CVC-ClinicDB, beside the constant baselines; polyp-free PolypGen
     frames called non-polyp; polyp frames called polyp). Several variants (the ideas measured
     one at a time) share one feature extraction.
-``python -m rtseg.recipe_lite classifier --data ../shared/data --folds 3 --json cls.json``
+``python -m rtseg.recipes.lite classifier --data ../shared/data --folds 3 --json cls.json``
     the classifier alone over its options (negatives used, regularisation): seconds per fit.
-``python -m rtseg.recipe_lite build --data ../shared/data --out rtseg/assets/default_model``
+``python -m rtseg.recipes.lite build --data ../shared/data --out rtseg/assets/default_model``
     the same fit on all the data, written as a bundle (variant ``agree``, the shipped model).
 
 Labels used: image-level folder labels (Kvasir-SEG / CVC-ClinicDB / PolypGen positive =
@@ -31,16 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
-from rtseg.active_area import Box, paste
-from rtseg.baselines import ellipse_mask
-from rtseg.datasets import DataFolder, Item, _h, group_folds
+from rtseg.model.active_area import Box, paste
+from rtseg.evaluate.baselines import ellipse_mask
+from rtseg.recipes.layout import DataFolder, Item, _h, group_folds
 from rtseg.errors import UserError
-from rtseg.head import HeadConfig, SegHead
+from rtseg.model.head import HeadConfig, SegHead
 from rtseg.imageio import read_image, read_mask
-from rtseg.metrics import image_scores
-from rtseg.model import LITE_MEAN, LITE_STD, Bundle, Manifest, build_model
-from rtseg.postprocess import refine
-from rtseg.probe import (TARGET, Cached, extract, fit_classifier, fit_head, head_cams, head_maps,
+from rtseg.evaluate.metrics import image_scores
+from rtseg.model.arch import LITE_MEAN, LITE_STD
+from rtseg.model.bundle import Bundle, build_model
+from rtseg.model.manifest import Manifest
+from rtseg.model.postprocess import refine
+from rtseg.train.probe import (TARGET, Cached, extract, fit_classifier, fit_head, head_cams, head_maps,
                          logits_of, mask_target, pseudo_targets, set_classifier)
 
 ARCH = "efficientnet-lite1"
@@ -99,7 +101,7 @@ def ordered(items: list[Item]) -> list[Item]:
 
 def seed_tiles(img: np.ndarray, mask: np.ndarray, m: Manifest, grid: int = 3) -> list[np.ndarray]:
     """Tiles of the image's active area that hold no polyp pixel (in-domain negatives)."""
-    from rtseg.active_area import prepare
+    from rtseg.model.active_area import prepare
 
     view, box = prepare(img, True)
     mk = mask[box.y0:box.y1, box.x0:box.x1]
@@ -186,12 +188,12 @@ def _truth_crop(mask: np.ndarray, box: Box, size: int) -> np.ndarray:
 def maps_of(fit: Fit, c: Cached, size: int, gate: bool, agree: bool = False,
             flipped: Cached | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(frame polyp probability [N], maps [N, size, size] in [0, 1]) exactly as the bundle
-    computes them (:func:`rtseg.head.decide`). ``flipped``: the same views mirrored (a
+    computes them (:func:`rtseg.model.head.decide`). ``flipped``: the same views mirrored (a
     test-time-flip experiment: logits and head maps averaged with the mirrored-back ones)."""
     import torch
 
-    from rtseg.cam import normalize_cam
-    from rtseg.head import decide
+    from rtseg.model.gradcam import normalize_cam
+    from rtseg.model.head import decide
 
     z = torch.from_numpy(logits_of(c.gap, fit.w, fit.b))
     raw = head_cams(c.head, fit.w)
@@ -276,8 +278,8 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
                 best = (float(d), t, steps)
     f.threshold, f.steps = best[1], best[2]
     # the constant ellipse's radius: relative to the frame, so chosen on the whole-frame
-    # truth resized to S x S (the same search as rtseg.baselines.choose_radius)
-    from rtseg.baselines import choose_radius
+    # truth resized to S x S (the same search as rtseg.evaluate.baselines.choose_radius)
+    from rtseg.evaluate.baselines import choose_radius
 
     whole = np.stack([_truth_crop(read_mask(it.mask), Box.full(read_mask(it.mask).shape), SIZE)
                       for it in tune_set])
@@ -335,7 +337,7 @@ def flipped_of(store: FeatureStore, items: list[Item], v: Variant) -> Cached | N
     """Features of the mirrored network views of ``items`` (computed once, cached)."""
     if not v.flip:
         return None
-    from rtseg.active_area import prepare
+    from rtseg.model.active_area import prepare
 
     keys = [f"{it.image}#flip" for it in items]
     missing = [k for k in keys if k not in store.index]
@@ -468,7 +470,7 @@ def build(data: Path, out: Path, cache: Path | None, variant: str = "agree") -> 
     """Fit on all the data and write the bundle (weights + manifest)."""
     import torch
 
-    from rtseg.model import save_bundle
+    from rtseg.model.bundle import save_bundle
 
     items = load_all(data)
     store = open_store(items, cache)
@@ -480,10 +482,10 @@ def build(data: Path, out: Path, cache: Path | None, variant: str = "agree") -> 
     set_classifier(model, f.w, f.b)
     if f.head is not None:
         model.rtseg_head.load_state_dict(f.head.state_dict())
-    from rtseg.thresholds import ThresholdPolicy
+    from rtseg.model.thresholds import ThresholdPolicy
 
     m = m.replace(threshold=ThresholdPolicy.parse(f"above {f.threshold}"), postprocess=tuple(f.steps),
-                  training={"recipe": f"python -m rtseg.recipe_lite build --variant {variant}",
+                  training={"recipe": f"python -m rtseg.recipes.lite build --variant {variant}",
                             "backbone": "ImageNet efficientnet-lite1, frozen",
                             "variant": v.__dict__, **f.tune},
                   metrics={"tuning": {"baselines": {"ellipse": {"radius": f.radius}}}})
@@ -494,7 +496,7 @@ def build(data: Path, out: Path, cache: Path | None, variant: str = "agree") -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m rtseg.recipe_lite", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m rtseg.recipes.lite", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["cv", "classifier", "build"])
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))

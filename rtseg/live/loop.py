@@ -1,14 +1,14 @@
 """``rtseg stream``: the live loop (capture -> segmenter -> overlay -> window / video file).
 
 Threads: a daemon thread decodes the source into a small bounded queue
-(:class:`rtseg.capture.FrameReader`: drop-oldest for cameras/URLs, blocking for files); the
+(:class:`rtseg.live.capture.FrameReader`: drop-oldest for cameras/URLs, blocking for files); the
 calling thread runs everything else in order, per frame or per ``batch`` frames: segmenter
 (preprocessing + forward + Grad-CAM + threshold, in the runtime backend), optional CAM
 smoothing, overlay, video writer, window. OpenCV's GUI must run on the main thread, and the
 segmenter already uses every core for its own maths, so more pipeline threads would not buy
 throughput on CPU; decoding is the one stage that overlaps (OpenCV releases the GIL).
 
-Statistics (:class:`rtseg.fpsstats.StreamStats`) are running aggregates and fixed-size
+Statistics (:class:`rtseg.live.stats.StreamStats`) are running aggregates and fixed-size
 reservoirs, so memory stays flat however long the run. Warm-up happens before the clock starts.
 """
 
@@ -30,10 +30,10 @@ import cv2
 import numpy as np
 
 from rtseg.atomic import atomic_path, ensure_parent, write_json
-from rtseg.capture import FrameReader, FrameSource, open_source
+from rtseg.live.capture import FrameReader, FrameSource, open_source
 from rtseg.errors import UserError
-from rtseg.fpsstats import TABLE2_FIELDS, StreamStats
-from rtseg.overlay import Overlay
+from rtseg.live.stats import TABLE2_FIELDS, StreamStats
+from rtseg.live.overlay import Overlay
 from rtseg.shutdown import STOP, Interrupted, Shutdown
 
 WINDOW = "rtseg stream"
@@ -84,7 +84,8 @@ class StreamConfig:
 
 # --- the model ---------------------------------------------------------------------------
 def default_model_available() -> bool:
-    from rtseg.model import MANIFEST, default_bundle_path
+    from rtseg.model.bundle import default_bundle_path
+    from rtseg.model.manifest import MANIFEST
 
     return (default_bundle_path() / MANIFEST).is_file()
 
@@ -100,8 +101,8 @@ def untrained_fallback_bundle(input_size: int = 224, calibrate: bool = True, say
     """
     import torch
 
-    from rtseg.model import new_bundle, save_bundle
-    from rtseg.preprocess import images_to_input
+    from rtseg.model.bundle import new_bundle, save_bundle
+    from rtseg.model.preprocess import images_to_input
     from rtseg.synthetic import make_dataset
 
     say("warning: no trained model is shipped with rtseg yet and no --model was given: "
@@ -199,8 +200,8 @@ class CamSmoother:
 
 
 def refine_masks(masks: np.ndarray, steps) -> np.ndarray:
-    """The manifest's post-processing steps (rtseg.postprocess) on masks [B, S, S] -> uint8."""
-    from rtseg.postprocess import refine
+    """The manifest's post-processing steps (rtseg.model.postprocess) on masks [B, S, S] -> uint8."""
+    from rtseg.model.postprocess import refine
 
     return refine(masks, steps).astype(np.uint8)
 

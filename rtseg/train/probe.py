@@ -7,12 +7,12 @@ in minutes on a 2-core CPU):
 1. the classifier layer (``model._fc``): logistic regression (scikit-learn) on the spatial
    mean of the head activations, balanced classes. Because the backbone is frozen, Grad-CAM
    at ``"head"`` is then exactly ReLU(sum_c w_c A_c) / (h w) (:func:`head_cams`);
-2. the segmentation head (:class:`rtseg.head.SegHead`) on block features + that CAM, trained
+2. the segmentation head (:class:`rtseg.model.head.SegHead`) on block features + that CAM, trained
    with weighted BCE + soft Dice on the seed images' masks (the only human masks used), on
    empty masks of negative images, and optionally (:func:`pseudo_targets`) on its own
    confident predictions for the unlabeled polyp images (self-training).
 
-Every image goes through the one preprocessing path (:func:`rtseg.preprocess.images_to_input`
+Every image goes through the one preprocessing path (:func:`rtseg.model.preprocess.images_to_input`
 with the bundle's manifest: active area, resize, FOV mask, normalisation), so the cached
 features are exactly what the shipped graph computes.
 """
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rtseg.head import SegHead
+from rtseg.model.head import SegHead
 
 TARGET = 56  # resolution of the head's training targets (its logits are upsampled to it)
 
@@ -56,7 +56,7 @@ class Cached:
 def extract(model, manifest, images: Sequence[np.ndarray], blocks: Sequence[int], batch: int = 16,
             progress: Callable[[int], None] | None = None) -> Cached:
     """Run RGB uint8 ``images`` through the frozen network; keep what training needs."""
-    from rtseg.preprocess import images_to_input, network_views
+    from rtseg.model.preprocess import images_to_input, network_views
 
     model.eval()
     store: dict = {}

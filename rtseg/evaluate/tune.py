@@ -1,13 +1,13 @@
 """Choose a bundle's CAM layer, threshold policy and mask clean-up on validation data.
 
 Every candidate layer's CAM comes from one forward and one backward pass per batch
-(:func:`rtseg.cam.multi_layer_cams`); each (layer, policy, post-processing) combination is
+(:func:`rtseg.model.gradcam.multi_layer_cams`); each (layer, policy, post-processing) combination is
 then scored with the Medico 2021 per-image metrics against the truth masks, at the
 network's input resolution (truth masks are resized to S x S with area averaging, then
 thresholded at 0.5). The best combination by mean Dice is returned and can be written into
 the bundle's manifest. Use validation images only: never the images you report as test.
 
-The same truth masks also score the constant-mask baselines (:mod:`rtseg.baselines`): the
+The same truth masks also score the constant-mask baselines (:mod:`rtseg.evaluate.baselines`): the
 centred ellipse with the radius of best mean Dice on these images, and the all-foreground
 mask. ``TuneResult.beats_baselines`` says whether the best row's Dice is above both, and
 :func:`apply_best` records the chosen radius so ``rtseg eval`` scores the same ellipse.
@@ -22,14 +22,14 @@ import cv2
 import numpy as np
 import torch
 
-from rtseg.baselines import DEFAULT_RADII, beats, choose_radius, rounded, score_baselines
-from rtseg.cam import multi_layer_cams
+from rtseg.evaluate.baselines import DEFAULT_RADII, beats, choose_radius, rounded, score_baselines
+from rtseg.model.gradcam import multi_layer_cams
 from rtseg.imageio import read_image, read_mask
-from rtseg.metrics import image_scores
-from rtseg.model import num_blocks
-from rtseg.postprocess import refine
-from rtseg.preprocess import images_to_input
-from rtseg.thresholds import ThresholdPolicy
+from rtseg.evaluate.metrics import image_scores
+from rtseg.model.arch import num_blocks
+from rtseg.model.postprocess import refine
+from rtseg.model.preprocess import images_to_input
+from rtseg.model.thresholds import ThresholdPolicy
 
 DEFAULT_POLICIES = tuple(
     [f"above {t:.2f}" for t in np.arange(0.15, 0.76, 0.05)] + ["otsu", "band 0.4 0.7"]
@@ -57,7 +57,7 @@ class TuneRow:
 class TuneResult:
     rows: list[TuneRow] = field(default_factory=list)  # sorted, best first
     n_images: int = 0
-    baselines: dict | None = None  # rtseg.baselines.score_baselines on the same truth masks
+    baselines: dict | None = None  # rtseg.evaluate.baselines.score_baselines on the same truth masks
 
     @property
     def best(self) -> TuneRow:
@@ -83,8 +83,8 @@ def tune(bundle, pairs: Sequence[tuple], layers: Sequence[int | str] | None = No
     The baselines are scored on the same S x S truth masks with the same per-image mean, the
     ellipse with the radius of ``baseline_radii`` of best mean Dice (None: no baselines).
     """
-    from rtseg.cam import GradCAM
-    from rtseg.preprocess import network_views
+    from rtseg.model.gradcam import GradCAM
+    from rtseg.model.preprocess import network_views
 
     m = bundle.manifest
     model = bundle.model.to(device).eval()

@@ -2,8 +2,8 @@
 
 Images are matched with masks by relative path and stem (:func:`rtseg.imageio.pair_images_masks`);
 images without a mask are counted, named in a warning (the first few) and left out. Masks are
-predicted exactly as ``rtseg predict`` does (:func:`rtseg.predict.iter_predictions`: the
-manifest's CAM layer and threshold unless overridden) and scored with :mod:`rtseg.metrics`
+predicted exactly as ``rtseg predict`` does (:func:`rtseg.evaluate.predict.iter_predictions`: the
+manifest's CAM layer and threshold unless overridden) and scored with :mod:`rtseg.evaluate.metrics`
 (see there for the averaging and the empty-mask rule).
 
 The result (:func:`evaluate`) is a dict whose first keys are exactly
@@ -14,7 +14,7 @@ per_image``. ``classification_accuracy`` scores the polyp probability (``prob >=
 "the truth mask is not empty" (every image with a non-empty mask is a polyp image).
 
 After those come ``baselines`` and ``beats_baselines`` (unless ``baselines=False``): the
-constant masks of :mod:`rtseg.baselines` scored on the same truth masks with the same
+constant masks of :mod:`rtseg.evaluate.baselines` scored on the same truth masks with the same
 reduction and zero_division, ``{"ellipse": {"radius", "radius_source", <six metrics>,
 "n_images"}, "all_foreground": {<six metrics>, "n_images"}}``. The ellipse's radius is the one
 ``rtseg tune --write`` recorded in the manifest (``radius_source: "manifest"``), else 0.25
@@ -32,11 +32,11 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from rtseg.baselines import BaselineScorer, beats, manifest_radius
+from rtseg.evaluate.baselines import BaselineScorer, beats, manifest_radius
 from rtseg.errors import UserError
-from rtseg.metrics import (DEFAULT_REDUCTION, DEFAULT_ZERO_DIVISION, METRIC_KEYS, MedicoScorer,
+from rtseg.evaluate.metrics import (DEFAULT_REDUCTION, DEFAULT_ZERO_DIVISION, METRIC_KEYS, MedicoScorer,
                            check_reduction, classification_accuracy, resize_nearest)
-from rtseg.thresholds import ThresholdPolicy
+from rtseg.model.thresholds import ThresholdPolicy
 
 MISSING_SHOWN = 5  # missing-mask names listed in the warning and the JSON
 
@@ -44,7 +44,7 @@ MISSING_SHOWN = 5  # missing-mask names listed in the warning and the JSON
 @dataclass
 class EvalResult:
     metrics: dict  # see the module docstring
-    rows: list = field(default_factory=list)  # rtseg.figure.FigureRow, for --figure
+    rows: list = field(default_factory=list)  # rtseg.evaluate.figure.FigureRow, for --figure
 
 
 def as_pairs(pairs: Iterable) -> list[tuple[Path, Path]]:
@@ -87,9 +87,9 @@ def run_eval(bundle, pairs: Iterable, layer: int | str | None = None,
     ``baselines``: also score the constant masks on the same truth masks (module doc).
     ``progress(n)`` is called with the number of pairs handled since its last call.
     """
-    from rtseg.figure import FigureRow
+    from rtseg.evaluate.figure import FigureRow
     from rtseg.imageio import read_mask
-    from rtseg.predict import iter_predictions, resolve_settings
+    from rtseg.evaluate.predict import iter_predictions, resolve_settings
 
     pairs = as_pairs(pairs)
     if not pairs:

@@ -2,8 +2,8 @@
 
 A :class:`Preset` holds what differs between the runs; :func:`run_preset` runs one on a data
 folder laid out like ``../shared/data`` (see its README): split -> seeds (100 polyp + 100
-non-polyp) -> label propagation (:mod:`rtseg.propagate`) -> training (:mod:`rtseg.train`) ->
-Medico 2021 scoring on held-out polyp images with masks (:mod:`rtseg.evaluate`). This module
+non-polyp) -> label propagation (:mod:`rtseg.propagate.kmeans`) -> training (:mod:`rtseg.train.loop`) ->
+Medico 2021 scoring on held-out polyp images with masks (:mod:`rtseg.evaluate.scoring`). This module
 only wires those steps together; each step's behaviour is defined by the module that owns it.
 
 =====  ======================  ===========  ================  ========  ================
@@ -25,7 +25,7 @@ available to us, so it is assigned as above; Run 1's target counts tiles and is 
 the image target (as rtseg's default-model recipe does), since the 800 tiles of the 200 seed
 images are already labeled. Every value can be overridden (``rtseg run --clusters/--target``).
 
-Data split (deterministic; :mod:`rtseg.datasets`): polyp images (Kvasir-SEG + CVC-ClinicDB,
+Data split (deterministic; :mod:`rtseg.recipes.layout`): polyp images (Kvasir-SEG + CVC-ClinicDB,
 grouped by CVC sequence so one sequence never spans train and test) and non-polyp crops are
 split into train / test (``test_fraction``, default 0.2) or into ``k`` folds. Seeds are the
 first ``n_seeds`` train images of each class in a seeded hash order; every other train image
@@ -52,7 +52,7 @@ class Preset:
     name: str
     tiles: bool  # propagate and train on 2x2 tiles; one CAM per tile at inference
     layer: int | str  # CAM layer (EfficientNet-b1 block index)
-    threshold: str  # threshold policy text (rtseg.thresholds)
+    threshold: str  # threshold policy text (rtseg.model.thresholds)
     clusters: int  # k of the first k-means fit
     target: int  # labeled items (images, or tiles for Run 1) to reach, seeds included
     description: str = ""
@@ -108,7 +108,7 @@ def _hash(text: str, seed: int) -> str:
 
 @dataclass
 class RunSplit:
-    seeds_polyp: list  # rtseg.datasets.Item
+    seeds_polyp: list  # rtseg.recipes.layout.Item
     seeds_non_polyp: list
     pool: list  # unlabeled train images (both classes; their labels are only used as truth)
     test_polyp: list  # held-out polyp images with masks: scored
@@ -138,14 +138,14 @@ def _pick(train_polyp: list, train_non_polyp: list, test_polyp: list, test_non_p
 
 
 def open_data(data: str | os.PathLike):
-    from rtseg.datasets import DataFolder
+    from rtseg.recipes.layout import DataFolder
 
     return DataFolder.open(data)
 
 
 def holdout_split(df, test_fraction: float = 0.2, n_seeds: int = 100, seed: int = 0) -> RunSplit:
     """Train/test split by group (a CVC sequence never spans both), then seeds + pool."""
-    from rtseg.datasets import split_groups
+    from rtseg.recipes.layout import split_groups
 
     if not 0.0 < test_fraction < 1.0:
         raise UserError(f"--test-fraction must be between 0 and 1, not {test_fraction}")
@@ -157,7 +157,7 @@ def holdout_split(df, test_fraction: float = 0.2, n_seeds: int = 100, seed: int 
 
 def fold_split(df, folds: int, fold: int, n_seeds: int = 100, seed: int = 0) -> RunSplit:
     """Fold ``fold`` of ``folds`` as the test set (a CVC sequence never spans two folds)."""
-    from rtseg.datasets import group_folds
+    from rtseg.recipes.layout import group_folds
 
     if not 0 <= fold < folds:
         raise UserError(f"fold {fold} out of range for {folds} folds")
@@ -186,9 +186,9 @@ class RunConfig:
     test_fraction: float = 0.2
     val: int = 60
     seed: int = 0
-    init: Path | None = None  # ImageNet weights for training (rtseg.train TrainConfig.init)
+    init: Path | None = None  # ImageNet weights for training (rtseg.train.loop TrainConfig.init)
     workers: int | None = None
-    cache: bool = True  # feature cache (rtseg.propagate)
+    cache: bool = True  # feature cache (rtseg.propagate.kmeans)
     figure_rows: int = 4
     progress: bool = True
     extra_train: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields
@@ -204,7 +204,7 @@ def _abs(p: Path) -> str:
 
 def propagate_labels(split: RunSplit, preset: Preset, labels_csv: Path,
                      use_cache: bool = True, progress: bool = True) -> dict:
-    """Seeds + pool -> features -> :func:`rtseg.propagate.propagate` -> labels CSV.
+    """Seeds + pool -> features -> :func:`rtseg.propagate.kmeans.propagate` -> labels CSV.
 
     Run 1 (``preset.tiles``) labels seed tiles from their masks and propagates tiles. Returns
     the propagation summary plus ``truth``: the propagated labels scored against the pool's
@@ -212,7 +212,7 @@ def propagate_labels(split: RunSplit, preset: Preset, labels_csv: Path,
     """
     import numpy as np
 
-    from rtseg import propagate as P
+    from rtseg.propagate import kmeans as P
     from rtseg.imageio import CLASS_NAMES, read_mask
 
     seeds = [(it, P.POLYP) for it in split.seeds_polyp] + \
@@ -258,7 +258,7 @@ def propagate_labels(split: RunSplit, preset: Preset, labels_csv: Path,
 
 def heldout_probs(bundle, items: list, batch_size: int = 16) -> list[float]:
     """Polyp probabilities of held-out images, exactly as ``rtseg predict`` reports them."""
-    from rtseg.predict import iter_predictions
+    from rtseg.evaluate.predict import iter_predictions
 
     return [p.prob for p in iter_predictions(bundle, [Path(it.image) for it in items],
                                              batch_size=batch_size)]
@@ -268,12 +268,12 @@ def run_preset(cfg: RunConfig, split: RunSplit | None = None) -> dict:
     """Run one preset end to end; writes into ``cfg.out``: labels.csv, propagation.json,
     model/ (the bundle), metrics.json, figure.png and run.json. Returns the metrics dict."""
     from rtseg.atomic import write_json
-    from rtseg.evaluate import run_eval
-    from rtseg.figure import write_figure
-    from rtseg.metrics import classification_accuracy
-    from rtseg.model import load_bundle, resolve_device
-    from rtseg.predict import prepare_out_dir
-    from rtseg.train import TrainConfig, train
+    from rtseg.evaluate.scoring import run_eval
+    from rtseg.evaluate.figure import write_figure
+    from rtseg.evaluate.metrics import classification_accuracy
+    from rtseg.model.bundle import load_bundle, resolve_device
+    from rtseg.evaluate.predict import prepare_out_dir
+    from rtseg.train.loop import TrainConfig, train
 
     t0 = time.perf_counter()
     preset = cfg.resolved()

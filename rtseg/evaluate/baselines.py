@@ -8,7 +8,7 @@ Two masks that need no model, both the same for every image of a given size:
   framed with the polyp near the centre, so this scores surprisingly well;
 - **all foreground**: every pixel is polyp (recall 1, precision = the polyp's share).
 
-They are scored with the model's own scorer (:class:`rtseg.metrics.MedicoScorer`, same
+They are scored with the model's own scorer (:class:`rtseg.evaluate.metrics.MedicoScorer`, same
 ``reduction`` and ``zero_division`` as the caller), on the truth masks the model is scored
 on, at those masks' size. :func:`choose_radius` picks ``r`` on tuning data (best mean Dice
 over :data:`DEFAULT_RADII`); ``rtseg tune --write`` stores it in the manifest
@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from rtseg.metrics import DEFAULT_REDUCTION, DEFAULT_ZERO_DIVISION, MedicoScorer, as_bool_mask
+from rtseg.evaluate.metrics import DEFAULT_REDUCTION, DEFAULT_ZERO_DIVISION, MedicoScorer, as_bool_mask
 
 DEFAULT_RADIUS = 0.25
 DEFAULT_RADII = tuple(round(0.10 + 0.025 * i, 3) for i in range(17))  # 0.10 .. 0.50

@@ -5,7 +5,7 @@ uses) and the Grad-CAM itself, and predicts a polyp probability per pixel:
 
     f_i  = 1x1 conv (C_i -> width) of block ``features[i]``, bilinearly resized to the finest
            of them (stride 8 at the usual blocks)
-    c    = the raw Grad-CAM, resized to that grid and min-max normalised (rtseg.cam.normalize_cam)
+    c    = the raw Grad-CAM, resized to that grid and min-max normalised (rtseg.model.gradcam.normalize_cam)
     map  = 1x1 conv -> ReLU -> 3x3 conv -> ReLU -> 3x3 conv -> ReLU -> 1x1 conv
            of concat(f_1..f_n, c)   (about 8 M multiply-adds per 224 x 224 frame)
     out  = sigmoid(bilinear resize of map to S x S)
@@ -15,14 +15,14 @@ uses) and the Grad-CAM itself, and predicts a polyp probability per pixel:
 
 so the classifier's evidence (the CAM) and its own features decide the mask, and with
 ``gate`` a frame the classifier calls polyp-free shows no mask. The output takes the place of
-the CAM everywhere (:meth:`rtseg.cam.BaseCAM.finish`): the eager segmenter, the fused graph
+the CAM everywhere (:meth:`rtseg.model.gradcam.BaseCAM.finish`): the eager segmenter, the fused graph
 and its ONNX export, ``predict``/``eval``/``tune``; the manifest's threshold policy is applied
 to it as to a CAM. No BatchNorm: nothing to fold, the head is exported as it is.
 
 The head is a submodule of the network (``model.rtseg_head``), so its weights travel in the
 bundle's ``weights.pt``; its configuration (:class:`HeadConfig`) is the manifest's ``head``.
 How it is trained (seed masks, self-training on its own confident predictions) is in
-:mod:`rtseg.probe`.
+:mod:`rtseg.train.probe`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class HeadConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], arch: str) -> "HeadConfig":
-        from rtseg.model import num_blocks
+        from rtseg.model.arch import num_blocks
 
         if not isinstance(d, dict):
             raise UserError(f"manifest field 'head' must be an object, not {type(d).__name__}")
@@ -101,7 +101,7 @@ class SegHead(nn.Module):
 
     def logits(self, feats: Sequence[torch.Tensor], raw_cam: torch.Tensor) -> torch.Tensor:
         """[B, 1, g, g] per-pixel logits on the finest feature grid g."""
-        from rtseg.cam import normalize_cam
+        from rtseg.model.gradcam import normalize_cam
 
         g = int(feats[0].shape[-1])
         xs = []

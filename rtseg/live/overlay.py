@@ -15,7 +15,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from rtseg.active_area import paste
+from rtseg.model.active_area import paste
 
 MASK_COLOUR = (0, 255, 0)  # BGR
 CONTOUR_COLOUR = (0, 255, 255)
@@ -53,7 +53,7 @@ class Overlay:
     def resize_mask(self, mask: np.ndarray, h: int, w: int, box=None) -> np.ndarray:
         """The S x S uint8 0/1 mask at the frame size (nearest): the only mask resize.
 
-        ``box`` (rtseg.active_area.Box): the part of the frame the mask covers (the active
+        ``box`` (rtseg.model.active_area.Box): the part of the frame the mask covers (the active
         area the segmenter cropped to); outside it the mask is 0."""
         self._buffers(h, w)
         m = mask if mask.dtype == np.uint8 else mask.astype(np.uint8)

@@ -5,7 +5,7 @@ Training, eager inference, Grad-CAM and the fused exported graph all call
 preprocessing cannot drift between training and inference.
 
 Before these steps, images are cut to the endoscope's active area when the manifest says so
-(:func:`network_views`, :mod:`rtseg.active_area`; the segmenters do it once per stream).
+(:func:`network_views`, :mod:`rtseg.model.active_area`; the segmenters do it once per stream).
 
 Steps: uint8 [B, H, W, 3] (RGB, or BGR with ``bgr=True``) -> float [B, 3, H, W] / 255 ->
 bilinear resize to S x S (``align_corners=False``, no antialias: exactly what ONNX ``Resize``
@@ -64,9 +64,9 @@ def network_views(images: Sequence[np.ndarray], manifest) -> tuple[list[np.ndarr
     """(what the network sees of each image, its box in the image).
 
     With the manifest's ``active_area`` each image is cropped to the endoscope's field of view
-    (fixed overlays blanked, :mod:`rtseg.active_area`); else the whole image (box = image).
+    (fixed overlays blanked, :mod:`rtseg.model.active_area`); else the whole image (box = image).
     """
-    from rtseg.active_area import prepare
+    from rtseg.model.active_area import prepare
 
     pairs = [prepare(im, bool(getattr(manifest, "active_area", False))) for im in images]
     return [v for v, _ in pairs], [b for _, b in pairs]

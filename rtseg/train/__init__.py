@@ -1,0 +1,2 @@
+"""Training a bundle: configuration, checkpoints, the step, the loop, data, BN calibration, and
+the frozen-backbone probe the default model's recipe trains with."""
