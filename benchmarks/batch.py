@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from rtseg.batch import BatchConfig, run_batch
     from rtseg.batch.raysession import ray_session
     from rtseg.batch.run import prepare_model
-    from rtseg.live.loop import make_console
+    from rtseg.ui import make_console
 
     console = make_console()
     counts = [int(w) for w in args.workers.split(",") if w.strip()]

@@ -38,16 +38,8 @@ from rich.table import Table
 
 from rtseg.atomic import write_json
 from rtseg.imageio import list_images, read_mask
-from rtseg.propagate.kmeans import (
-    NON_POLYP,
-    POLYP,
-    UNLABELED,
-    image_features,
-    propagate,
-    tile_features,
-    split_tiles,
-    tile_labels_from_mask,
-)
+from rtseg.propagate.files import image_features, tile_features, split_tiles, tile_labels_from_mask
+from rtseg.propagate.kmeans import NON_POLYP, POLYP, UNLABELED, propagate
 
 CLUSTERS = (50, 200, 250)
 SCALES = ("standard", "none")

@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> dict:
 
     from rtseg.atomic import ensure_parent, write_json
     from rtseg.live.stats import TABLE2_FIELDS
-    from rtseg.live.loop import StreamConfig, load_segmenter, run_stream
+    from rtseg.live.loop import StreamConfig, run_stream
+    from rtseg.runtime.loader import load_segmenter
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
     if args.json:

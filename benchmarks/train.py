@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     from rtseg.atomic import write_json
     from rtseg.errors import UserError
     from rtseg.model.bundle import resolve_device
-    from rtseg.train.loop import TrainConfig, train
+    from rtseg.train.config import TrainConfig
+    from rtseg.train.loop import train
 
     if args.threads:
         torch.set_num_threads(args.threads)

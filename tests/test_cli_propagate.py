@@ -123,7 +123,7 @@ def test_propagate_tiles_with_masks(data, tmp_path, capsys):
     assert all(v == "non_polyp" for k, v in seeds.items() if "/non_polyp/" in k)
     assert "polyp" in seeds.values()
     from rtseg.imageio import read_mask
-    from rtseg.propagate.kmeans import parse_tile_path, tile_labels_from_mask
+    from rtseg.propagate.files import parse_tile_path, tile_labels_from_mask
 
     for k, v in seeds.items():
         p, t = parse_tile_path(k)
@@ -205,7 +205,7 @@ def test_features_bad_input(tmp_path, capsys):
 def test_cli_defaults_match_module():
     import inspect
 
-    from rtseg.propagate import kmeans as P
+    from rtseg.propagate import files as PF, kmeans as P
     from rtseg.cli.propagation import propagate as cmd
 
     d = {k: v.default.default for k, v in inspect.signature(cmd).parameters.items()}

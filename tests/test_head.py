@@ -53,7 +53,7 @@ def test_pretrained_weights_are_the_installed_imagenet_ones():
 
 def test_train_config_takes_the_architectures_normalisation():
     from rtseg.model.arch import IMAGENET_MEAN
-    from rtseg.train.loop import TrainConfig
+    from rtseg.train.config import TrainConfig
 
     cfg = TrainConfig(labels="x.csv", out="o", arch="efficientnet-lite1")
     assert cfg.mean == LITE_MEAN and cfg.pretrained is True

@@ -5,19 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtseg.propagate.kmeans import (
-    NON_POLYP,
-    POLYP,
-    UNLABELED,
-    match_truth,
-    parse_tile_path,
-    propagate,
-    scale_features,
-    split_tiles,
-    tile_labels_from_mask,
-    tile_path,
-    truth_report,
-)
+from rtseg.propagate.files import (match_truth, parse_tile_path, split_tiles,
+    tile_labels_from_mask, tile_path, truth_report)
+from rtseg.propagate.kmeans import NON_POLYP, POLYP, UNLABELED, propagate, scale_features
 
 
 def blobs(centers, n_per, spread=0.3, seed=0):
@@ -190,7 +180,7 @@ def test_truth_matching_and_report(tmp_path):
 def test_tile_features_match_extract_and_are_cached(tmp_path, monkeypatch):
     import cv2
 
-    import rtseg.propagate.kmeans as P
+    import rtseg.propagate.files as P
     from rtseg.features import extract
 
     monkeypatch.setenv("RTSEG_CACHE_DIR", str(tmp_path / "cache"))

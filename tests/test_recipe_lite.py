@@ -67,13 +67,15 @@ def test_no_sequence_spans_two_folds(data_folder):
 
 def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, monkeypatch):
     import rtseg.recipes.lite as rl
+    import rtseg.recipes.lite_fit as rlf
     from rtseg.model.bundle import load_bundle
     from rtseg.runtime import create_segmenter
 
-    monkeypatch.setattr(rl, "SEEDS", {"kvasir": 3, "cvc": 2})
-    monkeypatch.setattr(rl, "VARIANTS", {"default": rl.Variant(epochs=2),
-                                         "agree": rl.Variant("agree", agree=True, epochs=2),
-                                         "cam-only": rl.Variant("cam-only", head=False, selftrain=False)})
+    for mod in (rl, rlf):  # the seed counts are read by both halves of the recipe
+        monkeypatch.setattr(mod, "SEEDS", {"kvasir": 3, "cvc": 2})
+    monkeypatch.setattr(rl, "VARIANTS", {"default": rlf.Variant(epochs=2),
+                                         "agree": rlf.Variant("agree", agree=True, epochs=2),
+                                         "cam-only": rlf.Variant("cam-only", head=False, selftrain=False)})
     res = rl.cross_validate(data_folder, 2, ["default", "cam-only"], tmp_path / "cache")
     for name in ("default", "cam-only"):
         assert len(res["per_fold"][name]) == 2
@@ -82,9 +84,9 @@ def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, mon
             assert set(fold[src]) >= {"model", "ellipse", "all_foreground", "n", "called_polyp"}
             assert 0.0 <= fold[src]["model"]["dice"] <= 1.0
         assert 0.0 <= fold["pg_neg"]["called_non_polyp"] <= 1.0
-        assert fold["tune"]["threshold"] in rl.THRESHOLDS
+        assert fold["tune"]["threshold"] in rlf.THRESHOLDS
     # the feature cache is reused: a new store reads it instead of decoding images again
-    store = rl.FeatureStore(None, rl.manifest(), tmp_path / "cache")
+    store = rlf.FeatureStore(None, rlf.manifest(), tmp_path / "cache")
     keys = [str(it.image) for it in rl.load_all(data_folder)["kvasir"]]
     store.add(keys, lambda k: (_ for _ in ()).throw(AssertionError("decoded again")), "kvasir")
     assert store.get(keys[:2]).gap.shape == (2, 1280)

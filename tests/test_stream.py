@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from helpers import run_cli, count_frames
 
-from rtseg.live.capture import (FrameReader, FrameSource, ReadResult, SourceInfo, classify_source,
-                           open_source)
+from rtseg.live.capture import FrameSource, ReadResult, SourceInfo, classify_source, open_source
+from rtseg.live.reader import FrameReader
 from rtseg.live.stats import RESERVOIR, TABLE2_FIELDS, RunningStats, StreamStats, table2
 from rtseg.model.manifest import Manifest
 from rtseg.live.overlay import Overlay

@@ -21,7 +21,9 @@ from rtseg.train.data import (AugmentConfig, augment_batch, crop_tile, load_imag
 from rtseg.errors import UserError
 from rtseg.model.bundle import load_bundle
 from rtseg.synthetic import make_dataset
-from rtseg.train.loop import CHECKPOINT, TrainConfig, load_init_state, train
+from rtseg.train.checkpoint import load_init_state
+from rtseg.train.config import CHECKPOINT, TrainConfig
+from rtseg.train.loop import train
 
 SIZE = 64
 

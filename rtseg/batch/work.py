@@ -2,11 +2,11 @@
 
 Per frame this is the loop of ``rtseg stream`` (:mod:`rtseg.live.loop`) with its own pieces, so
 the outputs are the stream's: :func:`rtseg.live.capture.open_source` and
-:class:`~rtseg.live.capture.FrameReader` (decode thread, frame indices counting corrupt frames),
+:class:`~rtseg.live.reader.FrameReader` (decode thread, frame indices counting corrupt frames),
 the segmenter on ``batch`` frames, :class:`~rtseg.live.loop.CamSmoother` (``--smooth``),
 :func:`~rtseg.live.loop.refine_masks` (the manifest's mask clean-up), the mask at frame size by
 :meth:`rtseg.live.overlay.Overlay.resize_mask` (nearest), :meth:`~rtseg.live.overlay.Overlay.draw` and
-:class:`~rtseg.live.loop.VideoSink` for ``--save-video`` (without the live fps text, which is a
+:class:`~rtseg.live.display.VideoSink` for ``--save-video`` (without the live fps text, which is a
 timing and not an output).
 
 Per-frame table columns (:data:`COLUMNS`): ``frame`` (index in the source), ``time_s``
@@ -223,9 +223,11 @@ def _kw(box) -> dict:
 
 
 def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
-    from rtseg.live.capture import FrameReader, open_source
+    from rtseg.live.capture import open_source
+    from rtseg.live.reader import FrameReader
     from rtseg.evaluate.predict import write_mask
-    from rtseg.live.loop import CamSmoother, VideoSink
+    from rtseg.live.display import VideoSink
+    from rtseg.live.loop import CamSmoother
 
     o = ctx.options
     try:

@@ -47,13 +47,10 @@ def _load(model: Optional[Path], device: str):
 
 
 def _progress(console):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rtseg.ui import progress_bar
 
     # not on a terminal (a log file, a pipe) the bar would only leave a blank line behind
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
-                    disable=not console.is_terminal)
+    return progress_bar(console=console, transient=True, disable=not console.is_terminal)
 
 
 def _check_file_out(path: Optional[Path], what: str) -> None:

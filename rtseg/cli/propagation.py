@@ -108,7 +108,7 @@ def features(
 
     from rtseg.errors import UserError
     from rtseg.features import FEATURE_NAMES
-    from rtseg.propagate.kmeans import image_features, write_features_csv
+    from rtseg.propagate.files import image_features, write_features_csv
 
     _check_out(out, "--out")
     mapper = _ray_mapper(workers, address)
@@ -160,7 +160,7 @@ def propagate(
     from rtseg.atomic import write_json
     from rtseg.errors import UserError
     from rtseg.imageio import CLASS_NAMES, labeled_folder, list_images, read_mask
-    from rtseg.propagate import kmeans as P
+    from rtseg.propagate import files as PF, kmeans as P
 
     t_start = time.perf_counter()
     console = Console()
@@ -197,16 +197,16 @@ def propagate(
     if masks is not None:
         for m in list_images(masks, "masks folder"):
             mask_by_stem.setdefault(m.stem, m)
-    truth_map = P.read_truth_csv(truth) if truth is not None else None
+    truth_map = PF.read_truth_csv(truth) if truth is not None else None
 
     # ---- features
     seed_paths = [p for p, _ in seeds]
     seed_label = {p: CLASS_NAMES.index(lab) for p, lab in seeds}
     all_paths = seed_paths + unl_paths
     if tiles:
-        feats, ok, skipped = P.tile_features(all_paths, use_cache=cache, progress=True, mapper=mapper)
+        feats, ok, skipped = PF.tile_features(all_paths, use_cache=cache, progress=True, mapper=mapper)
     else:
-        feats, ok, skipped = P.image_features(all_paths, use_cache=cache, progress=True, mapper=mapper)
+        feats, ok, skipped = PF.image_features(all_paths, use_cache=cache, progress=True, mapper=mapper)
     names: list[str] = []
     y: list[int] = []
     no_mask: list[Path] = []
@@ -217,7 +217,7 @@ def propagate(
             if tiles:
                 m = mask_by_stem.get(p.stem)
                 if m is not None:
-                    labs = P.tile_labels_from_mask(read_mask(m), tile_min_fraction)
+                    labs = PF.tile_labels_from_mask(read_mask(m), tile_min_fraction)
                     if lab == P.NON_POLYP and P.POLYP in labs:
                         neg_with_mask.append(p)
                 else:
@@ -229,7 +229,7 @@ def propagate(
                 y.append(lab)
         else:
             y += [P.UNLABELED] * per_image
-        names += [P.tile_path(p, i) for i in range(4)] if tiles else [str(p)]
+        names += [PF.tile_path(p, i) for i in range(4)] if tiles else [str(p)]
     if no_mask:
         import warnings
 
@@ -254,7 +254,7 @@ def propagate(
 
     truth_of = None
     if truth_map is not None:
-        truth_of = P.match_truth(names, truth_map, base=truth.parent)
+        truth_of = PF.match_truth(names, truth_map, base=truth.parent)
         if not any(t is not None for t, lab in zip(truth_of, y_arr) if lab == P.UNLABELED):
             raise UserError(f"truth CSV {truth} names none of the unlabeled {unit}")
 
@@ -263,7 +263,7 @@ def propagate(
     res = P.propagate(x, y_arr, n_clusters=clusters, target=target, purity=purity, scale=scale,
                       unit=unit)
     t_prop = time.perf_counter() - t0
-    n_rows = P.write_labels_csv(out, names, res)
+    n_rows = PF.write_labels_csv(out, names, res)
 
     # ---- report
     from rich.table import Table
@@ -291,7 +291,7 @@ def propagate(
         prop = [i for i, s in enumerate(res.source) if s == "propagated" and truth_of[i] is not None]
         n_prop = res.n_propagated
         if prop:
-            rep = P.truth_report([CLASS_NAMES[res.labels[i]] for i in prop], [truth_of[i] for i in prop])
+            rep = PF.truth_report([CLASS_NAMES[res.labels[i]] for i in prop], [truth_of[i] for i in prop])
             rep["propagated_without_truth"] = n_prop - len(prop)
             report["truth"] = rep
             tt = Table(title=f"propagated labels vs {truth.name}: accuracy {rep['accuracy']:.3f} "

@@ -65,7 +65,8 @@ def train_cmd(
 ) -> None:
     from rtseg.model.arch import parse_layer
     from rtseg.evaluate.predict import check_out_dir
-    from rtseg.train.loop import TrainConfig, train
+    from rtseg.train.config import TrainConfig
+    from rtseg.train.loop import train
 
     check_out_dir(out)  # a bad --out fails now, not after the first epoch
     config = TrainConfig(labels=labels, out=out, epochs=epochs, batch=batch, size=size, lr=lr,

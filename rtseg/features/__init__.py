@@ -160,13 +160,9 @@ def extract_paths(paths: Sequence[str | os.PathLike], cache: FeatureCache | None
 
     bar = None
     if progress and n:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rtseg.ui import started_bar
 
-        bar = Progress(TextColumn("features"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
-        task = bar.add_task("features", total=n, completed=n - len(todo))
-        bar.start()
+        bar, task = started_bar("features", n, n - len(todo))
     try:
         todo_paths = [paths[i] for i in todo]
         n_workers = max(1, min(int(workers), len(todo)))

@@ -190,8 +190,9 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
     """Run the benchmark; print the table; return (and optionally write) the results."""
     from rtseg.atomic import check_out_file, write_json
     from rtseg.model.bundle import resolve_device
-    from rtseg.live.loop import (backends_here, create, default_model_available, make_console,
-                              untrained_fallback_bundle)
+    from rtseg.runtime.loader import (backends_here, create, default_model_available,
+        untrained_fallback_bundle)
+    from rtseg.ui import make_console
 
     console = console or make_console()
     if backend not in BACKEND_CHOICES:

@@ -1,7 +1,7 @@
 """``rtseg stream``: the live loop (capture -> segmenter -> overlay -> window / video file).
 
 Threads: a daemon thread decodes the source into a small bounded queue
-(:class:`rtseg.live.capture.FrameReader`: drop-oldest for cameras/URLs, blocking for files); the
+(:class:`rtseg.live.reader.FrameReader`: drop-oldest for cameras/URLs, blocking for files); the
 calling thread runs everything else in order, per frame or per ``batch`` frames: segmenter
 (preprocessing + forward + Grad-CAM + threshold, in the runtime backend), optional CAM
 smoothing, overlay, video writer, window. OpenCV's GUI must run on the main thread, and the
@@ -15,28 +15,27 @@ reservoirs, so memory stays flat however long the run. Warm-up happens before th
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 
-from rtseg.atomic import atomic_path, ensure_parent, write_json
-from rtseg.live.capture import FrameReader, FrameSource, open_source
+from rtseg.atomic import atomic_path, write_json
+from rtseg.live.capture import FrameSource, open_source
+from rtseg.live.reader import FrameReader
 from rtseg.errors import UserError
-from rtseg.live.stats import TABLE2_FIELDS, StreamStats
+from rtseg.live.display import VideoSink, Window, check_json_path, check_save_path, gui_problem
+from rtseg.live.report import print_report
+from rtseg.live.stats import StreamStats
 from rtseg.live.overlay import Overlay
+from rtseg.runtime.loader import load_segmenter
+from rtseg.ui import make_console
 from rtseg.shutdown import STOP, Interrupted, Shutdown
 
-WINDOW = "rtseg stream"
 UNTRAINED_LABEL = "UNTRAINED MODEL - NOT FOR CLINICAL USE"
 
 
@@ -82,95 +81,6 @@ class StreamConfig:
                             "synthetic demo clip")
 
 
-# --- the model ---------------------------------------------------------------------------
-def default_model_available() -> bool:
-    from rtseg.model.bundle import default_bundle_path
-    from rtseg.model.manifest import MANIFEST
-
-    return (default_bundle_path() / MANIFEST).is_file()
-
-
-def untrained_fallback_bundle(input_size: int = 224, calibrate: bool = True, say=print):
-    """TEMPORARY: used only while rtseg ships no trained default model. Remove with it.
-
-    Prints one line saying so, and returns ``(bundle folder, keep-alive handle)``: a random-init
-    EfficientNet-b1 whose BatchNorm statistics are re-estimated on synthetic frames (so its
-    CAMs are not degenerate), saved to a temporary folder so that every runtime backend can load
-    it. It is NOT a model: it finds nothing meaningful, and the loop labels its output
-    "UNTRAINED" on every frame. The folder is deleted when the handle is garbage-collected.
-    """
-    import torch
-
-    from rtseg.model.bundle import new_bundle, save_bundle
-    from rtseg.model.preprocess import images_to_input
-    from rtseg.synthetic import make_dataset
-
-    say("warning: no trained model is shipped with rtseg yet and no --model was given: "
-        "using an UNTRAINED network (BatchNorm calibrated on synthetic frames); "
-        "its masks mean nothing")
-    torch.manual_seed(0)
-    bundle = new_bundle(input_size=input_size)
-    if calibrate:
-        samples = make_dataset(8, 8, size=(input_size, input_size), seed=0)
-        x = images_to_input([s.image for s in samples], bundle.manifest)
-        for m in bundle.model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None
-        bundle.model.train()
-        with torch.no_grad():
-            bundle.model(x[:8])
-            bundle.model(x[8:])
-        bundle.model.eval()
-    tmp = tempfile.TemporaryDirectory(prefix="rtseg-untrained-")
-    path = save_bundle(bundle, Path(tmp.name) / "untrained")
-    return str(path), tmp
-
-
-def backends_here(device: str = "auto") -> list[str]:
-    """``rtseg.runtime.available_backends`` (for ``device`` where the runtime takes one)."""
-    from rtseg.runtime import available_backends
-
-    try:
-        return list(available_backends(device))
-    except TypeError:  # an older runtime without the device argument
-        return list(available_backends())
-
-
-def check_backend(backend: str, device: str = "auto") -> None:
-    import rtseg.runtime as rt
-
-    known = set(getattr(rt, "BACKENDS", ())) | set(backends_here(device)) | {"auto"}
-    if backend not in known:
-        raise UserError(f"backend '{backend}' is not available here (available: "
-                        f"{', '.join(backends_here(device))}; or auto)")
-
-
-def create(model, backend: str = "auto", device: str = "auto", fp16: bool | None = None,
-           layer=None, threads: int = 0):
-    """``rtseg.runtime.create_segmenter``; ``threads`` (CPU threads) passed where supported."""
-    from rtseg.runtime import create_segmenter
-
-    if threads:
-        try:
-            return create_segmenter(model, backend, device, fp16, layer, threads=threads)
-        except TypeError:  # a runtime without backend options
-            pass
-    return create_segmenter(model, backend, device, fp16, layer)
-
-
-def load_segmenter(model: str | None, backend: str = "auto", device: str = "auto",
-                   fp16: bool | None = None, layer=None, say=print, threads: int = 0):
-    """(segmenter, untrained?) for ``model``; None = the default model, or the fallback."""
-    check_backend(backend, device)
-    if model is None and not default_model_available():
-        path, keep = untrained_fallback_bundle(say=say)
-        seg = create(path, backend, device, fp16, layer, threads)
-        seg._rtseg_keep = keep  # the temporary bundle folder lives as long as the segmenter
-        return seg, True
-    return create(model, backend, device, fp16, layer, threads), False
-
-
 # --- CAM smoothing -----------------------------------------------------------------------
 class CamSmoother:
     """Exponential moving average of the CAM across frames, re-thresholded by ``policy``.
@@ -207,140 +117,12 @@ def refine_masks(masks: np.ndarray, steps) -> np.ndarray:
 
 
 # --- the window ----------------------------------------------------------------------------
-def gui_problem() -> str | None:
-    """Why OpenCV cannot open a window here, or None if it can."""
-    gui = ""
-    for line in cv2.getBuildInformation().splitlines():
-        if line.strip().startswith("GUI:"):
-            gui = line.split(":", 1)[1].strip()
-            break
-    if gui.upper() == "NONE":
-        return "this OpenCV build has no GUI support (opencv-python-headless?)"
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
-                                                 or os.environ.get("WAYLAND_DISPLAY")
-                                                 or os.environ.get("QT_QPA_PLATFORM")):
-        return "no display to open a window on (DISPLAY is not set)"
-    # Qt aborts the whole process when it cannot connect: probe in a child process
-    probe = "import cv2; cv2.namedWindow('rtseg-probe'); cv2.waitKey(1); cv2.destroyAllWindows()"
-    try:
-        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=20,
-                           text=True)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot probe the OpenCV GUI: {exc}"
-    if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["it failed"])[-1][:160]
-        return f"OpenCV cannot open a window: {last}"
-    return None
-
-
-class Window:
-    """q or Esc quits, space pauses; closing the window quits."""
-
-    def __init__(self) -> None:
-        try:
-            cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
-        except cv2.error as exc:
-            raise UserError(f"OpenCV cannot open a window ({str(exc).strip().splitlines()[-1]}); "
-                            "use --headless") from None
-        self.opened = False
-
-    def show(self, img: np.ndarray) -> str | None:
-        """Show a frame; returns "quit", "pause" or None."""
-        try:
-            cv2.imshow(WINDOW, img)
-            key = cv2.waitKey(1) & 0xFF
-        except cv2.error as exc:
-            raise UserError(f"OpenCV cannot show a window ({str(exc).strip().splitlines()[-1]}); "
-                            "use --headless") from None
-        if self.opened and cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
-            return "quit"
-        self.opened = True
-        if key in (ord("q"), ord("Q"), 27):
-            return "quit"
-        if key == ord(" "):
-            return "pause"
-        return None
-
-    def wait_unpause(self, stop=lambda: False) -> bool:
-        """Block while paused; False if the user quit (or ``stop()`` became true) meanwhile."""
-        while True:
-            if stop():
-                return False
-            key = cv2.waitKey(50) & 0xFF
-            if key in (ord("q"), ord("Q"), 27):
-                return False
-            if key == ord(" "):
-                return True
-            if cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
-                return False
-
-    def close(self) -> None:
-        with contextlib.suppress(cv2.error):
-            cv2.destroyWindow(WINDOW)
-            cv2.waitKey(1)
 
 
 # --- the video file ------------------------------------------------------------------------
-class VideoSink:
-    """cv2.VideoWriter (mp4v) opened at the first frame; later frames resized to its size."""
-
-    def __init__(self, path: Path, fps: float, shown_as: str) -> None:
-        self.path = path
-        self.fps = fps
-        self.shown_as = shown_as
-        self.size: tuple[int, int] | None = None  # (W, H)
-        self.frames = 0
-        self._vw = None
-
-    def write(self, img: np.ndarray) -> None:
-        h, w = img.shape[:2]
-        if self._vw is None:
-            self.size = (w, h)
-            self._vw = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
-                                       self.fps, self.size)
-            if not self._vw.isOpened():
-                self._vw = None
-                raise UserError(f"OpenCV cannot write video {self.shown_as} "
-                                "(use a .mp4 or .avi name)")
-        if (w, h) != self.size:
-            img = cv2.resize(img, self.size, interpolation=cv2.INTER_AREA)
-        self._vw.write(img)
-        self.frames += 1
-
-    def release(self) -> None:
-        if self._vw is not None:
-            self._vw.release()
-            self._vw = None
-
-
-def check_json_path(path: str) -> Path:
-    """--json must name a file whose folder can be written: checked before any work."""
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"--json must be a file name, not a folder: {p}")
-    ensure_parent(p)
-    return p
-
-
-def check_save_path(path: str) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"--save must be a video file name, not a folder: {p}")
-    if p.suffix.lower() not in (".mp4", ".avi", ".mov", ".mkv", ".m4v"):
-        raise UserError(f"--save must end in .mp4 (or .avi, .mov, .mkv): {p}")
-    ensure_parent(p)
-    return p
 
 
 # --- the loop ----------------------------------------------------------------------------
-def make_console():
-    """A rich console; when output goes to a file or pipe, wide enough for the tables."""
-    from rich.console import Console
-
-    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-    return Console(highlight=False, width=160 if wide else None)
-
-
 @dataclass
 class StreamResult:
     stats: dict[str, Any]
@@ -579,41 +361,3 @@ def _log_progress(say, stats: StreamStats, reader: FrameReader, processed: int) 
         f"max {win['max_fps']:.1f}) | stage ms: {parts}")
 
 
-def table2_table(rows: list[dict[str, Any]], title: str, first: str = "run"):
-    """A rich table in the layout of the paper's Table 2 (rows: dicts with TABLE2 keys)."""
-    from rich.table import Table
-
-    t = Table(title=title)
-    t.add_column(first)
-    for k in TABLE2_FIELDS:
-        t.add_column(k + (" [ms]" if "time" in k else ""), justify="right")
-    for r in rows:
-        t.add_row(r["label"], *[_fmt(r.get(k)) for k in TABLE2_FIELDS])
-    return t
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.2f}"
-
-
-def print_report(console, result: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    t2 = result["table2"]
-    console.print(table2_table([{"label": f"{result['backend']} ({result['device']})", **t2}],
-                               "end-to-end frame times (Table 2 layout)", "backend"))
-    st = Table(title="per-stage times per frame [ms]")
-    for c in ("stage", "avg", "median", "min", "max"):
-        st.add_column(c, justify="right" if c != "stage" else "left")
-    for k, v in result["stages_ms"].items():
-        st.add_row(k, *(f"{v[c]:.2f}" for c in ("avg", "median", "min", "max")))
-    console.print(st)
-    console.print(
-        f"frames read {result['frames_read']}, processed {result['frames_processed']}, "
-        f"dropped {result['frames_dropped']}, unreadable {result['frames_unreadable']}"
-        + (f", written {result['frames_written']} to {result['saved']}" if result["saved"] else "")
-        + (" | source lost" if result["source_lost"] else "")
-        + (f" | interrupted ({result.get('signal') or 'SIGINT'})" if result["interrupted"] else ""),
-        markup=False)
-    if result["untrained_model"]:
-        console.print("[bold red]UNTRAINED model: the masks above mean nothing[/]")

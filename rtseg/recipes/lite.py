@@ -26,268 +26,22 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from rtseg.model.active_area import Box, paste
+from rtseg.model.active_area import paste
 from rtseg.evaluate.baselines import ellipse_mask
-from rtseg.recipes.layout import DataFolder, Item, _h, group_folds
+from rtseg.recipes.layout import DataFolder, Item, group_folds
 from rtseg.errors import UserError
-from rtseg.model.head import HeadConfig, SegHead
 from rtseg.imageio import read_image, read_mask
 from rtseg.evaluate.metrics import image_scores
-from rtseg.model.arch import LITE_MEAN, LITE_STD
 from rtseg.model.bundle import Bundle, build_model
-from rtseg.model.manifest import Manifest
 from rtseg.model.postprocess import refine
-from rtseg.train.probe import (TARGET, Cached, extract, fit_classifier, fit_head, head_cams, head_maps,
-                         logits_of, mask_target, pseudo_targets, set_classifier)
-
-ARCH = "efficientnet-lite1"
-SIZE = 224
-SEEDS = {"kvasir": 70, "cvc": 30}
-THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.10, 0.76, 0.05))
-STEPS = ((), ("largest",), ("largest", "fill"))
-RADII = tuple(round(r, 3) for r in np.arange(0.10, 0.501, 0.025))
-
-
-@dataclass
-class Variant:
-    """One training set-up; the ideas are measured by switching one field at a time."""
-
-    name: str = "default"
-    tiles: bool = True  # in-domain negative tiles of the seed images
-    crops: bool = False  # the old non-polyp crops as negatives
-    pg_pos: bool = True  # PolypGen polyp frames as positives (image labels)
-    head: bool = True  # segmentation head (else: the plain Grad-CAM, thresholded)
-    selftrain: bool = True  # second head round on its own confident maps
-    gate: bool = True  # no mask where the frame is called polyp-free
-    agree: bool = False  # called polyp only if the classifier and the head's max pixel agree
-    flip: bool = False  # test-time horizontal flip (experiment; not in the exported graph)
-    c: float = 0.5  # logistic-regression C
-    neg_weight: float = 1.0  # sample weight of the in-domain polyp-free frames (PolypGen)
-    epochs: int = 30  # head epochs (self-training round: a third, on at most 400 images)
-
-
-VARIANTS = {
-    "default": Variant(),
-    "no-selftrain": Variant("no-selftrain", selftrain=False),
-    "no-tiles": Variant("no-tiles", tiles=False),
-    "crops": Variant("crops", crops=True),
-    "no-pg-pos": Variant("no-pg-pos", pg_pos=False),
-    "no-gate": Variant("no-gate", gate=False),
-    # the shipped model: a frame is polyp only if the classifier and the head's most confident
-    # pixel agree (PolypGen polyp-free frames called non-polyp 0.63 -> 0.87 by CV)
-    "agree": Variant("agree", agree=True),
-    "agree-flip": Variant("agree-flip", agree=True, flip=True),
-    "cam-only": Variant("cam-only", head=False, selftrain=False),
-}
-
-
-def manifest(gate: bool = True, head: bool = True, agree: bool = False) -> Manifest:
-    return Manifest(arch=ARCH, input_size=SIZE, mean=LITE_MEAN, std=LITE_STD, fov_mask=True,
-                    active_area=True, cam_layer="head", threshold="above 0.5",
-                    head=HeadConfig(gate=gate, agree=agree).to_dict() if head else None)
-
-
-# --------------------------------------------------------------------------------------------
-# data: items, seed tiles, features
-# --------------------------------------------------------------------------------------------
-def ordered(items: list[Item]) -> list[Item]:
-    return sorted(items, key=lambda it: _h(str(it.image.name), 1))
-
-
-def seed_tiles(img: np.ndarray, mask: np.ndarray, m: Manifest, grid: int = 3) -> list[np.ndarray]:
-    """Tiles of the image's active area that hold no polyp pixel (in-domain negatives)."""
-    from rtseg.model.active_area import prepare
-
-    view, box = prepare(img, True)
-    mk = mask[box.y0:box.y1, box.x0:box.x1]
-    h, w = view.shape[:2]
-    out = []
-    for i in range(grid):
-        for j in range(grid):
-            ys, xs = slice(i * h // grid, (i + 1) * h // grid), slice(j * w // grid, (j + 1) * w // grid)
-            tile = view[ys, xs]
-            # a tile that is mostly black border says nothing
-            if not mk[ys, xs].any() and (tile.max(axis=2) > 30).mean() > 0.6:
-                out.append(np.ascontiguousarray(tile))
-    return out
-
-
-class FeatureStore:
-    """Features of every image used, computed once (and kept on disk under ``cache``)."""
-
-    def __init__(self, model, m: Manifest, cache: Path | None) -> None:
-        self.model, self.m, self.cache = model, m, cache
-        self.index: dict[str, int] = {}
-        self.parts: list[Cached] = []
-        self.data: Cached | None = None
-
-    def add(self, keys: list[str], loader, label: str) -> None:
-        keys = [k for k in keys if k not in self.index]
-        if not keys:
-            return
-        f = self.cache / f"{label}.npz" if self.cache else None
-        if f is not None and f.is_file():
-            try:
-                z = np.load(f, allow_pickle=True)
-                if list(z["keys"]) == keys:
-                    self._append(keys, Cached(z["gap"], z["head"], [z[f"f{i}"] for i in range(3)],
-                                              [Box(*b) for b in z["boxes"]]))
-                    return
-            except Exception as exc:  # a damaged cache file (numpy/zipfile raise many types)
-                print(f"  feature cache {f} unreadable ({type(exc).__name__}): recomputing", flush=True)
-        t = time.time()
-        out = []
-        for s in range(0, len(keys), 64):
-            imgs = [loader(k) for k in keys[s:s + 64]]
-            out.append(extract(self.model, self.m, imgs, self.m.head["features"]))
-        c = Cached.concat(out)
-        print(f"  features of {len(keys)} {label}: {time.time() - t:.0f} s", flush=True)
-        if f is not None:
-            f.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(f, keys=np.array(keys), gap=c.gap, head=c.head,
-                     **{f"f{i}": x for i, x in enumerate(c.feats)},
-                     boxes=np.array([b.as_tuple() for b in c.boxes]))
-        self._append(keys, c)
-
-    def _append(self, keys: list[str], c: Cached) -> None:
-        base = len(self.index)
-        for i, k in enumerate(keys):
-            self.index[k] = base + i
-        self.parts.append(c)
-        self.data = None
-
-    def get(self, keys: list[str]) -> Cached:
-        if self.data is None:
-            self.data = Cached.concat(self.parts)
-        return self.data.take([self.index[k] for k in keys])
-
-
-# --------------------------------------------------------------------------------------------
-# one fit: classifier + head on a training selection
-# --------------------------------------------------------------------------------------------
-@dataclass
-class Fit:
-    w: np.ndarray
-    b: float
-    head: SegHead | None
-    threshold: float
-    steps: tuple[str, ...]
-    radius: float
-    tune: dict = field(default_factory=dict)
-
-
-def _truth_crop(mask: np.ndarray, box: Box, size: int) -> np.ndarray:
-    return mask_target(mask, box, size) > 0.5
-
-
-def maps_of(fit: Fit, c: Cached, size: int, gate: bool, agree: bool = False,
-            flipped: Cached | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(frame polyp probability [N], maps [N, size, size] in [0, 1]) exactly as the bundle
-    computes them (:func:`rtseg.model.head.decide`). ``flipped``: the same views mirrored (a
-    test-time-flip experiment: logits and head maps averaged with the mirrored-back ones)."""
-    import torch
-
-    from rtseg.model.gradcam import normalize_cam
-    from rtseg.model.head import decide
-
-    z = torch.from_numpy(logits_of(c.gap, fit.w, fit.b))
-    raw = head_cams(c.head, fit.w)
-    if flipped is not None and fit.head is not None:
-        zf = torch.from_numpy(logits_of(flipped.gap, fit.w, fit.b))
-        mf = head_maps(fit.head, flipped, head_cams(flipped.head, fit.w), size)[:, :, ::-1]
-        maps = torch.from_numpy((head_maps(fit.head, c, raw, size) + mf) / 2)
-        return tuple(t.numpy() for t in decide(HeadConfig(gate=gate, agree=agree), (z + zf) / 2, maps))
-    if fit.head is None:
-        maps = normalize_cam(torch.from_numpy(raw), size)
-        prob = torch.sigmoid(z)
-        if gate:
-            maps = maps * (prob > 0.5).float().view(-1, 1, 1)
-        return prob.numpy(), maps.numpy()
-    maps = torch.from_numpy(head_maps(fit.head, c, raw, size))
-    prob, maps = decide(HeadConfig(gate=gate, agree=agree), z, maps)
-    return prob.numpy(), maps.numpy()
-
-
-def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manifest,
-        log=print) -> Fit:
-    kv, cvc = ordered(train["kvasir"]), ordered(train["cvc"])
-    seeds = kv[:SEEDS["kvasir"]] + cvc[:SEEDS["cvc"]]
-    rest = kv[SEEDS["kvasir"]:] + cvc[SEEDS["cvc"]:]
-    tune_set = rest[::max(1, len(rest) // 250)]
-    pos_keys = [str(it.image) for it in kv + cvc] + ([str(it.image) for it in train["pg_pos"]] if v.pg_pos else [])
-    neg_keys = [str(it.image) for it in train["pg_neg"]]
-    n_pg_neg = len(neg_keys)
-    if v.crops:
-        neg_keys += [str(it.image) for it in train["non_polyp"]]
-    tile_keys = [k for it in seeds for k in store.tile_keys.get(str(it.image), [])] if v.tiles else []
-    neg_keys += tile_keys
-    # 1. classifier
-    c_pos, c_neg = store.get(pos_keys), store.get(neg_keys)
-    gap = np.concatenate([c_pos.gap, c_neg.gap])
-    y = np.r_[np.ones(len(pos_keys)), np.zeros(len(neg_keys))]
-    sw = np.ones(len(y))
-    sw[len(pos_keys):len(pos_keys) + n_pg_neg] = v.neg_weight
-    w, b = fit_classifier(gap, y, v.c, sample_weight=sw)
-    # 2. head: seed masks + empty masks of negatives (+ own confident maps)
-    head = None
-    if v.head:
-        seed_c = store.get([str(it.image) for it in seeds])
-        tg = np.stack([mask_target(read_mask(it.mask), bx) for it, bx in zip(seeds, seed_c.boxes)])
-        rng = np.random.default_rng(0)
-        nk = list(rng.choice(neg_keys, size=min(len(neg_keys), 3 * len(seeds)), replace=False))
-        neg_c = store.get(nk)
-        cc = Cached.concat([seed_c, neg_c])
-        tgt = np.concatenate([tg, np.zeros((len(nk), TARGET, TARGET), np.float32)])
-        wgt = np.ones_like(tgt)
-        head = SegHead(HeadConfig(**{**m.head, "gate": v.gate, "agree": v.agree}))
-        fit_head(head, cc, head_cams(cc.head, w), tgt, wgt, epochs=v.epochs, seed=0)
-        if v.selftrain:
-            un_keys = [str(it.image) for it in rest] + ([str(it.image) for it in train["pg_pos"]] if v.pg_pos else [])
-            un_c = store.get(un_keys)
-            un_raw = head_cams(un_c.head, w)
-            pt, pw, keep = pseudo_targets(head_maps(head, un_c, un_raw))
-            keep &= logits_of(un_c.gap, w, b) > 0
-            idx = np.flatnonzero(keep)
-            if len(idx) > 400:
-                idx = np.sort(np.random.default_rng(1).choice(idx, 400, replace=False))
-            cc2 = Cached.concat([cc, un_c.take(idx)])
-            tgt2 = np.concatenate([tgt, pt[idx]])
-            wgt2 = np.concatenate([wgt, pw[idx] * 0.5])
-            head = SegHead(HeadConfig(**{**m.head, "gate": v.gate, "agree": v.agree}))
-            fit_head(head, cc2, head_cams(cc2.head, w), tgt2, wgt2, epochs=max(2, v.epochs // 3),
-                     seed=1)
-            log(f"    self-training: {len(idx)} of {len(un_keys)} unlabeled polyp images used "
-                f"({int(keep.sum())} confident)")
-    # 3. threshold, clean-up and the ellipse radius on the training folds' tune set
-    f = Fit(w, b, head, 0.5, (), 0.25)
-    tc = store.get([str(it.image) for it in tune_set])
-    _, maps = maps_of(f, tc, SIZE, v.gate, v.agree, flipped_of(store, tune_set, v))
-    truths = [_truth_crop(read_mask(it.mask), bx, SIZE) for it, bx in zip(tune_set, tc.boxes)]
-    best = (-1.0, 0.5, ())
-    for t in THRESHOLDS:
-        pm = maps > t
-        for steps in STEPS:
-            d = np.mean([image_scores(refine(p, steps) if steps else p, tr)["dice"]
-                         for p, tr in zip(pm, truths)])
-            if d > best[0]:
-                best = (float(d), t, steps)
-    f.threshold, f.steps = best[1], best[2]
-    # the constant ellipse's radius: relative to the frame, so chosen on the whole-frame
-    # truth resized to S x S (the same search as rtseg.evaluate.baselines.choose_radius)
-    from rtseg.evaluate.baselines import choose_radius
-
-    whole = np.stack([_truth_crop(read_mask(it.mask), Box.full(read_mask(it.mask).shape), SIZE)
-                      for it in tune_set])
-    f.radius, _ = choose_radius(whole, RADII)
-    f.tune = {"dice": round(best[0], 4), "threshold": f.threshold, "postprocess": list(f.steps),
-              "n_tune": len(tune_set), "n_pos": len(pos_keys), "n_neg": len(neg_keys),
-              "n_tiles": len(tile_keys), "ellipse_radius": f.radius}
-    return f
+from rtseg.train.probe import fit_classifier, logits_of, set_classifier
+# part 1 of the recipe (settings, variants, data, one fit): rtseg.recipes.lite_fit
+from rtseg.recipes.lite_fit import (ARCH, SEEDS, SIZE, VARIANTS, FeatureStore, Fit, Variant, fit,
+                                    flipped_of, manifest, maps_of, ordered, seed_tiles)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,23 +85,6 @@ def load_all(data: Path, crops: int = 600) -> dict[str, list[Item]]:
     df = DataFolder.open(data)
     return {"kvasir": df.kvasir, "cvc": df.cvc, "pg_neg": df.pg_neg, "pg_pos": df.pg_pos,
             "non_polyp": ordered(df.non_polyp)[:crops]}
-
-
-def flipped_of(store: FeatureStore, items: list[Item], v: Variant) -> Cached | None:
-    """Features of the mirrored network views of ``items`` (computed once, cached)."""
-    if not v.flip:
-        return None
-    from rtseg.model.active_area import prepare
-
-    keys = [f"{it.image}#flip" for it in items]
-    missing = [k for k in keys if k not in store.index]
-    if missing:
-        import hashlib
-
-        tag = hashlib.sha1("\n".join(missing).encode()).hexdigest()[:12]
-        store.add(missing, lambda k: np.ascontiguousarray(prepare(read_image(k[:-5]))[0][:, ::-1]),
-                  f"flip-{tag}")
-    return store.get(keys)
 
 
 def open_store(items: dict[str, list[Item]], cache: Path | None) -> FeatureStore:

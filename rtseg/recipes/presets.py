@@ -212,7 +212,7 @@ def propagate_labels(split: RunSplit, preset: Preset, labels_csv: Path,
     """
     import numpy as np
 
-    from rtseg.propagate import kmeans as P
+    from rtseg.propagate import files as PF, kmeans as P
     from rtseg.imageio import CLASS_NAMES, read_mask
 
     seeds = [(it, P.POLYP) for it in split.seeds_polyp] + \
@@ -220,7 +220,7 @@ def propagate_labels(split: RunSplit, preset: Preset, labels_csv: Path,
     items = [it for it, _ in seeds] + list(split.pool)
     seed_of = {id(it): lab for it, lab in seeds}
     paths = [Path(_abs(it.image)) for it in items]
-    feats_fn = P.tile_features if preset.tiles else P.image_features
+    feats_fn = PF.tile_features if preset.tiles else PF.image_features
     feats, ok, _skipped = feats_fn(paths, use_cache=use_cache, progress=progress)
     by_path = {p: it for p, it in zip(paths, items)}
     names, y, truth = [], [], []
@@ -228,9 +228,9 @@ def propagate_labels(split: RunSplit, preset: Preset, labels_csv: Path,
         it = by_path[p]
         lab = seed_of.get(id(it))
         if preset.tiles:
-            tl = (P.tile_labels_from_mask(read_mask(it.mask)) if it.mask is not None
+            tl = (PF.tile_labels_from_mask(read_mask(it.mask)) if it.mask is not None
                   else [P.NON_POLYP] * 4)
-            names += [P.tile_path(p, i) for i in range(4)]
+            names += [PF.tile_path(p, i) for i in range(4)]
             y += tl if lab is not None else [P.UNLABELED] * 4
             truth += [CLASS_NAMES[t] for t in tl]
         else:
@@ -248,10 +248,10 @@ def propagate_labels(split: RunSplit, preset: Preset, labels_csv: Path,
     res = P.propagate(x, y_arr, n_clusters=preset.clusters, target=preset.target)
     if not res.target_reached:
         warnings.warn(res.message, stacklevel=2)
-    P.write_labels_csv(labels_csv, names, res)
+    PF.write_labels_csv(labels_csv, names, res)
     summary = res.summary()
     prop = [i for i, s in enumerate(res.source) if s == "propagated"]
-    summary["truth"] = (P.truth_report([CLASS_NAMES[res.labels[i]] for i in prop],
+    summary["truth"] = (PF.truth_report([CLASS_NAMES[res.labels[i]] for i in prop],
                                        [truth[i] for i in prop]) if prop else None)
     return summary
 
@@ -273,7 +273,8 @@ def run_preset(cfg: RunConfig, split: RunSplit | None = None) -> dict:
     from rtseg.evaluate.metrics import classification_accuracy
     from rtseg.model.bundle import load_bundle, resolve_device
     from rtseg.evaluate.predict import prepare_out_dir
-    from rtseg.train.loop import TrainConfig, train
+    from rtseg.train.config import TrainConfig
+    from rtseg.train.loop import train
 
     t0 = time.perf_counter()
     preset = cfg.resolved()
