@@ -14,6 +14,9 @@ THRESHOLD_HELP = ("Threshold policy: 'band LO HI', 'above T' or 'otsu'. "
                   "Default: the manifest's.")
 DEVICE_HELP = "auto (CUDA if available), cpu or cuda."
 
+# options several commands share (one definition each)
+OUT_OPTION = typer.Option(..., "--out", "-o", help="Output folder.", show_default=False)
+DEVICE_OPTION = typer.Option("auto", "--device", help=DEVICE_HELP)
 PREDICT_HELP = """Write a polyp mask for every image of a folder (Grad-CAM of the classifier, thresholded).
 
 For each image (recursive) --out gets a mask PNG (0/255, the image's own size, same relative
@@ -90,7 +93,7 @@ def scores_table(rows: list[tuple[str, dict]], title: str):
 def predict(
     images: Path = typer.Option(..., "--images", "-i", help="Folder of images (recursive).",
                                 show_default=False),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder.", show_default=False),
+    out: Path = OUT_OPTION,
     model: Optional[Path] = typer.Option(None, "--model", "-m",
                                          help="Model bundle folder (default: the shipped model).",
                                          show_default=False),
@@ -99,7 +102,7 @@ def predict(
                                             show_default=False),
     heatmaps: bool = typer.Option(False, "--heatmaps", help="Also write heat-map overlays."),
     batch: int = typer.Option(16, "--batch", help="Images per forward pass.", min=1),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = DEVICE_OPTION,
 ) -> None:
     import sys
     import time
@@ -164,7 +167,7 @@ def eval_cmd(
     reduction: str = typer.Option("per-image", "--reduction",
                                   help="per-image (Medico 2021 mean over images) or micro."),
     batch: int = typer.Option(16, "--batch", help="Images per forward pass.", min=1),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    device: str = DEVICE_OPTION,
 ) -> None:
     import warnings
 
@@ -240,16 +243,17 @@ rtseg.recipes.presets).
 """
 
 
-@app.command(help=RUN_HELP,
-             epilog="Example: rtseg run --preset run3 --data ../shared/data --out runs/run3 "
-                    "--device cuda")
+RUN_EPILOG = "Example: rtseg run --preset run3 --data ../shared/data --out runs/run3 --device cuda"
+
+
+@app.command(help=RUN_HELP, epilog=RUN_EPILOG)
 def run(
     preset: str = typer.Option(..., "--preset", "-p", help="run1, run2, run3, run4 or run5.",
                                show_default=False),
     data: Path = typer.Option(..., "--data", help="Data folder (layout of ../shared/data).",
                               show_default=False),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder.", show_default=False),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    out: Path = OUT_OPTION,
+    device: str = DEVICE_OPTION,
     epochs: int = typer.Option(25, "--epochs", help="Training epochs.", min=1),
     batch: int = typer.Option(16, "--batch", help="Batch size (training and inference).", min=1),
     size: int = typer.Option(224, "--size", help="Network input size."),

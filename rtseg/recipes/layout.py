@@ -119,3 +119,14 @@ def group_folds(items: list[Item], k: int, seed: int = 0) -> list[list[Item]]:
     for g in sorted(groups, key=lambda g: (-len(groups[g]), _h(g, seed))):
         min(folds, key=len).extend(groups[g])
     return folds
+
+
+def recipe_parser(prog: str, doc: str | None, stages: list[str]):
+    """The command line every recipe starts from: its stage and ``--data`` (this layout)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=prog, description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=stages)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    return ap

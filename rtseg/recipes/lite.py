@@ -22,7 +22,6 @@ Masks of other training images are used only to choose the threshold (as ``rtseg
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -32,7 +31,7 @@ import numpy as np
 
 from rtseg.model.active_area import paste
 from rtseg.evaluate.baselines import ellipse_mask
-from rtseg.recipes.layout import DataFolder, Item, group_folds
+from rtseg.recipes.layout import DataFolder, Item, group_folds, recipe_parser
 from rtseg.errors import UserError
 from rtseg.imageio import read_image, read_mask
 from rtseg.evaluate.metrics import image_scores
@@ -233,10 +232,7 @@ def build(data: Path, out: Path, cache: Path | None, variant: str = "agree") -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m rtseg.recipes.lite", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["cv", "classifier", "build"])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap = recipe_parser("python -m rtseg.recipes.lite", __doc__, ["cv", "classifier", "build"])
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--variants", default="default")
     ap.add_argument("--variant", default="agree", help="build: the shipped model is 'agree'")

@@ -20,7 +20,6 @@ seed images (as in the paper's Run 1) and for validation/test scoring.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import cv2
 
-from rtseg.recipes.layout import DataFolder, Item, split_groups
+from rtseg.recipes.layout import DataFolder, Item, recipe_parser, split_groups
 
 SPLITS = {
     "kvasir": {"train": 0.70, "val": 0.10, "test": 0.20},
@@ -180,10 +179,7 @@ def select(work: Path, variant: str, device: str = "auto") -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m rtseg.recipes.paper", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["prepare", "train", "select"])
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap = recipe_parser("python -m rtseg.recipes.paper", __doc__, ["prepare", "train", "select"])
     ap.add_argument("--work", type=Path, default=Path("runs/default"))
     ap.add_argument("--variant", default="whole")
     ap.add_argument("--device", default="auto")

@@ -1,6 +1,6 @@
 """CAM refinement by self-training, measured on a validation folder (an idea tried for #6).
 
-    python benchmarks/cam_selftrain.py --labels LABELS.csv --images VAL/images --masks VAL/masks
+    python experiments/cam_selftrain.py --labels LABELS.csv --images VAL/images --masks VAL/masks
                                        [--model BUNDLE] [--epochs 10] [--json FILE]
 
 The classifier stays frozen. Its Grad-CAM on the training images (``--labels``: a labels CSV

@@ -1,6 +1,6 @@
 """Where a model's masks go wrong: thresholding, or localisation?
 
-    python benchmarks/cam_diagnosis.py --images DIR --masks DIR [--model BUNDLE] [--json FILE]
+    python experiments/cam_diagnosis.py --images DIR --masks DIR [--model BUNDLE] [--json FILE]
 
 For every image with a mask it computes the bundle's Grad-CAM (its CAM layer) and reports,
 as per-image means (Medico 2021 rules):

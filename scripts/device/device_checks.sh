@@ -4,7 +4,7 @@
 #
 #   python benchmarks/stream.py ../shared/data --save-clip .carry/cvc_clip.mp4 --clip-only
 #   cp -r "$(python -c 'import efficientnet_pytorch,os;print(os.path.dirname(efficientnet_pytorch.__file__))')" .carry/site/
-#   run (carry [".carry"]):  bash benchmarks/device_checks.sh
+#   run (carry [".carry"]):  bash scripts/device/device_checks.sh
 #
 # Writes fused_gpu.json, stream_gpu.json, bench_gpu.json and log.txt into $OUT. Each step has
 # its own time limit so that one stall cannot eat the whole device budget; DEV=cpu QUICK=1 runs

@@ -1,6 +1,6 @@
 """In-domain negatives from the seed masks: G x G tiles of the polyp seed images (an idea tried for #6).
 
-    python benchmarks/seed_grid_tiles.py --work runs/default --out runs/grid3 [--grid 3] [--min-cover 0.3]
+    python experiments/seed_grid_tiles.py --work runs/default --out runs/grid3 [--grid 3] [--min-cover 0.3]
                                          [--csv labels.csv]
 
 Takes the recipe's work folder (``python -m rtseg.recipes.paper prepare``): the polyp seed images

@@ -4,11 +4,11 @@
 #
 # Prepare here (CPU):
 #   python -m rtseg.recipes.paper prepare --data ../shared/data --work runs/default
-#   python benchmarks/seed_grid_tiles.py --work runs/default --out runs/default/pack --csv labels_grid3.csv
+#   python experiments/seed_grid_tiles.py --work runs/default --out runs/default/pack --csv labels_grid3.csv
 #   mkdir -p .carry/site && cp -r "$(python -c 'import efficientnet_pytorch,os;print(os.path.dirname(efficientnet_pytorch.__file__))')" .carry/site/
 #   cp -r runs/default/pack .carry/pack && cp -rL runs/default/val .carry/val
 # Run (carry [".carry/site", ".carry/pack", ".carry/val"], about 50 MB):
-#   bash benchmarks/device_candidates.sh
+#   bash scripts/device/device_candidates.sh
 # Back in $OUT, per candidate: NAME_weights.pt (fp16, the bundle's weights) and NAME.json
 # (manifest, best tune rows, diagnosis), plus log.txt: at most 7 files, as the device returns 8.
 # VARIANTS="name:labels csv in .carry/pack:epochs ..." picks the candidates; DEV=cpu QUICK=1
@@ -39,7 +39,7 @@ for v in $VARIANTS; do
   if [ ! -f "$b/weights.pt" ]; then echo "== $name: training failed" | tee -a "$log"; continue; fi
   timeout 240 $PY -m rtseg tune --model "$b" --images .carry/val/images --masks .carry/val/masks \
     --write --device "$DEV" --json "$b/tune.json" 2>&1 | grep -v "━" | tail -n 14 >> "$log"
-  timeout 240 $PY benchmarks/cam_diagnosis.py --model "$b" --images .carry/val/images \
+  timeout 240 $PY experiments/cam_diagnosis.py --model "$b" --images .carry/val/images \
     --masks .carry/val/masks --json "$b/diag.json" 2>&1 | tail -n 14 >> "$log"
   $PY - "$b" "$OUT" "$name" <<'PY'
 import json, sys, torch
