@@ -48,8 +48,8 @@ CUDA_BACKENDS = ("tensorrt", "torch-fused-fp16-compile", "torch-fused-fp16-graph
                  "torch-fused-fp32-graph", "onnxruntime", "eager", "pytorch-grad-cam")
 
 
+from rtseg.errors import first_line  # noqa: E402
 # the pytorch-grad-cam baseline and the device name come from rtseg.live.bench (one definition)
-from rtseg.errors import first_line
 from rtseg.live.bench import PytorchGradCamBaseline, device_name  # noqa: E402
 
 
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
 
     from rtseg.atomic import ensure_parent, write_json
     from rtseg.errors import UserError
-    from rtseg.model.arch import parse_layer
+    from rtseg.model.manifest import with_layer
     from rtseg.model.bundle import load_bundle, resolve_device
 
     console = Console()
@@ -302,7 +302,7 @@ def main(argv=None) -> int:
             bundle = calibrated_default_bundle()
             model_note = "random-init efficientnet-b1, BatchNorm calibrated on synthetic frames"
         if args.layer is not None:
-            bundle.manifest = bundle.manifest.replace(cam_layer=parse_layer(args.layer))
+            bundle.manifest = with_layer(bundle.manifest, args.layer)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -54,7 +54,7 @@ class FusedTorchSegmenter(Segmenter):
                  mode: str = "auto") -> None:
         from rtseg.graph.fold import fold_model
         from rtseg.graph.fused import trace_fused
-        from rtseg.model.manifest import resolve_layer
+        from rtseg.model.manifest import with_layer
 
         if mode not in MODES:
             raise UserError(f"unknown torch fused mode '{mode}' (use {', '.join(MODES)})")
@@ -69,8 +69,8 @@ class FusedTorchSegmenter(Segmenter):
         if self.mode in ("compile", "graph") and not cuda:
             raise UserError(f"torch fused mode '{self.mode}' needs a CUDA device")
         self.fp16 = fp16
-        self.layer = resolve_layer(bundle.manifest, layer)
-        self.manifest = bundle.manifest.replace(cam_layer=self.layer)
+        self.manifest = with_layer(bundle.manifest, layer)
+        self.layer = self.manifest.cam_layer
         dtype = torch.float16 if fp16 else torch.float32
         folded = fold_model(bundle.model, self.manifest.input_size)
         self.gm = trace_fused(bundle, self.layer, dtype=dtype, device=device, folded=folded)
