@@ -10,7 +10,7 @@
 ``python -m rtseg.recipes.lite classifier --data ../shared/data --folds 3 --json cls.json``
     the classifier alone over its options (negatives used, regularisation): seconds per fit.
 ``python -m rtseg.recipes.lite build --data ../shared/data --out rtseg/assets/default_model``
-    the same fit on all the data, written as a bundle (variant ``agree``, the shipped model).
+    the same fit on all the data, written as a bundle (variant ``agree-allneg``, the shipped model).
 
 Labels used: image-level folder labels (Kvasir-SEG / CVC-ClinicDB / PolypGen positive =
 polyp; PolypGen negative, old crops = non-polyp; whole-image label propagation scores 0.9996+
@@ -202,7 +202,7 @@ def classifier_cv(data: Path, folds: int, cache: Path | None,
     return {"folds": folds, "per_fold": rows, "summary": summary}
 
 
-def build(data: Path, out: Path, cache: Path | None, variant: str = "agree") -> Path:
+def build(data: Path, out: Path, cache: Path | None, variant: str = "agree-allneg") -> Path:
     """Fit on all the data and write the bundle (weights + manifest)."""
     import torch
 
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = recipe_parser("python -m rtseg.recipes.lite", __doc__, ["cv", "classifier", "build"])
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--variants", default="default")
-    ap.add_argument("--variant", default="agree", help="build: the shipped model is 'agree'")
+    ap.add_argument("--variant", default="agree-allneg", help="build: the shipped model is 'agree-allneg'")
     ap.add_argument("--cache", type=Path, default=Path("runs/lite_features"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/lite_model"))

@@ -1,0 +1,252 @@
+"""Can the default model call more held-out polyp-free frames non-polyp? Three ideas (#10), measured
+by the recipe's leak-free cross-validation (a PolypGen / CVC sequence never spans two folds):
+
+    python experiments/lite_classifier_ideas.py pooling --data ../shared/data
+        the frame classifier on richer pooled features than the head's spatial mean (its max,
+        the means/max of blocks 14 and 20), logistic regression, standardised features;
+    python experiments/lite_classifier_ideas.py pseudo-tiles --data ../shared/data
+        extra in-domain negatives without extra masks: 2 x 2 quadrants of the training polyp
+        images that the classifier's CAM leaves cold (the image confidently polyp, the
+        quadrant's CAM below a fraction of the image's peak), the classifier refitted;
+    python experiments/lite_classifier_ideas.py operating-points --data ../shared/data [--variant V]
+        the shipped rule (classifier AND the head's most confident pixel) over a grid of the two
+        thresholds, on the held-out folds: whether any operating point reaches 90 % / 90 %.
+
+Held-out rates printed per idea: polyp frames called polyp (Kvasir-SEG, CVC-ClinicDB, PolypGen
+positives), PolypGen polyp-free frames called non-polyp (per fold), and the PolypGen
+pos-vs-neg AUC of the logit. Features come from the recipe's cache (``--cache``), computed once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from rtseg.errors import UserError
+from rtseg.recipes import lite as R
+from rtseg.recipes.layout import group_folds
+from rtseg.recipes.lite_fit import VARIANTS, fit, ordered
+from rtseg.train.probe import fit_classifier, head_cams, head_maps, logits_of
+
+POS = ("kvasir", "cvc", "pg_pos")
+
+
+def folds(data: Path, cache: Path, k: int = 3):
+    """(store, items, iterator of (fold, train, test, seeds))"""
+    items = R.load_all(data)
+    store = R.open_store(items, cache)
+    fold_of = {s: group_folds(i, k) for s, i in items.items()}
+
+    def gen():
+        for f in range(k):
+            train = {s: [it for j, fl in enumerate(fs) if j != f for it in fl] for s, fs in fold_of.items()}
+            test = {s: fs[f] for s, fs in fold_of.items()}
+            seeds = ordered(train["kvasir"])[:R.SEEDS["kvasir"]] + ordered(train["cvc"])[:R.SEEDS["cvc"]]
+            R.add_tiles(store, seeds)
+            yield f, train, test, seeds
+    return store, items, gen()
+
+
+def keys(its) -> list[str]:
+    return [str(it.image) for it in its]
+
+
+def rates(zs: dict[str, np.ndarray]) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
+    r = {s: float((zs[s] > 0).mean()) for s in POS}
+    r["pg_neg"] = float((zs["pg_neg"] <= 0).mean())
+    r["auc"] = float(roc_auc_score(np.r_[np.ones(len(zs["pg_pos"])), np.zeros(len(zs["pg_neg"]))],
+                                   np.r_[zs["pg_pos"], zs["pg_neg"]]))
+    return r
+
+
+def summary(res: dict[str, list[dict]]) -> dict:
+    out = {}
+    for name, rs in res.items():
+        m = {s: round(float(np.mean([r[s] for r in rs])), 4) for s in rs[0]}
+        m["pg_neg_folds"] = [round(r["pg_neg"], 3) for r in rs]
+        out[name] = m
+        print(f"{name:42s} polyp: kvasir {m['kvasir']:.3f} cvc {m['cvc']:.3f} pg_pos {m['pg_pos']:.3f}"
+              f" | polyp-free: {m['pg_neg']:.3f} {m['pg_neg_folds']} | AUC {m['auc']:.3f}", flush=True)
+    return out
+
+
+def training_sets(store, train, seeds):
+    pos = keys(train["kvasir"] + train["cvc"] + train["pg_pos"])
+    neg = keys(train["pg_neg"]) + [t for it in seeds for t in store.tile_keys.get(str(it.image), [])]
+    return pos, neg
+
+
+# --------------------------------------------------------------------------------------------
+def pooled(c, kind: str) -> np.ndarray:
+    h = c.head.astype(np.float32)
+    parts = [c.gap]
+    if "max" in kind.split("+"):
+        parts.append(h.max(axis=(2, 3)))
+    for blk, name in ((1, "f14"), (2, "f20")):
+        f = c.feats[blk].astype(np.float32)
+        if name in kind.split("+"):
+            parts.append(f.mean(axis=(2, 3)))
+        if f"{name}max" in kind.split("+"):
+            parts.append(f.max(axis=(2, 3)))
+    return np.concatenate(parts, 1)
+
+
+def run_pooling(data: Path, cache: Path) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    kinds = ["gap", "gap+max", "gap+f20", "gap+f20+f14", "gap+max+f20+f14", "gap+f20+f20max"]
+    store, _, gen = folds(data, cache)
+    res: dict = {}
+    for _, train, test, seeds in gen:
+        pos, neg = training_sets(store, train, seeds)
+        cp, cn = store.get(pos), store.get(neg)
+        y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+        for kind in kinds:
+            for c in (0.05, 0.5):
+                x = np.concatenate([pooled(cp, kind), pooled(cn, kind)])
+                sc = StandardScaler().fit(x) if kind != "gap" else None
+                # the standardised features are ~50x the raw scale: C scaled to match
+                clf = LogisticRegression(C=c if sc is None else c / 50, class_weight="balanced",
+                                         max_iter=5000).fit(sc.transform(x) if sc else x, y)
+                zs = {}
+                for s in POS + ("pg_neg",):
+                    xt = pooled(store.get(keys(test[s])), kind)
+                    zs[s] = clf.decision_function(sc.transform(xt) if sc else xt)
+                res.setdefault(f"{kind} C={c}", []).append(rates(zs))
+    return summary(res)
+
+
+# --------------------------------------------------------------------------------------------
+def quadrants(img: np.ndarray) -> dict[int, np.ndarray]:
+    """The lit 2 x 2 quadrants of the image's active area (index 2 i + j)."""
+    from rtseg.model.active_area import prepare
+
+    view, _ = prepare(img, True)
+    h, w = view.shape[:2]
+    out = {}
+    for i in range(2):
+        for j in range(2):
+            t = view[i * h // 2:(i + 1) * h // 2, j * w // 2:(j + 1) * w // 2]
+            if (t.max(axis=2) > 30).mean() > 0.6:
+                out[2 * i + j] = np.ascontiguousarray(t)
+    return out
+
+
+def add_quadrants(store, items, cache: Path) -> dict[str, list[str]]:
+    """Features of every polyp image's quadrants (key ``image#qN``), cached; image -> its keys."""
+    from rtseg.imageio import read_image
+
+    by_img: dict[str, list[str]] = {}
+    for src in POS:
+        idx = cache / f"quadrants-{src}.json"
+        if idx.is_file():
+            ks = json.loads(idx.read_text())
+            store.add(ks, None, f"quadrants-{src}")
+        else:
+            ks, lut = [], {}
+            for it in items[src]:
+                for q, t in quadrants(read_image(it.image)).items():
+                    ks.append(f"{it.image}#q{q}")
+                    lut[ks[-1]] = t
+            store.add(ks, lut.__getitem__, f"quadrants-{src}")
+            idx.write_text(json.dumps(ks))
+        for k in ks:
+            by_img.setdefault(k.rsplit("#q", 1)[0], []).append(k)
+    return by_img
+
+
+def run_pseudo_tiles(data: Path, cache: Path) -> dict:
+    configs = [("base", None, None, 1.0, "all"), ("z>1 cam<0.3", 1, .3, 1.0, "all"),
+               ("z>1 cam<0.3 weight 0.5", 1, .3, .5, "all"), ("z>2 cam<0.2", 2, .2, 1.0, "all"),
+               ("z>1 cam<0.3 PolypGen only", 1, .3, 1.0, "pg_pos"), ("z>0 cam<0.5", 0, .5, 1.0, "all")]
+    store, items, gen = folds(data, cache)
+    by_img = add_quadrants(store, items, cache)
+    res: dict = {}
+    for _, train, test, seeds in gen:
+        pos_items = train["kvasir"] + train["cvc"] + train["pg_pos"]
+        pos, neg = training_sets(store, train, seeds)
+        cp, cn = store.get(pos), store.get(neg)
+        x0, y0 = np.concatenate([cp.gap, cn.gap]), np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+        w, b = fit_classifier(x0, y0, 0.5)
+        z_tr, cams = logits_of(cp.gap, w, b), head_cams(cp.head, w)
+        for name, zmin, frac, wt, srcs in configs:
+            w2, b2, sel = w, b, []
+            if zmin is not None:
+                for it, z, cam in zip(pos_items, z_tr, cams):
+                    if z < zmin or (srcs != "all" and it.source != srcs):
+                        continue
+                    c14 = cv2.resize(cam, (14, 14), interpolation=cv2.INTER_LINEAR)
+                    for k in by_img.get(str(it.image), []):
+                        i, j = divmod(int(k.rsplit("#q", 1)[1]), 2)
+                        if c14[i * 7:(i + 1) * 7, j * 7:(j + 1) * 7].max() < frac * (c14.max() + 1e-9):
+                            sel.append(k)
+                x = np.concatenate([x0, store.get(sel).gap]) if sel else x0
+                sw = np.r_[np.ones(len(y0)), np.full(len(sel), wt)]
+                w2, b2 = fit_classifier(x, np.r_[y0, np.zeros(len(sel))], 0.5, sample_weight=sw)
+            r = rates({s: logits_of(store.get(keys(test[s])).gap, w2, b2) for s in POS + ("pg_neg",)})
+            r["n_tiles"] = len(sel)
+            res.setdefault(name, []).append(r)
+    return summary(res)
+
+
+# --------------------------------------------------------------------------------------------
+def run_operating_points(data: Path, cache: Path, variant: str = "agree") -> dict:
+    store, _, gen = folds(data, cache)
+    held = []
+    for f, train, test, _ in gen:
+        ft = fit(store, train, VARIANTS[variant], store.m, log=lambda *a: None)
+        rec = {}
+        for s in POS + ("pg_neg",):
+            c = store.get(keys(test[s]))
+            rec[s] = (logits_of(c.gap, ft.w, ft.b),
+                      head_maps(ft.head, c, head_cams(c.head, ft.w)).reshape(len(c.gap), -1).max(1))
+        held.append(rec)
+        print(f"fold {f} fitted", flush=True)
+    grid = {}
+    for tz in (0, 0.5, 1, 1.5, 2, 3):
+        for th in (0.5, 0.6, 0.7, 0.8):
+            neg = [float(np.mean((r["pg_neg"][0] <= tz) | (r["pg_neg"][1] <= th))) for r in held]
+            pos = [sum(int(((r[s][0] > tz) & (r[s][1] > th)).sum()) for s in POS) /
+                   sum(len(r[s][0]) for s in POS) for r in held]
+            grid[f"logit>{tz} head>{th}"] = {"polyp_called_polyp": round(float(np.mean(pos)), 4),
+                                             "pg_neg_called_non_polyp": round(float(np.mean(neg)), 4),
+                                             "pg_neg_folds": [round(v, 3) for v in neg]}
+            print(f"classifier logit > {tz:<3} head max > {th}: polyp frames {np.mean(pos):.3f} | "
+                  f"polyp-free {np.mean(neg):.3f} {[round(v, 2) for v in neg]}", flush=True)
+    return grid
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("idea", choices=["pooling", "pseudo-tiles", "operating-points"])
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--cache", type=Path, default=Path("runs/lite_features"))
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--variant", default="agree-allneg", choices=sorted(VARIANTS),
+                    help="operating-points: the recipe variant fitted per fold")
+    a = ap.parse_args(argv)
+    try:
+        a.cache.mkdir(parents=True, exist_ok=True)
+        if a.idea == "operating-points":
+            res = run_operating_points(a.data, a.cache, a.variant)
+        else:
+            res = {"pooling": run_pooling, "pseudo-tiles": run_pseudo_tiles}[a.idea](a.data, a.cache)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if a.json:
+        from rtseg.atomic import write_json
+
+        write_json(a.json, res)
+
+
+if __name__ == "__main__":
+    main()
