@@ -112,3 +112,17 @@ def test_no_long_function_in_train_and_graph():
                     if n > MAX_FUNCTION_LINES:
                         long[f"{p.relative_to(PKG.parent)}:{node.name}"] = n
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_the_shipped_model_is_found_where_the_package_keeps_it():
+    """Every command without --model uses it: a move of the module that locates it must not
+    silently fall back to the untrained network."""
+    import json
+
+    from rtseg.model.bundle import default_bundle_path
+    from rtseg.runtime.loader import default_model_available
+
+    assert default_bundle_path() == PKG / "assets" / "default_model"
+    assert default_model_available()
+    manifest = json.loads((default_bundle_path() / "manifest.json").read_text())
+    assert manifest["arch"] == "efficientnet-lite1" and manifest["head"]["agree"] is True

@@ -147,7 +147,7 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike, half: bool = False) -> 
 
 def default_bundle_path() -> Path:
     """Where the model shipped with rtseg lives (inside the package)."""
-    return Path(__file__).resolve().parent / "assets" / "default_model"
+    return Path(__file__).resolve().parent.parent / "assets" / "default_model"
 
 
 def resolve_bundle(path: str | os.PathLike | None, device: str = "cpu") -> Bundle:
