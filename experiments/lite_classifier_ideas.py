@@ -27,10 +27,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from rtseg.atomic import write_text
 from rtseg.errors import UserError
 from rtseg.recipes import lite as R
 from rtseg.recipes.layout import group_folds
-from rtseg.recipes.lite_fit import VARIANTS, fit, ordered
+from rtseg.recipes.lite_fit import VARIANTS, fit, ordered, view_tiles
 from rtseg.train.probe import fit_classifier, head_cams, head_maps, logits_of
 
 POS = ("kvasir", "cvc", "pg_pos")
@@ -125,39 +126,32 @@ def run_pooling(data: Path, cache: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-def quadrants(img: np.ndarray) -> dict[int, np.ndarray]:
-    """The lit 2 x 2 quadrants of the image's active area (index 2 i + j)."""
-    from rtseg.model.active_area import prepare
-
-    view, _ = prepare(img, True)
-    h, w = view.shape[:2]
-    out = {}
-    for i in range(2):
-        for j in range(2):
-            t = view[i * h // 2:(i + 1) * h // 2, j * w // 2:(j + 1) * w // 2]
-            if (t.max(axis=2) > 30).mean() > 0.6:
-                out[2 * i + j] = np.ascontiguousarray(t)
-    return out
-
-
 def add_quadrants(store, items, cache: Path) -> dict[str, list[str]]:
-    """Features of every polyp image's quadrants (key ``image#qN``), cached; image -> its keys."""
+    """Features of the lit 2 x 2 quadrants of every polyp image's active area (key ``image#qN``,
+    :func:`rtseg.recipes.lite_fit.view_tiles`), cached; image -> its keys. The key list is kept
+    beside the features (which quadrants are lit is known only after decoding)."""
     from rtseg.imageio import read_image
 
     by_img: dict[str, list[str]] = {}
     for src in POS:
         idx = cache / f"quadrants-{src}.json"
-        if idx.is_file():
+        tiles: dict[str, np.ndarray] = {}
+        try:
             ks = json.loads(idx.read_text())
-            store.add(ks, None, f"quadrants-{src}")
-        else:
-            ks, lut = [], {}
-            for it in items[src]:
-                for q, t in quadrants(read_image(it.image)).items():
-                    ks.append(f"{it.image}#q{q}")
-                    lut[ks[-1]] = t
-            store.add(ks, lut.__getitem__, f"quadrants-{src}")
-            idx.write_text(json.dumps(ks))
+        except (OSError, ValueError):  # none yet, or damaged: decode the images (once)
+            tiles = {f"{it.image}#q{q}": t for it in items[src]
+                     for q, t in view_tiles(read_image(it.image), 2).items()}
+            ks = list(tiles)
+            write_text(idx, json.dumps(ks))
+
+        def load(k: str) -> np.ndarray:
+            if k in tiles:
+                return tiles[k]
+            image, q = k.rsplit("#q", 1)
+            return view_tiles(read_image(image), 2)[int(q)]
+
+        # features from the cache when its keys match, else computed (FeatureStore.add checks)
+        store.add(ks, load, f"quadrants-{src}")
         for k in ks:
             by_img.setdefault(k.rsplit("#q", 1)[0], []).append(k)
     return by_img

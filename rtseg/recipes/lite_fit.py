@@ -80,22 +80,28 @@ def ordered(items: list[Item]) -> list[Item]:
     return sorted(items, key=lambda it: _h(str(it.image.name), 1))
 
 
-def seed_tiles(img: np.ndarray, mask: np.ndarray, m: Manifest, grid: int = 3) -> list[np.ndarray]:
-    """Tiles of the image's active area that hold no polyp pixel (in-domain negatives)."""
+def view_tiles(img: np.ndarray, grid: int, mask: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """The lit ``grid`` x ``grid`` tiles of the image's active area (index ``grid * i + j``),
+    leaving out any tile that holds a pixel of ``mask`` (full-image bool) when one is given."""
     from rtseg.model.active_area import prepare
 
     view, box = prepare(img, True)
-    mk = mask[box.y0:box.y1, box.x0:box.x1]
+    mk = mask[box.y0:box.y1, box.x0:box.x1] if mask is not None else None
     h, w = view.shape[:2]
-    out = []
+    out = {}
     for i in range(grid):
         for j in range(grid):
             ys, xs = slice(i * h // grid, (i + 1) * h // grid), slice(j * w // grid, (j + 1) * w // grid)
             tile = view[ys, xs]
             # a tile that is mostly black border says nothing
-            if not mk[ys, xs].any() and (tile.max(axis=2) > 30).mean() > 0.6:
-                out.append(np.ascontiguousarray(tile))
+            if (mk is None or not mk[ys, xs].any()) and (tile.max(axis=2) > 30).mean() > 0.6:
+                out[grid * i + j] = np.ascontiguousarray(tile)
     return out
+
+
+def seed_tiles(img: np.ndarray, mask: np.ndarray, m: Manifest, grid: int = 3) -> list[np.ndarray]:
+    """Tiles of the image's active area that hold no polyp pixel (in-domain negatives)."""
+    return list(view_tiles(img, grid, mask).values())
 
 
 class FeatureStore:
