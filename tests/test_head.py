@@ -18,11 +18,11 @@ from rtseg.model.manifest import Manifest
 SIZE = 96
 
 
-def _lite_bundle(gate: bool = False, active_area: bool = False, seed: int = 0) -> Bundle:
+def _lite_bundle(gate: bool = False, active_area: bool = False, seed: int = 0, **head) -> Bundle:
     torch.manual_seed(seed)
     m = Manifest(arch="efficientnet-lite1", input_size=SIZE, mean=LITE_MEAN, std=LITE_STD,
                  fov_mask=True, cam_layer="head", threshold="above 0.5",
-                 head=HeadConfig(gate=gate).to_dict(), active_area=active_area)
+                 head=HeadConfig(gate=gate, **head).to_dict(), active_area=active_area)
     model = build_model(m.arch, pretrained=True, head=m.head).eval()
     torch.nn.init.normal_(model._fc.weight, std=0.05)
     return Bundle(model, m)
@@ -89,13 +89,16 @@ def test_gate_blanks_frames_the_classifier_calls_polyp_free():
     assert (out.prob > 0.5).all() and out.cam.max() > 0.0
 
 
-def test_fused_graph_and_onnx_equal_eager_with_the_head(lite, tmp_path):
+@pytest.mark.parametrize("rule", ["plain", "agree_at"])
+def test_fused_graph_and_onnx_equal_eager_with_the_head(lite, tmp_path, rule):
     import onnxruntime as ort
 
     from rtseg.graph.onnx import export_onnx
     from rtseg.graph.fused import trace_fused
     from rtseg.runtime.torch_eager import EagerSegmenter
 
+    if rule == "agree_at":  # the frame rule's operating point travels into the graph
+        lite = _lite_bundle(gate=True, agree=True, agree_at=0.3)
     frames = _frames()
     ref = EagerSegmenter(lite)(frames)
     p, c, _ = trace_fused(lite)(torch.from_numpy(frames))
@@ -183,3 +186,35 @@ def test_agree_takes_the_weaker_of_classifier_and_head():
     assert gated[0, 1, 1] == 0.9 and gated[1].max() == 0 and gated[2].max() == 0
     prob, _ = decide(HeadConfig(gate=True, agree=False), logits, pixel)
     assert prob[1] > 0.99  # without agree the classifier alone decides
+
+
+def test_agree_at_moves_the_head_threshold_and_keeps_the_default():
+    from rtseg.model.head import decide
+
+    logits = torch.tensor([5.0, 5.0, 5.0])
+    pixel = torch.zeros(3, 4, 4)
+    pixel[0, 0, 0], pixel[1, 0, 0], pixel[2, 0, 0] = 0.55, 0.65, 0.5
+    # default 0.5: unchanged behaviour (prob = the max pixel itself)
+    prob, _ = decide(HeadConfig(gate=True, agree=True), logits, pixel)
+    assert torch.allclose(prob, torch.tensor([0.55, 0.65, 0.5]))
+    prob, gated = decide(HeadConfig(gate=True, agree=True, agree_at=0.6), logits, pixel)
+    assert prob[0] < 0.5 < prob[1]  # a max of 0.55 is below the operating point 0.6; 0.65 is above
+    assert gated[0].max() == 0 and gated[1, 0, 0] == pytest.approx(0.65)  # the gate follows it
+    # monotone in the max pixel, and exactly 0.5 at the operating point
+    top = torch.linspace(0.01, 0.99, 50)
+    px = torch.zeros(50, 2, 2)
+    px[:, 0, 0] = top
+    p, _ = decide(HeadConfig(gate=False, agree=True, agree_at=0.7), torch.full((50,), 20.0), px)
+    assert bool((p[1:] > p[:-1]).all())
+    p7, _ = decide(HeadConfig(gate=False, agree=True, agree_at=0.7), torch.tensor([20.0]),
+                   torch.full((1, 2, 2), 0.7))
+    assert p7.item() == pytest.approx(0.5, abs=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.2, True, "0.6"])
+def test_agree_at_outside_0_1_is_a_clear_error(bad):
+    from rtseg.errors import UserError
+
+    with pytest.raises(UserError, match="head"):
+        HeadConfig.from_dict({"agree": True, "agree_at": bad}, "efficientnet-lite1")
+    assert HeadConfig.from_dict({"agree": True, "agree_at": 0.65}, "efficientnet-lite1").agree_at == 0.65

@@ -100,3 +100,53 @@ def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, mon
     seg = create_segmenter(out, backend="torch-eager", device="cpu")
     o = seg(cv2.imread(str(data_folder / "polypgen/positive/A_positive0.jpg"))[None])
     assert o.boxes[0].x0 >= 30 and o.mask.shape == (1, 224, 224)
+
+
+def test_operating_point_is_chosen_inside_the_training_folds_and_travels_into_the_bundle(
+        data_folder, tmp_path, monkeypatch):
+    import rtseg.recipes.lite as rl
+    import rtseg.recipes.lite_fit as rlf
+    from rtseg.imageio import read_image
+    from rtseg.model.bundle import load_bundle
+    from rtseg.runtime import create_segmenter
+
+    for mod in (rl, rlf):
+        monkeypatch.setattr(mod, "SEEDS", {"kvasir": 3, "cvc": 2})
+    v = rlf.Variant("agree-allneg-op", agree=True, head_all_pg_neg=True, inner_op=True, epochs=2,
+                    selftrain=False)
+    monkeypatch.setattr(rl, "VARIANTS", {"agree-allneg-op": v})
+    items = rl.load_all(data_folder)
+    store = rl.open_store(items, tmp_path / "cache")
+    # the inner CV sees only the training selection handed to it: a fold of the outer split
+    from rtseg.recipes.layout import group_folds
+
+    outer = {s: group_folds(its, 2) for s, its in items.items()}
+    train = {s: fs[0] for s, fs in outer.items()}
+    held = {str(it.image) for fs in outer.values() for it in fs[1]}
+    seen: list[str] = []
+    real_get = store.get
+    monkeypatch.setattr(store, "get", lambda keys: (seen.extend(keys), real_get(keys))[1])
+    t, h, info = rlf.choose_operating_point(store, train, v, store.m, log=lambda *a: None)
+    assert t in rlf.OP_SHIFTS and h in rlf.OP_AGREE
+    assert 0.0 <= info["polyp_called_polyp"] <= 1.0 and 0.0 <= info["pg_neg_called_non_polyp"] <= 1.0
+    assert seen and not (set(seen) & held)  # no held-out image was looked at
+    monkeypatch.setattr(store, "get", real_get)
+
+    # build: the chosen point goes into the bundle (fc bias shifted, head's agree_at), and the
+    # bundle's frame probability is the recipe's
+    monkeypatch.setattr(rlf, "choose_operating_point", lambda *a, **k: (1.5, 0.7, {"stub": 1}))
+    fits = []
+    monkeypatch.setattr(rl, "fit", lambda *a, **k: fits.append(rlf.fit(*a, **k)) or fits[-1])
+    out = rl.build(data_folder, tmp_path / "bundle", tmp_path / "cache", "agree-allneg-op")
+    f = fits[-1]
+    assert (f.shift, f.agree_at) == (1.5, 0.7)
+    b = load_bundle(out)
+    assert b.manifest.head["agree_at"] == 0.7 and b.manifest.training["shift"] == 1.5
+    assert abs(float(b.model._fc.bias.detach()) - (f.b - 1.5)) < 1e-2  # fp16 weights
+    seg = create_segmenter(out, backend="torch-eager", device="cpu")
+    frames = [read_image(it.image) for it in items["kvasir"][:4]]
+    c = store.get([str(it.image) for it in items["kvasir"][:4]])
+    prob, _ = rlf.maps_of(f, c, rlf.SIZE, False, True)
+    got = np.concatenate([seg(np.ascontiguousarray(fr[None, ..., ::-1])).prob for fr in frames])
+    assert np.abs(got - prob).max() < 2e-2, (got, prob)
+    assert np.array_equal(got > 0.5, prob > 0.5)

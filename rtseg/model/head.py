@@ -9,8 +9,11 @@ uses) and the Grad-CAM itself, and predicts a polyp probability per pixel:
     map  = 1x1 conv -> ReLU -> 3x3 conv -> ReLU -> 3x3 conv -> ReLU -> 1x1 conv
            of concat(f_1..f_n, c)   (about 8 M multiply-adds per 224 x 224 frame)
     out  = sigmoid(bilinear resize of map to S x S)
-    prob = sigmoid(logit), or with ``agree`` min(sigmoid(logit), max of out): a frame is
-           called polyp only when the classifier AND some pixel of the head say so
+    prob = sigmoid(logit), or with ``agree`` min(sigmoid(logit), g(max of out)): a frame is
+           called polyp only when the classifier AND some pixel of the head say so; g is the
+           monotone map with g(``agree_at``) = 0.5 (identity at the default 0.5), so the frame
+           rule is "logit > 0 and max pixel > agree_at" (the classifier's own operating point
+           is its bias: the recipe shifts ``_fc``'s bias)
     [out x 1(prob > 0.5) when ``gate``]
 
 so the classifier's evidence (the CAM) and its own features decide the mask, and with
@@ -27,6 +30,7 @@ How it is trained (seed masks, self-training on its own confident predictions) i
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -44,6 +48,7 @@ class HeadConfig:
     width: int = 16
     gate: bool = True  # no mask where the frame is called "no polyp"
     agree: bool = False  # the frame's polyp probability = min(classifier, head's max pixel)
+    agree_at: float = 0.5  # with agree: the head's max pixel must exceed it (operating point)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], arch: str) -> "HeadConfig":
@@ -51,7 +56,7 @@ class HeadConfig:
 
         if not isinstance(d, dict):
             raise UserError(f"manifest field 'head' must be an object, not {type(d).__name__}")
-        known = {"features", "channels", "width", "gate", "agree"}
+        known = {"features", "channels", "width", "gate", "agree", "agree_at"}
         try:
             cfg = cls(**{k: v for k, v in d.items() if k in known})
         except TypeError as exc:
@@ -62,10 +67,12 @@ class HeadConfig:
               and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in feats)
               and all(isinstance(c, int) and c > 0 for c in chans)
               and isinstance(cfg.width, int) and cfg.width > 0 and isinstance(cfg.gate, bool)
-              and isinstance(cfg.agree, bool))
+              and isinstance(cfg.agree, bool)
+              and isinstance(cfg.agree_at, (int, float)) and not isinstance(cfg.agree_at, bool)
+              and 0.0 < float(cfg.agree_at) < 1.0)
         if not ok:
             raise UserError(f"manifest field 'head' is invalid for {arch}: {d}")
-        cfg.features, cfg.channels = feats, chans
+        cfg.features, cfg.channels, cfg.agree_at = feats, chans, float(cfg.agree_at)
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,7 +135,11 @@ def decide(cfg: HeadConfig, cls_logits: torch.Tensor, pixel: torch.Tensor
     """The frame decision and the gate, in one place (the graph, eager and the recipe use it)."""
     prob = torch.sigmoid(cls_logits.float())
     if cfg.agree:
-        prob = torch.minimum(prob, pixel.flatten(1).amax(dim=1))
+        top = pixel.flatten(1).amax(dim=1).float()
+        if cfg.agree_at != 0.5:  # g: logit shifted so that g(agree_at) = 0.5, monotone
+            t = top.clamp(1e-6, 1 - 1e-6)
+            top = torch.sigmoid(torch.log(t / (1 - t)) - math.log(cfg.agree_at / (1 - cfg.agree_at)))
+        prob = torch.minimum(prob, top)
     if cfg.gate:
         pixel = pixel * (prob > 0.5).to(pixel.dtype).view(-1, 1, 1)
     return prob, pixel

@@ -39,8 +39,8 @@ from rtseg.model.bundle import Bundle, build_model
 from rtseg.model.postprocess import refine
 from rtseg.train.probe import fit_classifier, logits_of, set_classifier
 # part 1 of the recipe (settings, variants, data, one fit): rtseg.recipes.lite_fit
-from rtseg.recipes.lite_fit import (ARCH, SEEDS, SIZE, VARIANTS, FeatureStore, Fit, Variant, fit,
-                                    flipped_of, manifest, maps_of, ordered, seed_tiles)
+from rtseg.recipes.lite_fit import (ARCH, SEEDS, SIZE, VARIANTS, FeatureStore, Fit, Variant, add_tiles,
+                                    fit, flipped_of, manifest, maps_of, ordered, seeds_of)
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,25 +97,6 @@ def open_store(items: dict[str, list[Item]], cache: Path | None) -> FeatureStore
     return store
 
 
-def add_tiles(store: FeatureStore, seeds: list[Item]) -> None:
-    m = store.m
-    keys, tiles = [], []
-    for it in seeds:
-        k = str(it.image)
-        if k in store.tile_keys:
-            continue
-        ts = seed_tiles(read_image(it.image), read_mask(it.mask), m)
-        store.tile_keys[k] = [f"{k}#t{i}" for i in range(len(ts))]
-        keys += store.tile_keys[k]
-        tiles += ts
-    if keys:
-        lut = dict(zip(keys, tiles))
-        import hashlib
-
-        tag = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:12]
-        store.add(keys, lambda key: lut[key], f"tiles-{tag}")
-
-
 def _mean_sd(vals: list[float]) -> str:
     return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
 
@@ -128,7 +109,7 @@ def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | No
     for k in range(folds):
         train = {src: [it for j, f in enumerate(fl) if j != k for it in f] for src, fl in fold_of.items()}
         test = {src: fl[k] for src, fl in fold_of.items()}
-        add_tiles(store, ordered(train["kvasir"])[:SEEDS["kvasir"]] + ordered(train["cvc"])[:SEEDS["cvc"]])
+        add_tiles(store, seeds_of(train))
         for name in variants:
             v = VARIANTS[name]
             t = time.time()
@@ -210,12 +191,12 @@ def build(data: Path, out: Path, cache: Path | None, variant: str = "agree-allne
 
     items = load_all(data)
     store = open_store(items, cache)
-    add_tiles(store, ordered(items["kvasir"])[:SEEDS["kvasir"]] + ordered(items["cvc"])[:SEEDS["cvc"]])
     v = VARIANTS[variant]
     f = fit(store, items, v, store.m)
-    m = manifest(gate=v.gate, head=v.head, agree=v.agree)
+    m = manifest(gate=v.gate, head=v.head, agree=v.agree, agree_at=f.agree_at)
     model = build_model(ARCH, pretrained=True, head=m.head).eval()
-    set_classifier(model, f.w, f.b)
+    # the classifier's operating point is its bias: the graph calls a frame polyp at logit > 0
+    set_classifier(model, f.w, f.b - f.shift)
     if f.head is not None:
         model.rtseg_head.load_state_dict(f.head.state_dict())
     from rtseg.model.thresholds import ThresholdPolicy

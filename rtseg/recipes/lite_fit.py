@@ -47,6 +47,7 @@ class Variant:
     neg_weight: float = 1.0  # sample weight of the in-domain polyp-free frames (PolypGen)
     head_all_pg_neg: bool = False  # the head's empty targets: every PolypGen polyp-free frame
     epochs: int = 30  # head epochs (self-training round: a third, on at most 400 images)
+    inner_op: bool = False  # the frame rule's operating point chosen by an inner CV (training folds)
 
 
 VARIANTS = {
@@ -64,13 +65,20 @@ VARIANTS = {
     # polyp-free training frame (PolypGen polyp-free frames called non-polyp 0.867 -> 0.887 by CV)
     "agree-allneg": Variant("agree-allneg", agree=True, head_all_pg_neg=True),
     "cam-only": Variant("cam-only", head=False, selftrain=False),
+    # agree-allneg with the frame rule's operating point (classifier logit > t and head max > h)
+    # chosen by a 2-fold cross-validation inside the training folds (no held-out image used)
+    "agree-allneg-op": Variant("agree-allneg-op", agree=True, head_all_pg_neg=True, inner_op=True),
 }
+# the operating points searched by the inner cross-validation (t: classifier logit; h: head max)
+OP_SHIFTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+OP_AGREE = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+POLYP_SOURCES = ("kvasir", "cvc", "pg_pos")
 
 
-def manifest(gate: bool = True, head: bool = True, agree: bool = False) -> Manifest:
+def manifest(gate: bool = True, head: bool = True, agree: bool = False, agree_at: float = 0.5) -> Manifest:
     return Manifest(arch=ARCH, input_size=SIZE, mean=LITE_MEAN, std=LITE_STD, fov_mask=True,
                     active_area=True, cam_layer="head", threshold="above 0.5",
-                    head=HeadConfig(gate=gate, agree=agree).to_dict() if head else None)
+                    head=HeadConfig(gate=gate, agree=agree, agree_at=agree_at).to_dict() if head else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,6 +162,36 @@ class FeatureStore:
         return self.data.take([self.index[k] for k in keys])
 
 
+def add_tiles(store: FeatureStore, seeds: list[Item]) -> None:
+    """Features of the seed images' polyp-free tiles (``store.tile_keys``: image -> tile keys)."""
+    import hashlib
+
+    keys, tiles = [], []
+    for it in seeds:
+        k = str(it.image)
+        if k in store.tile_keys:
+            continue
+        ts = seed_tiles(read_image(it.image), read_mask(it.mask), store.m)
+        store.tile_keys[k] = [f"{k}#t{i}" for i in range(len(ts))]
+        keys += store.tile_keys[k]
+        tiles += ts
+    if keys:
+        lut = dict(zip(keys, tiles))
+        tag = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:12]
+        store.add(keys, lambda key: lut[key], f"tiles-{tag}")
+
+
+def tune_set_of(train: dict[str, list[Item]]) -> list[Item]:
+    """The images (not seeds) whose masks choose the threshold and clean-up: about 250."""
+    rest = ordered(train["kvasir"])[SEEDS["kvasir"]:] + ordered(train["cvc"])[SEEDS["cvc"]:]
+    return rest[::max(1, len(rest) // 250)]
+
+
+def seeds_of(train: dict[str, list[Item]]) -> list[Item]:
+    """The seed images of a training selection (the only masks trained on)."""
+    return ordered(train["kvasir"])[:SEEDS["kvasir"]] + ordered(train["cvc"])[:SEEDS["cvc"]]
+
+
 # --------------------------------------------------------------------------------------------
 # one fit: classifier + head on a training selection
 # --------------------------------------------------------------------------------------------
@@ -166,6 +204,8 @@ class Fit:
     steps: tuple[str, ...]
     radius: float
     tune: dict = field(default_factory=dict)
+    shift: float = 0.0  # the classifier's operating point: a frame needs logit > shift
+    agree_at: float = 0.5  # the head's: its max pixel > agree_at (HeadConfig.agree_at)
 
 
 def _truth_crop(mask: np.ndarray, box: Box, size: int) -> np.ndarray:
@@ -182,13 +222,14 @@ def maps_of(fit: Fit, c: Cached, size: int, gate: bool, agree: bool = False,
     from rtseg.model.gradcam import normalize_cam
     from rtseg.model.head import decide
 
-    z = torch.from_numpy(logits_of(c.gap, fit.w, fit.b))
+    cfg = HeadConfig(gate=gate, agree=agree, agree_at=fit.agree_at)
+    z = torch.from_numpy(logits_of(c.gap, fit.w, fit.b - fit.shift))
     raw = head_cams(c.head, fit.w)
     if flipped is not None and fit.head is not None:
-        zf = torch.from_numpy(logits_of(flipped.gap, fit.w, fit.b))
+        zf = torch.from_numpy(logits_of(flipped.gap, fit.w, fit.b - fit.shift))
         mf = head_maps(fit.head, flipped, head_cams(flipped.head, fit.w), size)[:, :, ::-1]
         maps = torch.from_numpy((head_maps(fit.head, c, raw, size) + mf) / 2)
-        return tuple(t.numpy() for t in decide(HeadConfig(gate=gate, agree=agree), (z + zf) / 2, maps))
+        return tuple(t.numpy() for t in decide(cfg, (z + zf) / 2, maps))
     if fit.head is None:
         maps = normalize_cam(torch.from_numpy(raw), size)
         prob = torch.sigmoid(z)
@@ -196,16 +237,19 @@ def maps_of(fit: Fit, c: Cached, size: int, gate: bool, agree: bool = False,
             maps = maps * (prob > 0.5).float().view(-1, 1, 1)
         return prob.numpy(), maps.numpy()
     maps = torch.from_numpy(head_maps(fit.head, c, raw, size))
-    prob, maps = decide(HeadConfig(gate=gate, agree=agree), z, maps)
+    prob, maps = decide(cfg, z, maps)
     return prob.numpy(), maps.numpy()
 
 
 def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manifest,
-        log=print) -> Fit:
+        log=print, tune: bool = True) -> Fit:
+    """Classifier + head on ``train``; then (``tune``) the frame rule's operating point (inner
+    CV, ``v.inner_op``), the mask threshold, clean-up and the ellipse radius, all on ``train``."""
     kv, cvc = ordered(train["kvasir"]), ordered(train["cvc"])
-    seeds = kv[:SEEDS["kvasir"]] + cvc[:SEEDS["cvc"]]
+    seeds = seeds_of(train)
+    add_tiles(store, seeds)
     rest = kv[SEEDS["kvasir"]:] + cvc[SEEDS["cvc"]:]
-    tune_set = rest[::max(1, len(rest) // 250)]
+    tune_set = tune_set_of(train)
     pos_keys = [str(it.image) for it in kv + cvc] + ([str(it.image) for it in train["pg_pos"]] if v.pg_pos else [])
     neg_keys = [str(it.image) for it in train["pg_neg"]]
     n_pg_neg = len(neg_keys)
@@ -255,19 +299,17 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
                      seed=1)
             log(f"    self-training: {len(idx)} of {len(un_keys)} unlabeled polyp images used "
                 f"({int(keep.sum())} confident)")
-    # 3. threshold, clean-up and the ellipse radius on the training folds' tune set
     f = Fit(w, b, head, 0.5, (), 0.25)
+    if not tune:
+        return f
+    # 3. the frame rule's operating point, then threshold, clean-up and the ellipse radius on
+    # the training folds' tune set
+    op = {}
+    if v.inner_op and head is not None and v.agree:
+        f.shift, f.agree_at, op = choose_operating_point(store, train, v, m, log)
     tc = store.get([str(it.image) for it in tune_set])
     _, maps = maps_of(f, tc, SIZE, v.gate, v.agree, flipped_of(store, tune_set, v))
-    truths = [_truth_crop(read_mask(it.mask), bx, SIZE) for it, bx in zip(tune_set, tc.boxes)]
-    best = (-1.0, 0.5, ())
-    for t in THRESHOLDS:
-        pm = maps > t
-        for steps in STEPS:
-            d = np.mean([image_scores(refine(p, steps) if steps else p, tr)["dice"]
-                         for p, tr in zip(pm, truths)])
-            if d > best[0]:
-                best = (float(d), t, steps)
+    best = choose_threshold(maps, truth_crops(tune_set, tc))
     f.threshold, f.steps = best[1], best[2]
     # the constant ellipse's radius: relative to the frame, so chosen on the whole-frame
     # truth resized to S x S (the same search as rtseg.evaluate.baselines.choose_radius)
@@ -278,8 +320,67 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     f.radius, _ = choose_radius(whole, RADII)
     f.tune = {"dice": round(best[0], 4), "threshold": f.threshold, "postprocess": list(f.steps),
               "n_tune": len(tune_set), "n_pos": len(pos_keys), "n_neg": len(neg_keys),
-              "n_tiles": len(tile_keys), "ellipse_radius": f.radius}
+              "n_tiles": len(tile_keys), "ellipse_radius": f.radius,
+              "shift": f.shift, "agree_at": f.agree_at, **({"operating_point": op} if op else {})}
     return f
+
+
+def choose_threshold(maps: np.ndarray, truths: list[np.ndarray]) -> tuple[float, float, tuple[str, ...]]:
+    """(mean Dice, threshold, clean-up) of the best (THRESHOLDS x STEPS) pair on these maps."""
+    best = (-1.0, 0.5, ())
+    for t in THRESHOLDS:
+        pm = maps > t
+        for steps in STEPS:
+            d = np.mean([image_scores(refine(p, steps) if steps else p, tr)["dice"]
+                         for p, tr in zip(pm, truths)])
+            if d > best[0]:
+                best = (float(d), t, steps)
+    return best
+
+
+def truth_crops(items: list[Item], c: Cached) -> list[np.ndarray]:
+    """The masks of ``items`` in their network views (S x S bool), as the maps are."""
+    return [_truth_crop(read_mask(it.mask), bx, SIZE) for it, bx in zip(items, c.boxes)]
+
+
+def frame_scores(f: Fit, c: Cached) -> tuple[np.ndarray, np.ndarray]:
+    """(classifier logit before any shift, head's max pixel) of each image: the frame rule's inputs."""
+    z = logits_of(c.gap, f.w, f.b)
+    top = head_maps(f.head, c, head_cams(c.head, f.w)).reshape(len(c.gap), -1).max(1)
+    return z, top
+
+
+def choose_operating_point(store: FeatureStore, train: dict[str, list[Item]], v: Variant,
+                           m: Manifest, log=print, inner: int = 2) -> tuple[float, float, dict]:
+    """The frame rule's operating point (logit > t and head max > h) by a ``inner``-fold CV
+    inside ``train`` (sequences never span two inner folds): the pair of (OP_SHIFTS, OP_AGREE)
+    that maximises min(polyp frames called polyp, polyp-free PolypGen frames called non-polyp)
+    over the inner held-out folds; ties go to the smaller thresholds."""
+    from rtseg.recipes.layout import group_folds
+
+    folds = {s: group_folds(its, inner, seed=1) for s, its in train.items()}
+    pos, neg = [], []
+    for k in range(inner):
+        tr = {s: [it for j, fl in enumerate(fs) if j != k for it in fl] for s, fs in folds.items()}
+        f = fit(store, tr, v, m, log=lambda *a: None, tune=False)
+        for s in POLYP_SOURCES:
+            if folds[s][k]:
+                pos.append(frame_scores(f, store.get([str(it.image) for it in folds[s][k]])))
+        neg.append(frame_scores(f, store.get([str(it.image) for it in folds["pg_neg"][k]])))
+    zp, tp = (np.concatenate(a) for a in zip(*pos))
+    zn, tn = (np.concatenate(a) for a in zip(*neg))
+    best, table = None, {}
+    for t in OP_SHIFTS:
+        for h in OP_AGREE:
+            rp = float(((zp > t) & (tp > h)).mean())
+            rn = float(((zn <= t) | (tn <= h)).mean())
+            table[f"{t}/{h}"] = (round(rp, 4), round(rn, 4))
+            if best is None or min(rp, rn) > best[0] + 1e-9:
+                best = (min(rp, rn), t, h)
+    log(f"    operating point (inner {inner}-fold CV): logit > {best[1]}, head max > {best[2]}: "
+        f"polyp {table[f'{best[1]}/{best[2]}'][0]:.3f}, polyp-free {table[f'{best[1]}/{best[2]}'][1]:.3f}")
+    return best[1], best[2], {"inner_folds": inner, "polyp_called_polyp": table[f"{best[1]}/{best[2]}"][0],
+                              "pg_neg_called_non_polyp": table[f"{best[1]}/{best[2]}"][1]}
 
 
 def flipped_of(store: FeatureStore, items: list[Item], v: Variant) -> Cached | None:
