@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from rtseg.atomic import write_text
-from rtseg.errors import UserError
+from rtseg.errors import run_script
 from rtseg.recipes import lite as R
 from rtseg.recipes.layout import group_folds
 from rtseg.recipes.lite_fit import VARIANTS, fit, ordered, view_tiles
@@ -227,15 +226,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variant", default="agree-allneg", choices=sorted(VARIANTS),
                     help="operating-points: the recipe variant fitted per fold")
     a = ap.parse_args(argv)
-    try:
+
+    def work() -> dict:
         a.cache.mkdir(parents=True, exist_ok=True)
         if a.idea == "operating-points":
-            res = run_operating_points(a.data, a.cache, a.variant)
-        else:
-            res = {"pooling": run_pooling, "pseudo-tiles": run_pseudo_tiles}[a.idea](a.data, a.cache)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+            return run_operating_points(a.data, a.cache, a.variant)
+        return {"pooling": run_pooling, "pseudo-tiles": run_pseudo_tiles}[a.idea](a.data, a.cache)
+
+    res = run_script(work)
     if a.json:
         from rtseg.atomic import write_json
 

@@ -41,3 +41,15 @@ def first_line(exc: BaseException, limit: int = 200, default: str | None = None)
     if lines:
         return lines[0][:limit]
     return type(exc).__name__ if default is None else default
+
+
+def run_script(work):
+    """Run a script's ``work()`` and return its result; a :class:`UserError` becomes one
+    ``error:`` line on stderr and exit code 2 (the CLI's rule, for benchmarks and experiments)."""
+    import sys
+
+    try:
+        return work()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
