@@ -48,6 +48,7 @@ class Variant:
     head_all_pg_neg: bool = False  # the head's empty targets: every PolypGen polyp-free frame
     epochs: int = 30  # head epochs (self-training round: a third, on at most 400 images)
     inner_op: bool = False  # the frame rule's operating point chosen by an inner CV (training folds)
+    pseudo_crf: float = 0.0  # > 0: self-training targets refined by a dense CRF (bilateral weight)
 
 
 VARIANTS = {
@@ -68,6 +69,9 @@ VARIANTS = {
     # agree-allneg with the frame rule's operating point (classifier logit > t and head max > h)
     # chosen by a 2-fold cross-validation inside the training folds (no held-out image used)
     "agree-allneg-op": Variant("agree-allneg-op", agree=True, head_all_pg_neg=True, inner_op=True),
+    # agree-allneg whose self-training targets are the head's maps refined by a dense CRF on the
+    # image (the head learns the refinement: nothing extra runs per frame)
+    "agree-allneg-crf": Variant("agree-allneg-crf", agree=True, head_all_pg_neg=True, pseudo_crf=3.0),
 }
 # the operating points searched by the inner cross-validation (t: classifier logit; h: head max)
 OP_SHIFTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
@@ -291,6 +295,11 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
             idx = np.flatnonzero(keep)
             if len(idx) > 400:
                 idx = np.sort(np.random.default_rng(1).choice(idx, 400, replace=False))
+            if v.pseudo_crf > 0:
+                sub = un_c.take(idx)
+                fine = crf_maps([un_keys[i] for i in idx], head_maps(head, sub, un_raw[idx], SIZE),
+                                v.pseudo_crf)
+                pt[idx], pw[idx], _ = pseudo_targets(fine)
             cc2 = Cached.concat([cc, un_c.take(idx)])
             tgt2 = np.concatenate([tgt, pt[idx]])
             wgt2 = np.concatenate([wgt, pw[idx] * 0.5])
@@ -381,6 +390,20 @@ def choose_operating_point(store: FeatureStore, train: dict[str, list[Item]], v:
         f"polyp {table[f'{best[1]}/{best[2]}'][0]:.3f}, polyp-free {table[f'{best[1]}/{best[2]}'][1]:.3f}")
     return best[1], best[2], {"inner_folds": inner, "polyp_called_polyp": table[f"{best[1]}/{best[2]}"][0],
                               "pg_neg_called_non_polyp": table[f"{best[1]}/{best[2]}"][1]}
+
+
+def crf_maps(paths: list[str], maps: np.ndarray, w_bilateral: float) -> np.ndarray:
+    """The maps [N, S, S] of these images refined by a dense CRF on their network views, at the
+    head's target resolution [N, TARGET, TARGET] (``rtseg.train.edge_refine``)."""
+    import cv2
+
+    from rtseg.train.edge_refine import dense_crf, view_of
+
+    out = np.empty((len(paths), TARGET, TARGET), np.float32)
+    for i, (path, p) in enumerate(zip(paths, maps)):
+        fine = dense_crf(view_of(read_image(path), maps.shape[-1]), p, w_bilateral)
+        out[i] = cv2.resize(fine, (TARGET, TARGET), interpolation=cv2.INTER_AREA)
+    return out
 
 
 def flipped_of(store: FeatureStore, items: list[Item], v: Variant) -> Cached | None:
