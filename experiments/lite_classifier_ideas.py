@@ -10,7 +10,10 @@ by the recipe's leak-free cross-validation (a PolypGen / CVC sequence never span
         quadrant's CAM below a fraction of the image's peak), the classifier refitted;
     python experiments/lite_classifier_ideas.py operating-points --data ../shared/data [--variant V]
         the shipped rule (classifier AND the head's most confident pixel) over a grid of the two
-        thresholds, on the held-out folds: whether any operating point reaches 90 % / 90 %.
+        thresholds, on the held-out folds: whether any operating point reaches 90 % / 90 %;
+    python experiments/lite_classifier_ideas.py top-finetune --data ../shared/data
+        the network's last layer (conv_head + BN affine) fine-tuned with the classifier on the
+        cached block-20 features, beside the shipped linear probe in the same folds.
 
 Held-out rates printed per idea: polyp frames called polyp (Kvasir-SEG, CVC-ClinicDB, PolypGen
 positives), PolypGen polyp-free frames called non-polyp (per fold), and the PolypGen
@@ -217,9 +220,74 @@ def run_operating_points(data: Path, cache: Path, variant: str = "agree") -> dic
     return grid
 
 
+# --------------------------------------------------------------------------------------------
+def run_top_finetune(data: Path, cache: Path, epochs: int = 12) -> dict:
+    """The network's last layer (conv_head 320 -> 1280 + its BN affine) fine-tuned with the
+    classifier, on the cached block-20 features (a non-linear classifier that would keep the
+    Grad-CAM and the fused graph as they are), started from the ImageNet weights and the
+    linear probe; beside it, in the same folds, the linear probe alone (the shipped classifier)."""
+    import copy
+
+    import torch
+
+    from rtseg.model.bundle import build_model
+    from rtseg.recipes.lite_fit import ARCH
+
+    torch.manual_seed(0)
+    base = build_model(ARCH, pretrained=True).eval()
+    store, _, gen = folds(data, cache)
+    res: dict = {}
+    for f, train, test, seeds in gen:
+        pos, neg = training_sets(store, train, seeds)
+        cp, cn = store.get(pos), store.get(neg)
+        y = np.r_[np.ones(len(pos)), np.zeros(len(neg))].astype(np.float32)
+        w, b = fit_classifier(np.concatenate([cp.gap, cn.gap]), y, 0.5)
+        zs = {s: logits_of(store.get(keys(test[s])).gap, w, b) for s in POS + ("pg_neg",)}
+        res.setdefault("linear probe (shipped), C=0.5", []).append(rates(zs))
+        x = torch.from_numpy(np.concatenate([cp.feats[2], cn.feats[2]]).astype(np.float32))
+        conv, bn, act = copy.deepcopy(base._conv_head), copy.deepcopy(base._bn1), base._swish
+        bn.eval()  # running statistics frozen (ImageNet), affine trained
+        fc = torch.nn.Linear(1280, 1)
+        with torch.no_grad():
+            fc.weight.copy_(torch.from_numpy(w)[None])
+            fc.bias.fill_(b)
+
+        def logit(t):
+            return fc(act(bn(conv(t))).mean(dim=(2, 3)))[:, 0]
+
+        with torch.no_grad():  # the cached features reproduce the cached pooled activations
+            err = float((act(bn(conv(x[:64]))).mean(dim=(2, 3)) - torch.from_numpy(cp.gap[:64])).abs().max())
+        opt = torch.optim.Adam([{"params": list(conv.parameters()) + list(bn.parameters()), "lr": 1e-4},
+                                {"params": fc.parameters(), "lr": 1e-3}], weight_decay=1e-4)
+        yt = torch.from_numpy(y)
+        pw = torch.tensor(len(neg) / len(pos))  # balanced classes, as the probe
+        g = torch.Generator().manual_seed(f)
+        for ep in range(epochs):
+            perm = torch.randperm(len(yt), generator=g)
+            for s in range(0, len(perm), 64):
+                i = perm[s:s + 64]
+                xb = x[i]
+                flip = torch.rand(len(i), generator=g) < 0.5
+                xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logit(xb), yt[i], pos_weight=pw)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            zs = {s: logit(torch.from_numpy(store.get(keys(test[s])).feats[2].astype(np.float32))).numpy()
+                  for s in POS + ("pg_neg",)}
+        r = rates(zs)
+        r["gap_check_max_abs"] = err
+        res.setdefault(f"conv_head + BN affine fine-tuned, {epochs} epochs", []).append(r)
+        print(f"  fold {f}: probe pg_neg {res['linear probe (shipped), C=0.5'][-1]['pg_neg']:.3f} "
+              f"AUC {res['linear probe (shipped), C=0.5'][-1]['auc']:.3f}; fine-tuned pg_neg {r['pg_neg']:.3f} "
+              f"AUC {r['auc']:.3f} (cached-feature check {err:.3g})", flush=True)
+    return summary(res)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("idea", choices=["pooling", "pseudo-tiles", "operating-points"])
+    ap.add_argument("idea", choices=["pooling", "pseudo-tiles", "operating-points", "top-finetune"])
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--cache", type=Path, default=Path("runs/lite_features"))
     ap.add_argument("--json", type=Path, default=None)
@@ -231,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         a.cache.mkdir(parents=True, exist_ok=True)
         if a.idea == "operating-points":
             return run_operating_points(a.data, a.cache, a.variant)
-        return {"pooling": run_pooling, "pseudo-tiles": run_pseudo_tiles}[a.idea](a.data, a.cache)
+        return {"pooling": run_pooling, "pseudo-tiles": run_pseudo_tiles, "top-finetune": run_top_finetune}[a.idea](a.data, a.cache)
 
     res = run_script(work)
     if a.json:
