@@ -33,7 +33,8 @@ from rtseg.atomic import write_text
 from rtseg.errors import run_script
 from rtseg.recipes import lite as R
 from rtseg.recipes.layout import group_folds
-from rtseg.recipes.lite_fit import VARIANTS, fit, ordered, view_tiles
+from rtseg.recipes.lite_data import seeds_of, view_tiles
+from rtseg.recipes.lite_fit import VARIANTS, fit
 from rtseg.train.probe import fit_classifier, head_cams, head_maps, logits_of
 
 POS = ("kvasir", "cvc", "pg_pos")
@@ -49,7 +50,7 @@ def folds(data: Path, cache: Path, k: int = 3):
         for f in range(k):
             train = {s: [it for j, fl in enumerate(fs) if j != f for it in fl] for s, fs in fold_of.items()}
             test = {s: fs[f] for s, fs in fold_of.items()}
-            seeds = ordered(train["kvasir"])[:R.SEEDS["kvasir"]] + ordered(train["cvc"])[:R.SEEDS["cvc"]]
+            seeds = seeds_of(train)
             R.add_tiles(store, seeds)
             yield f, train, test, seeds
     return store, items, gen()
@@ -130,7 +131,7 @@ def run_pooling(data: Path, cache: Path) -> dict:
 # --------------------------------------------------------------------------------------------
 def add_quadrants(store, items, cache: Path) -> dict[str, list[str]]:
     """Features of the lit 2 x 2 quadrants of every polyp image's active area (key ``image#qN``,
-    :func:`rtseg.recipes.lite_fit.view_tiles`), cached; image -> its keys. The key list is kept
+    :func:`rtseg.recipes.lite_data.view_tiles`), cached; image -> its keys. The key list is kept
     beside the features (which quadrants are lit is known only after decoding)."""
     from rtseg.imageio import read_image
 
@@ -221,9 +222,10 @@ def run_operating_points(data: Path, cache: Path, variant: str = "agree") -> dic
 
 
 # --------------------------------------------------------------------------------------------
-def run_top_finetune(data: Path, cache: Path, epochs: int = 12) -> dict:
-    """The network's last layer (conv_head 320 -> 1280 + its BN affine) fine-tuned with the
-    classifier, on the cached block-20 features (a non-linear classifier that would keep the
+def run_top_finetune(data: Path, cache: Path, epochs: int = 12, from_block: int = 20) -> dict:
+    """The network's top fine-tuned with the classifier: conv_head 320 -> 1280 + its BN affine
+    (``from_block`` 20, on the cached block-20 features) or also blocks 15-20 (``from_block`` 14,
+    on the cached block-14 features; BN statistics frozen) (a non-linear classifier that would keep the
     Grad-CAM and the fused graph as they are), started from the ImageNet weights and the
     linear probe; beside it, in the same folds, the linear probe alone (the shipped classifier)."""
     import copy
@@ -244,20 +246,29 @@ def run_top_finetune(data: Path, cache: Path, epochs: int = 12) -> dict:
         w, b = fit_classifier(np.concatenate([cp.gap, cn.gap]), y, 0.5)
         zs = {s: logits_of(store.get(keys(test[s])).gap, w, b) for s in POS + ("pg_neg",)}
         res.setdefault("linear probe (shipped), C=0.5", []).append(rates(zs))
-        x = torch.from_numpy(np.concatenate([cp.feats[2], cn.feats[2]]).astype(np.float32))
+        fi = {20: 2, 14: 1}[from_block]
+        x = torch.from_numpy(np.concatenate([cp.feats[fi], cn.feats[fi]]).astype(np.float32))
         conv, bn, act = copy.deepcopy(base._conv_head), copy.deepcopy(base._bn1), base._swish
+        blocks = copy.deepcopy(base._blocks[from_block + 1:])
         bn.eval()  # running statistics frozen (ImageNet), affine trained
+        blocks.eval()
         fc = torch.nn.Linear(1280, 1)
         with torch.no_grad():
             fc.weight.copy_(torch.from_numpy(w)[None])
             fc.bias.fill_(b)
 
+        def top(t):
+            for blk in blocks:
+                t = blk(t)
+            return act(bn(conv(t)))
+
         def logit(t):
-            return fc(act(bn(conv(t))).mean(dim=(2, 3)))[:, 0]
+            return fc(top(t).mean(dim=(2, 3)))[:, 0]
 
         with torch.no_grad():  # the cached features reproduce the cached pooled activations
-            err = float((act(bn(conv(x[:64]))).mean(dim=(2, 3)) - torch.from_numpy(cp.gap[:64])).abs().max())
-        opt = torch.optim.Adam([{"params": list(conv.parameters()) + list(bn.parameters()), "lr": 1e-4},
+            err = float((top(x[:64]).mean(dim=(2, 3)) - torch.from_numpy(cp.gap[:64])).abs().max())
+        opt = torch.optim.Adam([{"params": list(blocks.parameters()) + list(conv.parameters())
+                                 + list(bn.parameters()), "lr": 1e-4},
                                 {"params": fc.parameters(), "lr": 1e-3}], weight_decay=1e-4)
         yt = torch.from_numpy(y)
         pw = torch.tensor(len(neg) / len(pos))  # balanced classes, as the probe
@@ -274,11 +285,12 @@ def run_top_finetune(data: Path, cache: Path, epochs: int = 12) -> dict:
                 loss.backward()
                 opt.step()
         with torch.no_grad():
-            zs = {s: logit(torch.from_numpy(store.get(keys(test[s])).feats[2].astype(np.float32))).numpy()
+            zs = {s: logit(torch.from_numpy(store.get(keys(test[s])).feats[fi].astype(np.float32))).numpy()
                   for s in POS + ("pg_neg",)}
         r = rates(zs)
         r["gap_check_max_abs"] = err
-        res.setdefault(f"conv_head + BN affine fine-tuned, {epochs} epochs", []).append(r)
+        name = f"{'blocks 15-20 + ' if from_block == 14 else ''}conv_head + BN affine fine-tuned, {epochs} epochs"
+        res.setdefault(name, []).append(r)
         print(f"  fold {f}: probe pg_neg {res['linear probe (shipped), C=0.5'][-1]['pg_neg']:.3f} "
               f"AUC {res['linear probe (shipped), C=0.5'][-1]['auc']:.3f}; fine-tuned pg_neg {r['pg_neg']:.3f} "
               f"AUC {r['auc']:.3f} (cached-feature check {err:.3g})", flush=True)
@@ -291,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--cache", type=Path, default=Path("runs/lite_features"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--from-block", type=int, default=20, choices=[14, 20],
+                    help="top-finetune: fine-tune what follows this block (its cached features)")
     ap.add_argument("--variant", default="agree-allneg", choices=sorted(VARIANTS),
                     help="operating-points: the recipe variant fitted per fold")
     a = ap.parse_args(argv)
@@ -299,7 +313,9 @@ def main(argv: list[str] | None = None) -> None:
         a.cache.mkdir(parents=True, exist_ok=True)
         if a.idea == "operating-points":
             return run_operating_points(a.data, a.cache, a.variant)
-        return {"pooling": run_pooling, "pseudo-tiles": run_pseudo_tiles, "top-finetune": run_top_finetune}[a.idea](a.data, a.cache)
+        if a.idea == "top-finetune":
+            return run_top_finetune(a.data, a.cache, from_block=a.from_block)
+        return {"pooling": run_pooling, "pseudo-tiles": run_pseudo_tiles}[a.idea](a.data, a.cache)
 
     res = run_script(work)
     if a.json:
