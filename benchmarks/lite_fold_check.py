@@ -42,7 +42,7 @@ def main() -> None:
     fold_of = {s: group_folds(v, a.folds) for s, v in items.items()}
     train = {s: [it for j, f in enumerate(fl) if j != a.fold for it in f] for s, fl in fold_of.items()}
     test = {s: fl[a.fold] for s, fl in fold_of.items()}
-    rl.add_tiles(store, rl.ordered(train["kvasir"])[:rl.SEEDS["kvasir"]] + rl.ordered(train["cvc"])[:rl.SEEDS["cvc"]])
+    rl.add_tiles(store, rl.seeds_of(train))
     v = rl.VARIANTS[a.variant]
     f = rl.fit(store, train, v, store.m)
     cached = rl.score(store, f, test, v)

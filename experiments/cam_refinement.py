@@ -40,8 +40,8 @@ from rtseg.model.active_area import paste
 from rtseg.model.postprocess import refine
 from rtseg.recipes import lite as R
 from rtseg.recipes.layout import group_folds
-from rtseg.recipes.lite_fit import (SIZE, VARIANTS, FeatureStore, choose_threshold, fit, maps_of,
-                                    truth_crops, tune_set_of)
+from rtseg.recipes.lite_data import FeatureStore, tune_set_of
+from rtseg.recipes.lite_fit import SIZE, VARIANTS, choose_threshold, fit, maps_of, truth_crops
 from rtseg.train.edge_refine import dense_crf, slic_pool
 from rtseg.train.edge_refine import view_of as edge_view
 from rtseg.train.probe import head_cams, head_maps

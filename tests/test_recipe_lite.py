@@ -71,8 +71,9 @@ def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, mon
     from rtseg.model.bundle import load_bundle
     from rtseg.runtime import create_segmenter
 
-    for mod in (rl, rlf):  # the seed counts are read by both halves of the recipe
-        monkeypatch.setattr(mod, "SEEDS", {"kvasir": 3, "cvc": 2})
+    import rtseg.recipes.lite_data as rld
+
+    monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})  # the one place the seed counts live
     monkeypatch.setattr(rl, "VARIANTS", {"default": rlf.Variant(epochs=2),
                                          "agree": rlf.Variant("agree", agree=True, epochs=2),
                                          "agree-allneg": rlf.Variant("agree-allneg", agree=True,
@@ -110,8 +111,9 @@ def test_operating_point_is_chosen_inside_the_training_folds_and_travels_into_th
     from rtseg.model.bundle import load_bundle
     from rtseg.runtime import create_segmenter
 
-    for mod in (rl, rlf):
-        monkeypatch.setattr(mod, "SEEDS", {"kvasir": 3, "cvc": 2})
+    import rtseg.recipes.lite_data as rld
+
+    monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})  # the one place the seed counts live
     v = rlf.Variant("agree-allneg-op", agree=True, head_all_pg_neg=True, inner_op=True, epochs=2,
                     selftrain=False)
     monkeypatch.setattr(rl, "VARIANTS", {"agree-allneg-op": v})
@@ -150,3 +152,46 @@ def test_operating_point_is_chosen_inside_the_training_folds_and_travels_into_th
     got = np.concatenate([seg(np.ascontiguousarray(fr[None, ..., ::-1])).prob for fr in frames])
     assert np.abs(got - prob).max() < 2e-2, (got, prob)
     assert np.array_equal(got > 0.5, prob > 0.5)
+
+
+def test_closeup_views_zoom_into_the_active_area():
+    from rtseg.model.active_area import prepare
+    from rtseg.recipes.lite_data import CLOSEUPS, closeup_views
+
+    rng = np.random.default_rng(3)
+    frame = np.zeros((180, 320, 3), np.uint8)  # 16:9 with black margins, as PolypGen
+    frame[:, 70:250] = make_sample(rng, (180, 180), polyp=False).image
+    view, box = prepare(frame, True)
+    views = closeup_views(frame)
+    h, w = view.shape[:2]
+    assert len(views) == CLOSEUPS and box.x0 >= 60
+    # the centre half first (2x zoom), then the four quadrants, all cut from the active area
+    assert np.array_equal(views[0], view[h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2])
+    assert np.array_equal(views[4], view[h // 2:, w // 2:])
+    assert all(abs(v.shape[0] - h / 2) <= 1 and abs(v.shape[1] - w / 2) <= 1 for v in views)
+
+
+def test_closeup_negatives_come_from_training_frames_only(data_folder, tmp_path, monkeypatch):
+    import rtseg.recipes.lite as rl
+    import rtseg.recipes.lite_data as rld
+    import rtseg.recipes.lite_fit as rlf
+    from rtseg.recipes.layout import group_folds
+
+    monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
+    items = rl.load_all(data_folder)
+    store = rl.open_store(items, tmp_path / "cache")
+    outer = {s: group_folds(its, 2) for s, its in items.items()}
+    train = {s: fs[0] for s, fs in outer.items()}
+    held = {str(it.image) for fs in outer.values() for it in fs[1]}
+    seen: list[str] = []
+    real_get = store.get
+    monkeypatch.setattr(store, "get", lambda keys: (seen.extend(keys), real_get(keys))[1])
+    v = rlf.Variant("zoom", agree=True, head_all_pg_neg=True, closeups=5, epochs=2, selftrain=False)
+    f = rlf.fit(store, train, v, store.m, log=lambda *a: None)
+    zooms = [k for k in seen if "#z" in k]
+    assert f.tune["n_closeups"] == 5 * len(train["pg_neg"]) > 0
+    assert {k.rsplit("#z", 1)[0] for k in zooms} == {str(it.image) for it in train["pg_neg"]}
+    assert not ({k.split("#")[0] for k in seen} & held)  # no held-out frame, nor a view of one
+    # one close-up per polyp-free frame with closeups=1: the centre only
+    _, _, _, z1 = rlf.negatives(store, train, rlf.Variant(closeups=1), [])
+    assert z1 and all(k.endswith("#z0") for k in z1)

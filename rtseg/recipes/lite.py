@@ -38,9 +38,9 @@ from rtseg.evaluate.metrics import image_scores
 from rtseg.model.bundle import Bundle, build_model
 from rtseg.model.postprocess import refine
 from rtseg.train.probe import fit_classifier, logits_of, set_classifier
-# part 1 of the recipe (settings, variants, data, one fit): rtseg.recipes.lite_fit
-from rtseg.recipes.lite_fit import (ARCH, SEEDS, SIZE, VARIANTS, FeatureStore, Fit, Variant, add_tiles,
-                                    fit, flipped_of, manifest, maps_of, ordered, seeds_of)
+# part 1 of the recipe (settings, variants, one fit; its data): rtseg.recipes.lite_fit, lite_data
+from rtseg.recipes.lite_data import FeatureStore, add_tiles, ordered, seeds_of
+from rtseg.recipes.lite_fit import ARCH, SIZE, VARIANTS, Fit, Variant, fit, flipped_of, manifest, maps_of
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def classifier_cv(data: Path, folds: int, cache: Path | None,
     for k in range(folds):
         train = {src: [it for j, f in enumerate(fl) if j != k for it in f] for src, fl in fold_of.items()}
         test = {src: fl[k] for src, fl in fold_of.items()}
-        seeds = ordered(train["kvasir"])[:SEEDS["kvasir"]] + ordered(train["cvc"])[:SEEDS["cvc"]]
+        seeds = seeds_of(train)
         add_tiles(store, seeds)
         from sklearn.metrics import roc_auc_score
 

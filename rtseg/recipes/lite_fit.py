@@ -1,30 +1,30 @@
-"""The default model's recipe (:mod:`rtseg.recipes.lite`), part 1: its settings and variants,
-the data (items, seed tiles, cached features) and one fit (classifier + head on a training
-selection, threshold and clean-up tuned on it). Part 2, :mod:`rtseg.recipes.lite`, scores held-out
-folds, cross-validates, builds the bundle and has the command line."""
+"""The default model's recipe (:mod:`rtseg.recipes.lite`), part 1: its settings and variants
+and one fit (classifier + head on a training selection, threshold and clean-up tuned on it);
+its data (items, in-domain negative views, cached features) are :mod:`rtseg.recipes.lite_data`.
+Part 2, :mod:`rtseg.recipes.lite`, scores held-out folds, cross-validates, builds the bundle and
+has the command line."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from rtseg.model.active_area import Box
-from rtseg.recipes.layout import Item, _h
+from rtseg.recipes.layout import Item
 from rtseg.model.head import HeadConfig, SegHead
 from rtseg.imageio import read_image, read_mask
 from rtseg.evaluate.metrics import image_scores
 from rtseg.model.arch import LITE_MEAN, LITE_STD
 from rtseg.model.manifest import Manifest
 from rtseg.model.postprocess import refine
-from rtseg.train.probe import (TARGET, Cached, extract, fit_classifier, fit_head, head_cams, head_maps,
-                         logits_of, mask_target, pseudo_targets)
+from rtseg.recipes.lite_data import (FeatureStore, add_closeups, add_tiles, closeup_keys, ordered, rest_of,
+                                     seeds_of, tune_set_of)
+from rtseg.train.probe import (TARGET, Cached, fit_classifier, fit_head, head_cams, head_maps, logits_of,
+                               mask_target, pseudo_targets)
 
 ARCH = "efficientnet-lite1"
 SIZE = 224
-SEEDS = {"kvasir": 70, "cvc": 30}
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.10, 0.76, 0.05))
 STEPS = ((), ("largest",), ("largest", "fill"))
 RADII = tuple(round(r, 3) for r in np.arange(0.10, 0.501, 0.025))
@@ -49,6 +49,7 @@ class Variant:
     epochs: int = 30  # head epochs (self-training round: a third, on at most 400 images)
     inner_op: bool = False  # the frame rule's operating point chosen by an inner CV (training folds)
     pseudo_crf: float = 0.0  # > 0: self-training targets refined by a dense CRF (bilateral weight)
+    closeups: int = 0  # close-up views (quadrants, centre) per polyp-free frame as extra negatives
 
 
 VARIANTS = {
@@ -72,6 +73,10 @@ VARIANTS = {
     # agree-allneg whose self-training targets are the head's maps refined by a dense CRF on the
     # image (the head learns the refinement: nothing extra runs per frame)
     "agree-allneg-crf": Variant("agree-allneg-crf", agree=True, head_all_pg_neg=True, pseudo_crf=3.0),
+    # agree-allneg with close-ups of the training folds' polyp-free frames (2x zoom: centre and
+    # quadrants of the active area) as negatives of the classifier and empty targets of the head
+    "agree-allneg-zoom": Variant("agree-allneg-zoom", agree=True, head_all_pg_neg=True, closeups=5),
+    "agree-allneg-zoom1": Variant("agree-allneg-zoom1", agree=True, head_all_pg_neg=True, closeups=1),
 }
 # the operating points searched by the inner cross-validation (t: classifier logit; h: head max)
 OP_SHIFTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
@@ -83,117 +88,6 @@ def manifest(gate: bool = True, head: bool = True, agree: bool = False, agree_at
     return Manifest(arch=ARCH, input_size=SIZE, mean=LITE_MEAN, std=LITE_STD, fov_mask=True,
                     active_area=True, cam_layer="head", threshold="above 0.5",
                     head=HeadConfig(gate=gate, agree=agree, agree_at=agree_at).to_dict() if head else None)
-
-
-# --------------------------------------------------------------------------------------------
-# data: items, seed tiles, features
-# --------------------------------------------------------------------------------------------
-def ordered(items: list[Item]) -> list[Item]:
-    return sorted(items, key=lambda it: _h(str(it.image.name), 1))
-
-
-def view_tiles(img: np.ndarray, grid: int, mask: np.ndarray | None = None) -> dict[int, np.ndarray]:
-    """The lit ``grid`` x ``grid`` tiles of the image's active area (index ``grid * i + j``),
-    leaving out any tile that holds a pixel of ``mask`` (full-image bool) when one is given."""
-    from rtseg.model.active_area import prepare
-
-    view, box = prepare(img, True)
-    mk = mask[box.y0:box.y1, box.x0:box.x1] if mask is not None else None
-    h, w = view.shape[:2]
-    out = {}
-    for i in range(grid):
-        for j in range(grid):
-            ys, xs = slice(i * h // grid, (i + 1) * h // grid), slice(j * w // grid, (j + 1) * w // grid)
-            tile = view[ys, xs]
-            # a tile that is mostly black border says nothing
-            if (mk is None or not mk[ys, xs].any()) and (tile.max(axis=2) > 30).mean() > 0.6:
-                out[grid * i + j] = np.ascontiguousarray(tile)
-    return out
-
-
-def seed_tiles(img: np.ndarray, mask: np.ndarray, m: Manifest, grid: int = 3) -> list[np.ndarray]:
-    """Tiles of the image's active area that hold no polyp pixel (in-domain negatives)."""
-    return list(view_tiles(img, grid, mask).values())
-
-
-class FeatureStore:
-    """Features of every image used, computed once (and kept on disk under ``cache``)."""
-
-    def __init__(self, model, m: Manifest, cache: Path | None) -> None:
-        self.model, self.m, self.cache = model, m, cache
-        self.index: dict[str, int] = {}
-        self.parts: list[Cached] = []
-        self.data: Cached | None = None
-
-    def add(self, keys: list[str], loader, label: str) -> None:
-        keys = [k for k in keys if k not in self.index]
-        if not keys:
-            return
-        f = self.cache / f"{label}.npz" if self.cache else None
-        if f is not None and f.is_file():
-            try:
-                z = np.load(f, allow_pickle=True)
-                if list(z["keys"]) == keys:
-                    self._append(keys, Cached(z["gap"], z["head"], [z[f"f{i}"] for i in range(3)],
-                                              [Box(*b) for b in z["boxes"]]))
-                    return
-            except Exception as exc:  # a damaged cache file (numpy/zipfile raise many types)
-                print(f"  feature cache {f} unreadable ({type(exc).__name__}): recomputing", flush=True)
-        t = time.time()
-        out = []
-        for s in range(0, len(keys), 64):
-            imgs = [loader(k) for k in keys[s:s + 64]]
-            out.append(extract(self.model, self.m, imgs, self.m.head["features"]))
-        c = Cached.concat(out)
-        print(f"  features of {len(keys)} {label}: {time.time() - t:.0f} s", flush=True)
-        if f is not None:
-            f.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(f, keys=np.array(keys), gap=c.gap, head=c.head,
-                     **{f"f{i}": x for i, x in enumerate(c.feats)},
-                     boxes=np.array([b.as_tuple() for b in c.boxes]))
-        self._append(keys, c)
-
-    def _append(self, keys: list[str], c: Cached) -> None:
-        base = len(self.index)
-        for i, k in enumerate(keys):
-            self.index[k] = base + i
-        self.parts.append(c)
-        self.data = None
-
-    def get(self, keys: list[str]) -> Cached:
-        if self.data is None:
-            self.data = Cached.concat(self.parts)
-        return self.data.take([self.index[k] for k in keys])
-
-
-def add_tiles(store: FeatureStore, seeds: list[Item]) -> None:
-    """Features of the seed images' polyp-free tiles (``store.tile_keys``: image -> tile keys)."""
-    import hashlib
-
-    keys, tiles = [], []
-    for it in seeds:
-        k = str(it.image)
-        if k in store.tile_keys:
-            continue
-        ts = seed_tiles(read_image(it.image), read_mask(it.mask), store.m)
-        store.tile_keys[k] = [f"{k}#t{i}" for i in range(len(ts))]
-        keys += store.tile_keys[k]
-        tiles += ts
-    if keys:
-        lut = dict(zip(keys, tiles))
-        tag = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:12]
-        store.add(keys, lambda key: lut[key], f"tiles-{tag}")
-
-
-def tune_set_of(train: dict[str, list[Item]]) -> list[Item]:
-    """The images (not seeds) whose masks choose the threshold and clean-up: about 250."""
-    rest = ordered(train["kvasir"])[SEEDS["kvasir"]:] + ordered(train["cvc"])[SEEDS["cvc"]:]
-    return rest[::max(1, len(rest) // 250)]
-
-
-def seeds_of(train: dict[str, list[Item]]) -> list[Item]:
-    """The seed images of a training selection (the only masks trained on)."""
-    return ordered(train["kvasir"])[:SEEDS["kvasir"]] + ordered(train["cvc"])[:SEEDS["cvc"]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,15 +146,10 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     kv, cvc = ordered(train["kvasir"]), ordered(train["cvc"])
     seeds = seeds_of(train)
     add_tiles(store, seeds)
-    rest = kv[SEEDS["kvasir"]:] + cvc[SEEDS["cvc"]:]
+    rest = rest_of(train)
     tune_set = tune_set_of(train)
     pos_keys = [str(it.image) for it in kv + cvc] + ([str(it.image) for it in train["pg_pos"]] if v.pg_pos else [])
-    neg_keys = [str(it.image) for it in train["pg_neg"]]
-    n_pg_neg = len(neg_keys)
-    if v.crops:
-        neg_keys += [str(it.image) for it in train["non_polyp"]]
-    tile_keys = [k for it in seeds for k in store.tile_keys.get(str(it.image), [])] if v.tiles else []
-    neg_keys += tile_keys
+    neg_keys, n_pg_neg, tile_keys, zoom_keys = negatives(store, train, v, seeds)
     # 1. classifier
     c_pos, c_neg = store.get(pos_keys), store.get(neg_keys)
     gap = np.concatenate([c_pos.gap, c_neg.gap])
@@ -275,9 +164,12 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
         tg = np.stack([mask_target(read_mask(it.mask), bx) for it, bx in zip(seeds, seed_c.boxes)])
         rng = np.random.default_rng(0)
         if v.head_all_pg_neg:  # every in-domain polyp-free frame + a sample of the other negatives
-            others = neg_keys[n_pg_neg:]
+            zs = set(zoom_keys)
+            others = [k for k in neg_keys[n_pg_neg:] if k not in zs]
             nk = neg_keys[:n_pg_neg] + list(rng.choice(others, size=min(len(others), len(seeds)),
                                                        replace=False))
+            if zoom_keys:  # + as many close-ups as frames (the head's cost grows by that)
+                nk += list(rng.choice(zoom_keys, size=min(len(zoom_keys), n_pg_neg), replace=False))
         else:
             nk = list(rng.choice(neg_keys, size=min(len(neg_keys), 3 * len(seeds)), replace=False))
         neg_c = store.get(nk)
@@ -329,9 +221,25 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     f.radius, _ = choose_radius(whole, RADII)
     f.tune = {"dice": round(best[0], 4), "threshold": f.threshold, "postprocess": list(f.steps),
               "n_tune": len(tune_set), "n_pos": len(pos_keys), "n_neg": len(neg_keys),
-              "n_tiles": len(tile_keys), "ellipse_radius": f.radius,
+              "n_tiles": len(tile_keys), "n_closeups": len(zoom_keys), "ellipse_radius": f.radius,
               "shift": f.shift, "agree_at": f.agree_at, **({"operating_point": op} if op else {})}
     return f
+
+
+def negatives(store: FeatureStore, train: dict[str, list[Item]], v: Variant, seeds: list[Item]
+              ) -> tuple[list[str], int, list[str], list[str]]:
+    """(every negative key, how many of them lead as the in-domain polyp-free frames, the seed
+    tiles' keys, the close-ups' keys) of a training selection for variant ``v``."""
+    neg_keys = [str(it.image) for it in train["pg_neg"]]
+    n_pg_neg = len(neg_keys)
+    if v.crops:
+        neg_keys += [str(it.image) for it in train["non_polyp"]]
+    tile_keys = [k for it in seeds for k in store.tile_keys.get(str(it.image), [])] if v.tiles else []
+    zoom_keys: list[str] = []
+    if v.closeups:
+        add_closeups(store, train["pg_neg"])
+        zoom_keys = [k for k in closeup_keys(train["pg_neg"]) if int(k.rsplit("#z", 1)[1]) < v.closeups]
+    return neg_keys + tile_keys + zoom_keys, n_pg_neg, tile_keys, zoom_keys
 
 
 def choose_threshold(maps: np.ndarray, truths: list[np.ndarray]) -> tuple[float, float, tuple[str, ...]]:

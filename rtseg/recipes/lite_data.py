@@ -1,0 +1,168 @@
+"""The default model's recipe, its data: the items of a training selection, the in-domain
+negative views (tiles of the seed images outside their masks, close-ups of the polyp-free
+frames) and the frozen backbone's features of every image used, computed once and cached.
+Used by :mod:`rtseg.recipes.lite_fit` (one fit) and :mod:`rtseg.recipes.lite` (CV, build)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rtseg.imageio import read_image, read_mask
+from rtseg.model.active_area import Box
+from rtseg.model.manifest import Manifest
+from rtseg.recipes.layout import Item, _h
+from rtseg.train.probe import Cached, extract
+
+SEEDS = {"kvasir": 70, "cvc": 30}
+CLOSEUPS = 5  # close-up views per polyp-free frame: its centre, then its four quadrants
+
+
+def ordered(items: list[Item]) -> list[Item]:
+    return sorted(items, key=lambda it: _h(str(it.image.name), 1))
+
+
+def view_tiles(img: np.ndarray, grid: int, mask: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """The lit ``grid`` x ``grid`` tiles of the image's active area (index ``grid * i + j``),
+    leaving out any tile that holds a pixel of ``mask`` (full-image bool) when one is given."""
+    from rtseg.model.active_area import prepare
+
+    view, box = prepare(img, True)
+    mk = mask[box.y0:box.y1, box.x0:box.x1] if mask is not None else None
+    h, w = view.shape[:2]
+    out = {}
+    for i in range(grid):
+        for j in range(grid):
+            ys, xs = slice(i * h // grid, (i + 1) * h // grid), slice(j * w // grid, (j + 1) * w // grid)
+            tile = view[ys, xs]
+            # a tile that is mostly black border says nothing
+            if (mk is None or not mk[ys, xs].any()) and (tile.max(axis=2) > 30).mean() > 0.6:
+                out[grid * i + j] = np.ascontiguousarray(tile)
+    return out
+
+
+def seed_tiles(img: np.ndarray, mask: np.ndarray, m: Manifest, grid: int = 3) -> list[np.ndarray]:
+    """Tiles of the image's active area that hold no polyp pixel (in-domain negatives)."""
+    return list(view_tiles(img, grid, mask).values())
+
+
+class FeatureStore:
+    """Features of every image used, computed once (and kept on disk under ``cache``)."""
+
+    def __init__(self, model, m: Manifest, cache: Path | None) -> None:
+        self.model, self.m, self.cache = model, m, cache
+        self.index: dict[str, int] = {}
+        self.parts: list[Cached] = []
+        self.data: Cached | None = None
+
+    def add(self, keys: list[str], loader, label: str) -> None:
+        keys = [k for k in keys if k not in self.index]
+        if not keys:
+            return
+        f = self.cache / f"{label}.npz" if self.cache else None
+        if f is not None and f.is_file():
+            try:
+                z = np.load(f, allow_pickle=True)
+                if list(z["keys"]) == keys:
+                    self._append(keys, Cached(z["gap"], z["head"], [z[f"f{i}"] for i in range(3)],
+                                              [Box(*b) for b in z["boxes"]]))
+                    return
+            except Exception as exc:  # a damaged cache file (numpy/zipfile raise many types)
+                print(f"  feature cache {f} unreadable ({type(exc).__name__}): recomputing", flush=True)
+        t = time.time()
+        out = []
+        for s in range(0, len(keys), 64):
+            imgs = [loader(k) for k in keys[s:s + 64]]
+            out.append(extract(self.model, self.m, imgs, self.m.head["features"]))
+        c = Cached.concat(out)
+        print(f"  features of {len(keys)} {label}: {time.time() - t:.0f} s", flush=True)
+        if f is not None:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(f, keys=np.array(keys), gap=c.gap, head=c.head,
+                     **{f"f{i}": x for i, x in enumerate(c.feats)},
+                     boxes=np.array([b.as_tuple() for b in c.boxes]))
+        self._append(keys, c)
+
+    def _append(self, keys: list[str], c: Cached) -> None:
+        base = len(self.index)
+        for i, k in enumerate(keys):
+            self.index[k] = base + i
+        self.parts.append(c)
+        self.data = None
+
+    def get(self, keys: list[str]) -> Cached:
+        if self.data is None:
+            self.data = Cached.concat(self.parts)
+        return self.data.take([self.index[k] for k in keys])
+
+
+def add_tiles(store: FeatureStore, seeds: list[Item]) -> None:
+    """Features of the seed images' polyp-free tiles (``store.tile_keys``: image -> tile keys)."""
+    keys, tiles = [], []
+    for it in seeds:
+        k = str(it.image)
+        if k in store.tile_keys:
+            continue
+        ts = seed_tiles(read_image(it.image), read_mask(it.mask), store.m)
+        store.tile_keys[k] = [f"{k}#t{i}" for i in range(len(ts))]
+        keys += store.tile_keys[k]
+        tiles += ts
+    if keys:
+        lut = dict(zip(keys, tiles))
+        tag = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:12]
+        store.add(keys, lambda key: lut[key], f"tiles-{tag}")
+
+
+def rest_of(train: dict[str, list[Item]]) -> list[Item]:
+    """The Kvasir-SEG and CVC-ClinicDB images of a training selection that are not seeds."""
+    return ordered(train["kvasir"])[SEEDS["kvasir"]:] + ordered(train["cvc"])[SEEDS["cvc"]:]
+
+
+def tune_set_of(train: dict[str, list[Item]]) -> list[Item]:
+    """The images (not seeds) whose masks choose the threshold and clean-up: about 250."""
+    rest = rest_of(train)
+    return rest[::max(1, len(rest) // 250)]
+
+
+def seeds_of(train: dict[str, list[Item]]) -> list[Item]:
+    """The seed images of a training selection (the only masks trained on)."""
+    return ordered(train["kvasir"])[:SEEDS["kvasir"]] + ordered(train["cvc"])[:SEEDS["cvc"]]
+
+
+def closeup_views(img: np.ndarray) -> list[np.ndarray]:
+    """Views of a frame's active area at twice the zoom (its centre half, then its four
+    quadrants), as the endoscope sees mucosa from close up: in-domain negatives of a polyp-free
+    frame that the frame itself does not show the network."""
+    from rtseg.model.active_area import prepare
+
+    view, _ = prepare(img, True)
+    h, w = view.shape[:2]
+    out = [view[h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2]]
+    out += [view[i * h // 2:(i + 1) * h // 2, j * w // 2:(j + 1) * w // 2] for i in range(2) for j in range(2)]
+    return [np.ascontiguousarray(v) for v in out]
+
+
+def closeup_keys(items: list[Item]) -> list[str]:
+    return [f"{it.image}#z{i}" for it in items for i in range(CLOSEUPS)]
+
+
+def add_closeups(store: "FeatureStore", items: list[Item]) -> None:
+    """Features of the close-up views (:func:`closeup_views`) of ``items`` (keys ``image#zN``),
+    each image decoded once."""
+    keys = [k for k in closeup_keys(items) if k not in store.index]
+    if not keys:
+        return
+    last: dict[str, list[np.ndarray]] = {}
+
+    def load(key: str) -> np.ndarray:
+        image, i = key.rsplit("#z", 1)
+        if image not in last:
+            last.clear()
+            last[image] = closeup_views(read_image(image))
+        return last[image][int(i)]
+
+    tag = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:12]
+    store.add(keys, load, f"closeups-{tag}")
