@@ -88,6 +88,14 @@ def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, mon
             assert 0.0 <= fold[src]["model"]["dice"] <= 1.0
         assert 0.0 <= fold["pg_neg"]["called_non_polyp"] <= 1.0
         assert fold["tune"]["threshold"] in rlf.THRESHOLDS
+    # every polyp-free sequence is held out once, and the all-frames rate is their weighted mean
+    s = res["summary"]["default"]
+    pg = rl.load_all(data_folder)["pg_neg"]
+    per = s["pg_neg_called_non_polyp_per_sequence"]
+    assert set(per) == {it.group for it in pg}
+    n = {g: sum(it.group == g for it in pg) for g in per}
+    assert abs(s["pg_neg_called_non_polyp_all_frames"] - sum(per[g] * n[g] for g in per) / len(pg)) < 1e-3
+    assert 0.0 <= s["polyp_called_polyp_all_frames"] <= 1.0
     # the feature cache is reused: a new store reads it instead of decoding images again
     store = rlf.FeatureStore(None, rlf.manifest(), tmp_path / "cache")
     keys = [str(it.image) for it in rl.load_all(data_folder)["kvasir"]]

@@ -75,8 +75,12 @@ def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]], v: Variant) 
         if test.get(src):
             prob, _ = maps_of(f, store.get([str(it.image) for it in test[src]]), SIZE, False, v.agree)
             key = "called_non_polyp" if src in ("pg_neg", "non_polyp") else "called_polyp"
-            out[src] = {key: round(float((prob <= 0.5).mean() if key == "called_non_polyp" else (prob > 0.5).mean()), 4),
-                        "n": len(test[src])}
+            ok = prob <= 0.5 if key == "called_non_polyp" else prob > 0.5
+            out[src] = {key: round(float(ok.mean()), 4), "n": len(test[src])}
+            if src == "pg_neg":  # per held-out sequence: one sequence can carry a fold
+                groups = np.array([it.group for it in test[src]])
+                out[src]["per_sequence"] = {g: [round(float(ok[groups == g].mean()), 4), int((groups == g).sum())]
+                                            for g in sorted(set(groups))}
     return out
 
 
@@ -131,6 +135,13 @@ def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | No
                     s[f"{src}_{who}_{met}"] = _mean_sd([r[src][who][met] for r in rs])
             s[f"{src}_called_polyp"] = _mean_sd([r[src]["called_polyp"] for r in rs])
         s["pg_neg_called_non_polyp"] = _mean_sd([r["pg_neg"]["called_non_polyp"] for r in rs])
+        # every PolypGen polyp-free frame is held out once: the rate over all of them, and per sequence
+        seqs = {g: v for r in rs for g, v in r["pg_neg"]["per_sequence"].items()}
+        s["pg_neg_called_non_polyp_all_frames"] = round(sum(a * n for a, n in seqs.values()) /
+                                                        max(1, sum(n for _, n in seqs.values())), 4)
+        s["pg_neg_called_non_polyp_per_sequence"] = {g: a for g, (a, _) in sorted(seqs.items())}
+        pos = [(r[src]["called_polyp"], r[src]["n"]) for r in rs for src in ("kvasir", "cvc", "pg_pos")]
+        s["polyp_called_polyp_all_frames"] = round(sum(a * n for a, n in pos) / max(1, sum(n for _, n in pos)), 4)
         s["pg_pos_called_polyp"] = _mean_sd([r["pg_pos"]["called_polyp"] for r in rs])
         s["crops_called_non_polyp"] = _mean_sd([r["non_polyp"]["called_non_polyp"] for r in rs])
         summary[name] = s
@@ -197,13 +208,17 @@ def build(data: Path, out: Path, cache: Path | None, variant: str = "agree-allne
     model = build_model(ARCH, pretrained=True, head=m.head).eval()
     # the classifier's operating point is its bias: the graph calls a frame polyp at logit > 0
     set_classifier(model, f.w, f.b - f.shift)
+    if f.top is not None:  # the fine-tuned top of the backbone (variant top_epochs)
+        f.top.install(model)
     if f.head is not None:
         model.rtseg_head.load_state_dict(f.head.state_dict())
     from rtseg.model.thresholds import ThresholdPolicy
 
     m = m.replace(threshold=ThresholdPolicy.parse(f"above {f.threshold}"), postprocess=tuple(f.steps),
                   training={"recipe": f"python -m rtseg.recipes.lite build --variant {variant}",
-                            "backbone": "ImageNet efficientnet-lite1, frozen",
+                            "backbone": "ImageNet efficientnet-lite1, frozen" + (
+                                f"; blocks {f.top.from_block + 1}-{f.top.from_block + len(f.top.blocks)}, "
+                                "conv_head and bn1's affine fine-tuned with the classifier" if f.top else ""),
                             "variant": v.__dict__, **f.tune},
                   metrics={"tuning": {"baselines": {"ellipse": {"radius": f.radius}}}})
     bundle = Bundle(model, m)

@@ -22,6 +22,7 @@ from rtseg.recipes.lite_data import (FeatureStore, add_closeups, add_tiles, clos
                                      seeds_of, tune_set_of)
 from rtseg.train.probe import (TARGET, Cached, fit_classifier, fit_head, head_cams, head_maps, logits_of,
                                mask_target, pseudo_targets)
+from rtseg.train.top import Top, finetune_top, retop
 
 ARCH = "efficientnet-lite1"
 SIZE = 224
@@ -50,6 +51,7 @@ class Variant:
     inner_op: bool = False  # the frame rule's operating point chosen by an inner CV (training folds)
     pseudo_crf: float = 0.0  # > 0: self-training targets refined by a dense CRF (bilateral weight)
     closeups: int = 0  # close-up views (quadrants, centre) per polyp-free frame as extra negatives
+    top_epochs: int = 0  # > 0: blocks 15-20 + conv_head fine-tuned with the classifier (epochs)
 
 
 VARIANTS = {
@@ -77,7 +79,11 @@ VARIANTS = {
     # quadrants of the active area) as negatives of the classifier and empty targets of the head
     "agree-allneg-zoom": Variant("agree-allneg-zoom", agree=True, head_all_pg_neg=True, closeups=5),
     "agree-allneg-zoom1": Variant("agree-allneg-zoom1", agree=True, head_all_pg_neg=True, closeups=1),
+    # agree-allneg on a backbone whose top (blocks 15-20, conv_head, bn1's affine) is fine-tuned
+    # with the classifier on the cached block-14 features (the rest stays ImageNet's, frozen)
+    "agree-allneg-top": Variant("agree-allneg-top", agree=True, head_all_pg_neg=True, top_epochs=12),
 }
+TOP_FROM = 14  # the top fine-tuned by top_epochs starts after this block (a head feature block)
 # the operating points searched by the inner cross-validation (t: classifier logit; h: head max)
 OP_SHIFTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 OP_AGREE = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
@@ -104,6 +110,31 @@ class Fit:
     tune: dict = field(default_factory=dict)
     shift: float = 0.0  # the classifier's operating point: a frame needs logit > shift
     agree_at: float = 0.5  # the head's: its max pixel > agree_at (HeadConfig.agree_at)
+    top: Top | None = None  # the fine-tuned top of the backbone (Variant.top_epochs), or ImageNet's
+
+    def view(self, c: Cached) -> Cached:
+        """Cached ImageNet-backbone features as this fit's backbone computes them."""
+        return c if self.top is None else retop(self.top, c, *_top_slots(self.top))
+
+
+def _top_slots(top: Top) -> tuple[int, int | None]:
+    """(index of the top's input block, of the last block if the head reads it) in Cached.feats."""
+    feats = list(manifest().head["features"])
+    last = top.from_block + len(top.blocks)
+    return feats.index(top.from_block), (feats.index(last) if last in feats else None)
+
+
+class TopView:
+    """A feature store seen through a fine-tuned top: ``get`` recomputes what the top changes."""
+
+    def __init__(self, store: FeatureStore, top: Top) -> None:
+        self.store, self.top = store, top
+
+    def get(self, keys: list[str]) -> Cached:
+        return retop(self.top, self.store.get(keys), *_top_slots(self.top))
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
 
 
 def _truth_crop(mask: np.ndarray, box: Box, size: int) -> np.ndarray:
@@ -121,6 +152,8 @@ def maps_of(fit: Fit, c: Cached, size: int, gate: bool, agree: bool = False,
     from rtseg.model.head import decide
 
     cfg = HeadConfig(gate=gate, agree=agree, agree_at=fit.agree_at)
+    c = fit.view(c)
+    flipped = fit.view(flipped) if flipped is not None else None
     z = torch.from_numpy(logits_of(c.gap, fit.w, fit.b - fit.shift))
     raw = head_cams(c.head, fit.w)
     if flipped is not None and fit.head is not None:
@@ -146,7 +179,6 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     kv, cvc = ordered(train["kvasir"]), ordered(train["cvc"])
     seeds = seeds_of(train)
     add_tiles(store, seeds)
-    rest = rest_of(train)
     tune_set = tune_set_of(train)
     pos_keys = [str(it.image) for it in kv + cvc] + ([str(it.image) for it in train["pg_pos"]] if v.pg_pos else [])
     neg_keys, n_pg_neg, tile_keys, zoom_keys = negatives(store, train, v, seeds)
@@ -157,59 +189,24 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     sw = np.ones(len(y))
     sw[len(pos_keys):len(pos_keys) + n_pg_neg] = v.neg_weight
     w, b = fit_classifier(gap, y, v.c, sample_weight=sw)
+    base, top = store, None
+    if v.top_epochs:  # the backbone's top and the classifier fine-tuned together, from the probe
+        src = m.head["features"].index(TOP_FROM)
+        top, w, b = finetune_top(store.model, np.concatenate([c_pos.feats[src], c_neg.feats[src]]), y,
+                                 w, b, TOP_FROM, epochs=v.top_epochs)
+        store = TopView(store, top)
     # 2. head: seed masks + empty masks of negatives (+ own confident maps)
-    head = None
-    if v.head:
-        seed_c = store.get([str(it.image) for it in seeds])
-        tg = np.stack([mask_target(read_mask(it.mask), bx) for it, bx in zip(seeds, seed_c.boxes)])
-        rng = np.random.default_rng(0)
-        if v.head_all_pg_neg:  # every in-domain polyp-free frame + a sample of the other negatives
-            zs = set(zoom_keys)
-            others = [k for k in neg_keys[n_pg_neg:] if k not in zs]
-            nk = neg_keys[:n_pg_neg] + list(rng.choice(others, size=min(len(others), len(seeds)),
-                                                       replace=False))
-            if zoom_keys:  # + as many close-ups as frames (the head's cost grows by that)
-                nk += list(rng.choice(zoom_keys, size=min(len(zoom_keys), n_pg_neg), replace=False))
-        else:
-            nk = list(rng.choice(neg_keys, size=min(len(neg_keys), 3 * len(seeds)), replace=False))
-        neg_c = store.get(nk)
-        cc = Cached.concat([seed_c, neg_c])
-        tgt = np.concatenate([tg, np.zeros((len(nk), TARGET, TARGET), np.float32)])
-        wgt = np.ones_like(tgt)
-        head = SegHead(HeadConfig(**{**m.head, "gate": v.gate, "agree": v.agree}))
-        fit_head(head, cc, head_cams(cc.head, w), tgt, wgt, epochs=v.epochs, seed=0)
-        if v.selftrain:
-            un_keys = [str(it.image) for it in rest] + ([str(it.image) for it in train["pg_pos"]] if v.pg_pos else [])
-            un_c = store.get(un_keys)
-            un_raw = head_cams(un_c.head, w)
-            pt, pw, keep = pseudo_targets(head_maps(head, un_c, un_raw))
-            keep &= logits_of(un_c.gap, w, b) > 0
-            idx = np.flatnonzero(keep)
-            if len(idx) > 400:
-                idx = np.sort(np.random.default_rng(1).choice(idx, 400, replace=False))
-            if v.pseudo_crf > 0:
-                sub = un_c.take(idx)
-                fine = crf_maps([un_keys[i] for i in idx], head_maps(head, sub, un_raw[idx], SIZE),
-                                v.pseudo_crf)
-                pt[idx], pw[idx], _ = pseudo_targets(fine)
-            cc2 = Cached.concat([cc, un_c.take(idx)])
-            tgt2 = np.concatenate([tgt, pt[idx]])
-            wgt2 = np.concatenate([wgt, pw[idx] * 0.5])
-            head = SegHead(HeadConfig(**{**m.head, "gate": v.gate, "agree": v.agree}))
-            fit_head(head, cc2, head_cams(cc2.head, w), tgt2, wgt2, epochs=max(2, v.epochs // 3),
-                     seed=1)
-            log(f"    self-training: {len(idx)} of {len(un_keys)} unlabeled polyp images used "
-                f"({int(keep.sum())} confident)")
-    f = Fit(w, b, head, 0.5, (), 0.25)
+    head = fit_seg_head(store, train, v, m, (w, b), seeds, (neg_keys, n_pg_neg, zoom_keys), log) if v.head else None
+    f = Fit(w, b, head, 0.5, (), 0.25, top=top)
     if not tune:
         return f
     # 3. the frame rule's operating point, then threshold, clean-up and the ellipse radius on
     # the training folds' tune set
     op = {}
     if v.inner_op and head is not None and v.agree:
-        f.shift, f.agree_at, op = choose_operating_point(store, train, v, m, log)
-    tc = store.get([str(it.image) for it in tune_set])
-    _, maps = maps_of(f, tc, SIZE, v.gate, v.agree, flipped_of(store, tune_set, v))
+        f.shift, f.agree_at, op = choose_operating_point(base, train, v, m, log)
+    tc = base.get([str(it.image) for it in tune_set])
+    _, maps = maps_of(f, tc, SIZE, v.gate, v.agree, flipped_of(base, tune_set, v))
     best = choose_threshold(maps, truth_crops(tune_set, tc))
     f.threshold, f.steps = best[1], best[2]
     # the constant ellipse's radius: relative to the frame, so chosen on the whole-frame
@@ -224,6 +221,55 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
               "n_tiles": len(tile_keys), "n_closeups": len(zoom_keys), "ellipse_radius": f.radius,
               "shift": f.shift, "agree_at": f.agree_at, **({"operating_point": op} if op else {})}
     return f
+
+
+def fit_seg_head(store, train: dict[str, list[Item]], v: Variant, m: Manifest, wb: tuple[np.ndarray, float],
+                 seeds: list[Item], negs: tuple[list[str], int, list[str]], log=print) -> SegHead:
+    """The segmentation head of a fit: trained on the seed masks and empty masks of negatives,
+    then (``v.selftrain``) again with its own confident maps of the unlabeled polyp images."""
+    w, b = wb
+    neg_keys, n_pg_neg, zoom_keys = negs
+    seed_c = store.get([str(it.image) for it in seeds])
+    tg = np.stack([mask_target(read_mask(it.mask), bx) for it, bx in zip(seeds, seed_c.boxes)])
+    rng = np.random.default_rng(0)
+    if v.head_all_pg_neg:  # every in-domain polyp-free frame + a sample of the other negatives
+        zs = set(zoom_keys)
+        others = [k for k in neg_keys[n_pg_neg:] if k not in zs]
+        nk = neg_keys[:n_pg_neg] + list(rng.choice(others, size=min(len(others), len(seeds)),
+                                                   replace=False))
+        if zoom_keys:  # + as many close-ups as frames (the head's cost grows by that)
+            nk += list(rng.choice(zoom_keys, size=min(len(zoom_keys), n_pg_neg), replace=False))
+    else:
+        nk = list(rng.choice(neg_keys, size=min(len(neg_keys), 3 * len(seeds)), replace=False))
+    neg_c = store.get(nk)
+    cc = Cached.concat([seed_c, neg_c])
+    tgt = np.concatenate([tg, np.zeros((len(nk), TARGET, TARGET), np.float32)])
+    wgt = np.ones_like(tgt)
+    head = SegHead(HeadConfig(**{**m.head, "gate": v.gate, "agree": v.agree}))
+    fit_head(head, cc, head_cams(cc.head, w), tgt, wgt, epochs=v.epochs, seed=0)
+    if v.selftrain:
+        un_keys = [str(it.image) for it in rest_of(train)] + ([str(it.image) for it in train["pg_pos"]] if v.pg_pos else [])
+        un_c = store.get(un_keys)
+        un_raw = head_cams(un_c.head, w)
+        pt, pw, keep = pseudo_targets(head_maps(head, un_c, un_raw))
+        keep &= logits_of(un_c.gap, w, b) > 0
+        idx = np.flatnonzero(keep)
+        if len(idx) > 400:
+            idx = np.sort(np.random.default_rng(1).choice(idx, 400, replace=False))
+        if v.pseudo_crf > 0:
+            sub = un_c.take(idx)
+            fine = crf_maps([un_keys[i] for i in idx], head_maps(head, sub, un_raw[idx], SIZE),
+                            v.pseudo_crf)
+            pt[idx], pw[idx], _ = pseudo_targets(fine)
+        cc2 = Cached.concat([cc, un_c.take(idx)])
+        tgt2 = np.concatenate([tgt, pt[idx]])
+        wgt2 = np.concatenate([wgt, pw[idx] * 0.5])
+        head = SegHead(HeadConfig(**{**m.head, "gate": v.gate, "agree": v.agree}))
+        fit_head(head, cc2, head_cams(cc2.head, w), tgt2, wgt2, epochs=max(2, v.epochs // 3),
+                 seed=1)
+        log(f"    self-training: {len(idx)} of {len(un_keys)} unlabeled polyp images used "
+            f"({int(keep.sum())} confident)")
+    return head
 
 
 def negatives(store: FeatureStore, train: dict[str, list[Item]], v: Variant, seeds: list[Item]
@@ -262,6 +308,7 @@ def truth_crops(items: list[Item], c: Cached) -> list[np.ndarray]:
 
 def frame_scores(f: Fit, c: Cached) -> tuple[np.ndarray, np.ndarray]:
     """(classifier logit before any shift, head's max pixel) of each image: the frame rule's inputs."""
+    c = f.view(c)
     z = logits_of(c.gap, f.w, f.b)
     top = head_maps(f.head, c, head_cams(c.head, f.w)).reshape(len(c.gap), -1).max(1)
     return z, top
