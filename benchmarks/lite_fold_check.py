@@ -1,6 +1,6 @@
 """Are the cross-validation figures the product's? One fold, scored both ways.
 
-Fits the default recipe (``rtseg.recipes.lite``, variant ``agree``) on the training folds of
+Fits the default recipe (``rtseg.recipes.lite``, the shipped variant unless ``--variant``) on the training folds of
 fold K, scores the held-out Kvasir-SEG / CVC-ClinicDB images with the recipe's own scorer
 (cached features), then writes the fit as a bundle and scores the same images with
 ``rtseg eval``'s code (:func:`rtseg.evaluate.scoring.run_eval`: decode, active area, eager Grad-CAM +
@@ -15,12 +15,18 @@ import argparse
 from pathlib import Path
 
 
+def rl_default_variant() -> str:
+    from rtseg.recipes.lite_fit import DEFAULT_VARIANT
+
+    return DEFAULT_VARIANT
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path)
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--variant", default="agree")
+    ap.add_argument("--variant", default=rl_default_variant())
     ap.add_argument("--cache", type=Path, default=Path("runs/lite_features"))
     ap.add_argument("--out", type=Path, default=Path("runs/fold_check_bundle"))
     ap.add_argument("--json", type=Path, default=None)
@@ -32,9 +38,7 @@ def main() -> None:
     import rtseg.recipes.lite as rl
     from rtseg.recipes.layout import group_folds
     from rtseg.evaluate.scoring import run_eval
-    from rtseg.model.bundle import Bundle, build_model, load_bundle, save_bundle
-    from rtseg.train.probe import set_classifier
-    from rtseg.model.thresholds import ThresholdPolicy
+    from rtseg.model.bundle import load_bundle, save_bundle
 
     torch.set_flush_denormal(True)
     items = rl.load_all(a.data)
@@ -46,12 +50,7 @@ def main() -> None:
     v = rl.VARIANTS[a.variant]
     f = rl.fit(store, train, v, store.m)
     cached = rl.score(store, f, test, v)
-    m = rl.manifest(gate=v.gate, head=v.head, agree=v.agree).replace(
-        threshold=ThresholdPolicy.parse(f"above {f.threshold}"), postprocess=tuple(f.steps))
-    model = build_model(rl.ARCH, pretrained=True, head=m.head).eval()
-    set_classifier(model, f.w, f.b)
-    model.rtseg_head.load_state_dict(f.head.state_dict())
-    save_bundle(Bundle(model, m), a.out)  # fp32: the same weights as the cached fit
+    save_bundle(rl.bundle_of(f, v, a.variant), a.out)  # fp32: the same weights as the cached fit
     bundle = load_bundle(a.out)
     rows = {}
     for src in ("kvasir", "cvc"):

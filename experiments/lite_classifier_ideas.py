@@ -11,9 +11,10 @@ by the recipe's leak-free cross-validation (a PolypGen / CVC sequence never span
     python experiments/lite_classifier_ideas.py operating-points --data ../shared/data [--variant V]
         the shipped rule (classifier AND the head's most confident pixel) over a grid of the two
         thresholds, on the held-out folds: whether any operating point reaches 90 % / 90 %;
-    python experiments/lite_classifier_ideas.py top-finetune --data ../shared/data
-        the network's last layer (conv_head + BN affine) fine-tuned with the classifier on the
-        cached block-20 features, beside the shipped linear probe in the same folds.
+    python experiments/lite_classifier_ideas.py top-finetune --data ../shared/data [--from-block 14]
+        the network's last layer (conv_head + BN affine; with --from-block 14 also blocks 15-20)
+        fine-tuned with the classifier on the cached block-20 (block-14) features, beside the
+        linear probe in the same folds.
 
 Held-out rates printed per idea: polyp frames called polyp (Kvasir-SEG, CVC-ClinicDB, PolypGen
 positives), PolypGen polyp-free frames called non-polyp (per fold), and the PolypGen
@@ -223,22 +224,22 @@ def run_operating_points(data: Path, cache: Path, variant: str = "agree") -> dic
 
 # --------------------------------------------------------------------------------------------
 def run_top_finetune(data: Path, cache: Path, epochs: int = 12, from_block: int = 20) -> dict:
-    """The network's top fine-tuned with the classifier: conv_head 320 -> 1280 + its BN affine
-    (``from_block`` 20, on the cached block-20 features) or also blocks 15-20 (``from_block`` 14,
-    on the cached block-14 features; BN statistics frozen) (a non-linear classifier that would keep the
-    Grad-CAM and the fused graph as they are), started from the ImageNet weights and the
-    linear probe; beside it, in the same folds, the linear probe alone (the shipped classifier)."""
-    import copy
-
+    """The network's top fine-tuned with the classifier (:func:`rtseg.train.top.finetune_top`):
+    conv_head 320 -> 1280 + its BN affine (``from_block`` 20, on the cached block-20 features)
+    or also blocks 15-20 (``from_block`` 14, on the cached block-14 features); BN statistics
+    frozen; started from the ImageNet weights and the linear probe; beside it, in the same
+    folds, the linear probe alone (the shipped classifier until variant agree-allneg-top)."""
     import torch
 
     from rtseg.model.bundle import build_model
     from rtseg.recipes.lite_fit import ARCH
+    from rtseg.train.top import finetune_top, retop
 
     torch.manual_seed(0)
     base = build_model(ARCH, pretrained=True).eval()
-    store, _, gen = folds(data, cache)
+    fi = {20: 2, 14: 1}[from_block]
     res: dict = {}
+    store, _, gen = folds(data, cache)
     for f, train, test, seeds in gen:
         pos, neg = training_sets(store, train, seeds)
         cp, cn = store.get(pos), store.get(neg)
@@ -246,47 +247,12 @@ def run_top_finetune(data: Path, cache: Path, epochs: int = 12, from_block: int 
         w, b = fit_classifier(np.concatenate([cp.gap, cn.gap]), y, 0.5)
         zs = {s: logits_of(store.get(keys(test[s])).gap, w, b) for s in POS + ("pg_neg",)}
         res.setdefault("linear probe (shipped), C=0.5", []).append(rates(zs))
-        fi = {20: 2, 14: 1}[from_block]
-        x = torch.from_numpy(np.concatenate([cp.feats[fi], cn.feats[fi]]).astype(np.float32))
-        conv, bn, act = copy.deepcopy(base._conv_head), copy.deepcopy(base._bn1), base._swish
-        blocks = copy.deepcopy(base._blocks[from_block + 1:])
-        bn.eval()  # running statistics frozen (ImageNet), affine trained
-        blocks.eval()
-        fc = torch.nn.Linear(1280, 1)
-        with torch.no_grad():
-            fc.weight.copy_(torch.from_numpy(w)[None])
-            fc.bias.fill_(b)
-
-        def top(t):
-            for blk in blocks:
-                t = blk(t)
-            return act(bn(conv(t)))
-
-        def logit(t):
-            return fc(top(t).mean(dim=(2, 3)))[:, 0]
-
-        with torch.no_grad():  # the cached features reproduce the cached pooled activations
-            err = float((top(x[:64]).mean(dim=(2, 3)) - torch.from_numpy(cp.gap[:64])).abs().max())
-        opt = torch.optim.Adam([{"params": list(blocks.parameters()) + list(conv.parameters())
-                                 + list(bn.parameters()), "lr": 1e-4},
-                                {"params": fc.parameters(), "lr": 1e-3}], weight_decay=1e-4)
-        yt = torch.from_numpy(y)
-        pw = torch.tensor(len(neg) / len(pos))  # balanced classes, as the probe
-        g = torch.Generator().manual_seed(f)
-        for ep in range(epochs):
-            perm = torch.randperm(len(yt), generator=g)
-            for s in range(0, len(perm), 64):
-                i = perm[s:s + 64]
-                xb = x[i]
-                flip = torch.rand(len(i), generator=g) < 0.5
-                xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logit(xb), yt[i], pos_weight=pw)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        with torch.no_grad():
-            zs = {s: logit(torch.from_numpy(store.get(keys(test[s])).feats[fi].astype(np.float32))).numpy()
-                  for s in POS + ("pg_neg",)}
+        top, w2, b2 = finetune_top(base, np.concatenate([cp.feats[fi], cn.feats[fi]]), y, w, b, from_block,
+                                   epochs=epochs, seed=f)
+        # the cached features reproduce the cached pooled activations through the ImageNet top
+        err = float(np.abs(retop(type(top)(base, from_block), cp.take(range(64)), fi, None).gap
+                           - cp.gap[:64]).max())
+        zs = {s: logits_of(retop(top, store.get(keys(test[s])), fi, None).gap, w2, b2) for s in POS + ("pg_neg",)}
         r = rates(zs)
         r["gap_check_max_abs"] = err
         name = f"{'blocks 15-20 + ' if from_block == 14 else ''}conv_head + BN affine fine-tuned, {epochs} epochs"

@@ -203,3 +203,47 @@ def test_closeup_negatives_come_from_training_frames_only(data_folder, tmp_path,
     # one close-up per polyp-free frame with closeups=1: the centre only
     _, _, _, z1 = rlf.negatives(store, train, rlf.Variant(closeups=1), [])
     assert z1 and all(k.endswith("#z0") for k in z1)
+
+
+def test_fine_tuned_top_travels_into_the_bundle(data_folder, tmp_path, monkeypatch):
+    """Variant top_epochs: the bundle's network (ImageNet backbone with the fine-tuned top
+    installed) computes the frame probabilities and maps the recipe scored from cached features."""
+    import rtseg.recipes.lite as rl
+    import rtseg.recipes.lite_data as rld
+    import rtseg.recipes.lite_fit as rlf
+    from rtseg.imageio import read_image
+    from rtseg.model.bundle import build_model, load_bundle
+    from rtseg.runtime import create_segmenter
+
+    monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
+    v = rlf.Variant("top", agree=True, head_all_pg_neg=True, top_epochs=2, epochs=2, selftrain=False)
+    monkeypatch.setattr(rl, "VARIANTS", {"top": v})
+    fits = []
+    monkeypatch.setattr(rl, "fit", lambda *a, **k: fits.append(rlf.fit(*a, **k)) or fits[-1])
+    out = rl.build(data_folder, tmp_path / "bundle", tmp_path / "cache", "top")
+    f = fits[-1]
+    assert f.top is not None and len(f.top.blocks) == 6
+    b = load_bundle(out)
+    assert "blocks 15-20" in b.manifest.training["backbone"]
+    imagenet = build_model(rl.ARCH, pretrained=True)
+
+    def w(module):
+        return module.weight.detach().float().numpy()
+
+    assert not np.array_equal(w(f.top.conv_head), w(imagenet._conv_head))  # the top was trained
+    assert np.allclose(w(b.model._conv_head), w(f.top.conv_head), atol=1e-3)  # and installed
+    assert np.allclose(w(b.model._blocks[20]._project_conv), w(f.top.blocks[5]._project_conv), atol=1e-3)
+    assert np.allclose(w(b.model._blocks[14]._project_conv), w(imagenet._blocks[14]._project_conv),
+                       atol=1e-3)  # the frozen part stays ImageNet's
+    items = rl.load_all(data_folder)
+    store = rl.open_store(items, tmp_path / "cache")
+    its = items["kvasir"][:3] + items["pg_neg"][:3]
+    c = store.get([str(it.image) for it in its])
+    prob, maps = rlf.maps_of(f, c, rlf.SIZE, True, True)
+    seg = create_segmenter(out, backend="torch-eager", device="cpu")
+    got = [seg(np.ascontiguousarray(read_image(it.image)[None, ..., ::-1])) for it in its]
+    p = np.concatenate([o.prob for o in got])
+    assert np.abs(p - prob).max() < 3e-2, (p, prob)  # fp16 weights in the bundle
+    assert np.array_equal(p > 0.5, prob > 0.5)
+    cam = np.concatenate([o.cam for o in got])
+    assert cam.shape == maps.shape and np.abs(cam - maps).mean() < 2e-2

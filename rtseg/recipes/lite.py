@@ -10,7 +10,7 @@
 ``python -m rtseg.recipes.lite classifier --data ../shared/data --folds 3 --json cls.json``
     the classifier alone over its options (negatives used, regularisation): seconds per fit.
 ``python -m rtseg.recipes.lite build --data ../shared/data --out rtseg/assets/default_model``
-    the same fit on all the data, written as a bundle (variant ``agree-allneg``, the shipped model).
+    the same fit on all the data, written as a bundle (variant ``DEFAULT_VARIANT``, the shipped model).
 
 Labels used: image-level folder labels (Kvasir-SEG / CVC-ClinicDB / PolypGen positive =
 polyp; PolypGen negative, old crops = non-polyp; whole-image label propagation scores 0.9996+
@@ -40,7 +40,8 @@ from rtseg.model.postprocess import refine
 from rtseg.train.probe import fit_classifier, logits_of, set_classifier
 # part 1 of the recipe (settings, variants, one fit; its data): rtseg.recipes.lite_fit, lite_data
 from rtseg.recipes.lite_data import FeatureStore, add_tiles, ordered, seeds_of
-from rtseg.recipes.lite_fit import ARCH, SIZE, VARIANTS, Fit, Variant, fit, flipped_of, manifest, maps_of
+from rtseg.recipes.lite_fit import (ARCH, DEFAULT_VARIANT, SIZE, VARIANTS, Fit, Variant, fit, flipped_of, manifest,
+                                    maps_of)
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,16 +195,11 @@ def classifier_cv(data: Path, folds: int, cache: Path | None,
     return {"folds": folds, "per_fold": rows, "summary": summary}
 
 
-def build(data: Path, out: Path, cache: Path | None, variant: str = "agree-allneg") -> Path:
-    """Fit on all the data and write the bundle (weights + manifest)."""
-    import torch
+def bundle_of(f: Fit, v: Variant, variant: str) -> Bundle:
+    """A fit as a model bundle: the network (with the fit's top, classifier and head) and its
+    manifest (threshold, clean-up, frame rule, training summary)."""
+    from rtseg.model.thresholds import ThresholdPolicy
 
-    from rtseg.model.bundle import save_bundle
-
-    items = load_all(data)
-    store = open_store(items, cache)
-    v = VARIANTS[variant]
-    f = fit(store, items, v, store.m)
     m = manifest(gate=v.gate, head=v.head, agree=v.agree, agree_at=f.agree_at)
     model = build_model(ARCH, pretrained=True, head=m.head).eval()
     # the classifier's operating point is its bias: the graph calls a frame polyp at logit > 0
@@ -212,16 +208,27 @@ def build(data: Path, out: Path, cache: Path | None, variant: str = "agree-allne
         f.top.install(model)
     if f.head is not None:
         model.rtseg_head.load_state_dict(f.head.state_dict())
-    from rtseg.model.thresholds import ThresholdPolicy
-
+    backbone = "ImageNet efficientnet-lite1, frozen"
+    if f.top is not None:
+        backbone += (f"; blocks {f.top.from_block + 1}-{f.top.from_block + len(f.top.blocks)}, conv_head "
+                     "and bn1's affine fine-tuned with the classifier")
     m = m.replace(threshold=ThresholdPolicy.parse(f"above {f.threshold}"), postprocess=tuple(f.steps),
                   training={"recipe": f"python -m rtseg.recipes.lite build --variant {variant}",
-                            "backbone": "ImageNet efficientnet-lite1, frozen" + (
-                                f"; blocks {f.top.from_block + 1}-{f.top.from_block + len(f.top.blocks)}, "
-                                "conv_head and bn1's affine fine-tuned with the classifier" if f.top else ""),
-                            "variant": v.__dict__, **f.tune},
+                            "backbone": backbone, "variant": v.__dict__, **f.tune},
                   metrics={"tuning": {"baselines": {"ellipse": {"radius": f.radius}}}})
-    bundle = Bundle(model, m)
+    return Bundle(model, m)
+
+
+def build(data: Path, out: Path, cache: Path | None, variant: str = DEFAULT_VARIANT) -> Path:
+    """Fit on all the data and write the bundle (weights + manifest)."""
+    import torch
+
+    from rtseg.model.bundle import save_bundle
+
+    items = load_all(data)
+    store = open_store(items, cache)
+    v = VARIANTS[variant]
+    bundle = bundle_of(fit(store, items, v, store.m), v, variant)
     with torch.no_grad():
         save_bundle(bundle, out, half=True)
     return out
@@ -231,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = recipe_parser("python -m rtseg.recipes.lite", __doc__, ["cv", "classifier", "build"])
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--variants", default="default")
-    ap.add_argument("--variant", default="agree-allneg", help="build: the shipped model is 'agree-allneg'")
+    ap.add_argument("--variant", default=DEFAULT_VARIANT, help=f"build: the shipped model is '{DEFAULT_VARIANT}'")
     ap.add_argument("--cache", type=Path, default=Path("runs/lite_features"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/lite_model"))
