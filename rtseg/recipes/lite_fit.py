@@ -52,6 +52,7 @@ class Variant:
     pseudo_crf: float = 0.0  # > 0: self-training targets refined by a dense CRF (bilateral weight)
     closeups: int = 0  # close-up views (quadrants, centre) per polyp-free frame as extra negatives
     top_epochs: int = 0  # > 0: blocks 15-20 + conv_head fine-tuned with the classifier (epochs)
+    head_seed: int = 0  # the head's initialisation and sample order (its self-training round: + 1)
 
 
 VARIANTS = {
@@ -247,7 +248,7 @@ def fit_seg_head(store, train: dict[str, list[Item]], v: Variant, m: Manifest, w
     tgt = np.concatenate([tg, np.zeros((len(nk), TARGET, TARGET), np.float32)])
     wgt = np.ones_like(tgt)
     head = SegHead(HeadConfig(**{**m.head, "gate": v.gate, "agree": v.agree}))
-    fit_head(head, cc, head_cams(cc.head, w), tgt, wgt, epochs=v.epochs, seed=0)
+    fit_head(head, cc, head_cams(cc.head, w), tgt, wgt, epochs=v.epochs, seed=v.head_seed)
     if v.selftrain:
         un_keys = [str(it.image) for it in rest_of(train)] + ([str(it.image) for it in train["pg_pos"]] if v.pg_pos else [])
         un_c = store.get(un_keys)
@@ -267,7 +268,7 @@ def fit_seg_head(store, train: dict[str, list[Item]], v: Variant, m: Manifest, w
         wgt2 = np.concatenate([wgt, pw[idx] * 0.5])
         head = SegHead(HeadConfig(**{**m.head, "gate": v.gate, "agree": v.agree}))
         fit_head(head, cc2, head_cams(cc2.head, w), tgt2, wgt2, epochs=max(2, v.epochs // 3),
-                 seed=1)
+                 seed=v.head_seed + 1)
         log(f"    self-training: {len(idx)} of {len(un_keys)} unlabeled polyp images used "
             f"({int(keep.sum())} confident)")
     return head
