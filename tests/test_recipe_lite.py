@@ -53,6 +53,31 @@ def data_folder(tmp_path_factory):
     return root
 
 
+def spied_fold(data_folder, tmp_path, monkeypatch):
+    """(items, store, training half of a 2-fold split, held-out image paths, keys read): the
+    store's ``get`` records every key it is asked for (``store.get.__wrapped__`` is the real one)."""
+    import functools
+
+    import rtseg.recipes.lite as rl
+    from rtseg.recipes.layout import group_folds
+
+    items = rl.load_all(data_folder)
+    store = rl.open_store(items, tmp_path / "cache")
+    outer = {s: group_folds(its, 2) for s, its in items.items()}
+    train = {s: fs[0] for s, fs in outer.items()}
+    held = {str(it.image) for fs in outer.values() for it in fs[1]}
+    seen: list[str] = []
+    real_get = store.get
+
+    @functools.wraps(real_get)
+    def get(keys):
+        seen.extend(keys)
+        return real_get(keys)
+
+    monkeypatch.setattr(store, "get", get)
+    return items, store, train, held, seen
+
+
 def test_no_sequence_spans_two_folds(data_folder):
     from rtseg.recipes.layout import group_folds
     from rtseg.recipes.lite import load_all
@@ -125,17 +150,9 @@ def test_operating_point_is_chosen_inside_the_training_folds_and_travels_into_th
     v = rlf.Variant("agree-allneg-op", agree=True, head_all_pg_neg=True, inner_op=True, epochs=2,
                     selftrain=False)
     monkeypatch.setattr(rl, "VARIANTS", {"agree-allneg-op": v})
-    items = rl.load_all(data_folder)
-    store = rl.open_store(items, tmp_path / "cache")
     # the inner CV sees only the training selection handed to it: a fold of the outer split
-    from rtseg.recipes.layout import group_folds
-
-    outer = {s: group_folds(its, 2) for s, its in items.items()}
-    train = {s: fs[0] for s, fs in outer.items()}
-    held = {str(it.image) for fs in outer.values() for it in fs[1]}
-    seen: list[str] = []
-    real_get = store.get
-    monkeypatch.setattr(store, "get", lambda keys: (seen.extend(keys), real_get(keys))[1])
+    items, store, train, held, seen = spied_fold(data_folder, tmp_path, monkeypatch)
+    real_get = store.get.__wrapped__
     t, h, info = rlf.choose_operating_point(store, train, v, store.m, log=lambda *a: None)
     assert t in rlf.OP_SHIFTS and h in rlf.OP_AGREE
     assert 0.0 <= info["polyp_called_polyp"] <= 1.0 and 0.0 <= info["pg_neg_called_non_polyp"] <= 1.0
@@ -180,20 +197,11 @@ def test_closeup_views_zoom_into_the_active_area():
 
 
 def test_closeup_negatives_come_from_training_frames_only(data_folder, tmp_path, monkeypatch):
-    import rtseg.recipes.lite as rl
     import rtseg.recipes.lite_data as rld
     import rtseg.recipes.lite_fit as rlf
-    from rtseg.recipes.layout import group_folds
 
     monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
-    items = rl.load_all(data_folder)
-    store = rl.open_store(items, tmp_path / "cache")
-    outer = {s: group_folds(its, 2) for s, its in items.items()}
-    train = {s: fs[0] for s, fs in outer.items()}
-    held = {str(it.image) for fs in outer.values() for it in fs[1]}
-    seen: list[str] = []
-    real_get = store.get
-    monkeypatch.setattr(store, "get", lambda keys: (seen.extend(keys), real_get(keys))[1])
+    _, store, train, held, seen = spied_fold(data_folder, tmp_path, monkeypatch)
     v = rlf.Variant("zoom", agree=True, head_all_pg_neg=True, closeups=5, epochs=2, selftrain=False)
     f = rlf.fit(store, train, v, store.m, log=lambda *a: None)
     zooms = [k for k in seen if "#z" in k]
