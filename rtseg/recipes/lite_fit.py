@@ -53,6 +53,7 @@ class Variant:
     closeups: int = 0  # close-up views (quadrants, centre) per polyp-free frame as extra negatives
     top_epochs: int = 0  # > 0: blocks 15-20 + conv_head fine-tuned with the classifier (epochs)
     head_seed: int = 0  # the head's initialisation and sample order (its self-training round: + 1)
+    head_neg_weight: float = 1.0  # weight of the in-domain polyp-free frames' empty targets in the head's loss
 
 
 VARIANTS = {
@@ -83,6 +84,8 @@ VARIANTS = {
     # agree-allneg on a backbone whose top (blocks 15-20, conv_head, bn1's affine) is fine-tuned
     # with the classifier on the cached block-14 features (the rest stays ImageNet's, frozen)
     "agree-allneg-top": Variant("agree-allneg-top", agree=True, head_all_pg_neg=True, top_epochs=12),
+    # agree-allneg with the polyp-free frames' empty targets weighted x3 in the head's loss
+    "agree-allneg-hw3": Variant("agree-allneg-hw3", agree=True, head_all_pg_neg=True, head_neg_weight=3.0),
 }
 DEFAULT_VARIANT = "agree-allneg"  # the shipped model's (rtseg.recipes.lite build)
 TOP_FROM = 14  # the top fine-tuned by top_epochs starts after this block (a head feature block)
@@ -247,6 +250,8 @@ def fit_seg_head(store, train: dict[str, list[Item]], v: Variant, m: Manifest, w
     cc = Cached.concat([seed_c, neg_c])
     tgt = np.concatenate([tg, np.zeros((len(nk), TARGET, TARGET), np.float32)])
     wgt = np.ones_like(tgt)
+    if v.head_all_pg_neg:  # the polyp-free frames lead nk
+        wgt[len(seeds):len(seeds) + n_pg_neg] = v.head_neg_weight
     head = SegHead(HeadConfig(**{**m.head, "gate": v.gate, "agree": v.agree}))
     fit_head(head, cc, head_cams(cc.head, w), tgt, wgt, epochs=v.epochs, seed=v.head_seed)
     if v.selftrain:
