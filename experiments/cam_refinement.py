@@ -41,7 +41,7 @@ from rtseg.model.postprocess import refine
 from rtseg.recipes import lite as R
 from rtseg.recipes.layout import group_folds
 from rtseg.recipes.lite_data import FeatureStore, tune_set_of
-from rtseg.recipes.lite_fit import SIZE, VARIANTS, choose_threshold, fit, maps_of, truth_crops
+from rtseg.recipes.lite_fit import DEFAULT_VARIANT, SIZE, VARIANTS, choose_threshold, fit, maps_of, truth_crops
 from rtseg.train.edge_refine import dense_crf, slic_pool
 from rtseg.train.edge_refine import view_of as edge_view
 from rtseg.train.probe import head_cams, head_maps
@@ -148,7 +148,7 @@ def run(data: Path, cache: Path, variant: str, ideas: list[str], multiscale: boo
                 prob, mp = base[name]
                 if idea == "multiscale":
                     t0 = time.perf_counter()
-                    c2 = ms_store.get([str(it.image) for it in its])
+                    c2 = f.view(ms_store.get([str(it.image) for it in its]))  # a fine-tuned top, if any
                     m2 = head_maps(f.head, c2, head_cams(c2.head, f.w), SIZE)
                     got[name] = (prob, (mp + m2) / 2)
                     ms.append(float("nan"))
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--cache", type=Path, default=Path("runs/lite_features"))
-    ap.add_argument("--variant", default="agree-allneg", choices=sorted(VARIANTS))
+    ap.add_argument("--variant", default=DEFAULT_VARIANT, choices=sorted(VARIANTS))
     ap.add_argument("--ideas", default=",".join(IDEAS), help=f"comma-separated, of {', '.join(IDEAS)}")
     ap.add_argument("--no-multiscale", action="store_true")
     ap.add_argument("--timing-only", action="store_true",

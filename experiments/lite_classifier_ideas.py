@@ -38,7 +38,7 @@ from rtseg.errors import run_script
 from rtseg.recipes import lite as R
 from rtseg.recipes.layout import group_folds
 from rtseg.recipes.lite_data import seeds_of, view_tiles
-from rtseg.recipes.lite_fit import VARIANTS, fit
+from rtseg.recipes.lite_fit import DEFAULT_VARIANT, VARIANTS, fit
 from rtseg.train.probe import fit_classifier, head_cams, head_maps, logits_of
 
 POS = ("kvasir", "cvc", "pg_pos")
@@ -206,7 +206,7 @@ def run_operating_points(data: Path, cache: Path, variant: str = "agree") -> dic
         ft = fit(store, train, VARIANTS[variant], store.m, log=lambda *a: None)
         rec = {}
         for s in POS + ("pg_neg",):
-            c = store.get(keys(test[s]))
+            c = ft.view(store.get(keys(test[s])))  # through a fine-tuned top, if any
             rec[s] = (logits_of(c.gap, ft.w, ft.b),
                       head_maps(ft.head, c, head_cams(c.head, ft.w)).reshape(len(c.gap), -1).max(1))
         held.append(rec)
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--from-block", type=int, default=20, choices=[14, 20],
                     help="top-finetune: fine-tune what follows this block (its cached features)")
-    ap.add_argument("--variant", default="agree-allneg", choices=sorted(VARIANTS),
+    ap.add_argument("--variant", default=DEFAULT_VARIANT, choices=sorted(VARIANTS),
                     help="operating-points: the recipe variant fitted per fold")
     a = ap.parse_args(argv)
 
