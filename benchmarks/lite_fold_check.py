@@ -41,13 +41,13 @@ def main() -> None:
     from rtseg.model.bundle import load_bundle, save_bundle
 
     torch.set_flush_denormal(True)
+    v = rl.lite_variant(a.variant)
     items = rl.load_all(a.data)
     store = rl.open_store(items, a.cache)
     fold_of = {s: group_folds(v, a.folds) for s, v in items.items()}
     train = {s: [it for j, f in enumerate(fl) if j != a.fold for it in f] for s, fl in fold_of.items()}
     test = {s: fl[a.fold] for s, fl in fold_of.items()}
     rl.add_tiles(store, rl.seeds_of(train))
-    v = rl.VARIANTS[a.variant]
     f = rl.fit(store, train, v, store.m)
     cached = rl.score(store, f, test, v)
     save_bundle(rl.bundle_of(f, v, a.variant), a.out)  # fp32: the same weights as the cached fit

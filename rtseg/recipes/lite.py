@@ -44,6 +44,13 @@ from rtseg.recipes.lite_fit import (ARCH, DEFAULT_VARIANT, SIZE, VARIANTS, Fit, 
                                     maps_of)
 
 
+def lite_variant(name: str) -> Variant:
+    """The variant called ``name``; an unknown name is one error line, not a traceback."""
+    if name not in VARIANTS:
+        raise UserError(f"unknown variant {name!r}; known: {', '.join(sorted(VARIANTS))}")
+    return VARIANTS[name]
+
+
 # --------------------------------------------------------------------------------------------
 # scoring a held-out fold
 # --------------------------------------------------------------------------------------------
@@ -107,6 +114,7 @@ def _mean_sd(vals: list[float]) -> str:
 
 
 def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | None) -> dict:
+    chosen = {name: lite_variant(name) for name in variants}  # checked before any work
     items = load_all(data)
     store = open_store(items, cache)
     fold_of = {src: group_folds(its, folds) for src, its in items.items()}
@@ -116,7 +124,7 @@ def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | No
         test = {src: fl[k] for src, fl in fold_of.items()}
         add_tiles(store, seeds_of(train))
         for name in variants:
-            v = VARIANTS[name]
+            v = chosen[name]
             t = time.time()
             f = fit(store, train, v, store.m)
             sc = score(store, f, test, v)
@@ -208,10 +216,7 @@ def bundle_of(f: Fit, v: Variant, variant: str) -> Bundle:
         f.top.install(model)
     if f.head is not None:
         model.rtseg_head.load_state_dict(f.head.state_dict())
-    backbone = "ImageNet efficientnet-lite1, frozen"
-    if f.top is not None:
-        backbone += (f"; blocks {f.top.from_block + 1}-{f.top.from_block + len(f.top.blocks)}, conv_head "
-                     "and bn1's affine fine-tuned with the classifier")
+    backbone = "ImageNet efficientnet-lite1, frozen" + (f"; {f.top.describe()}" if f.top is not None else "")
     m = m.replace(threshold=ThresholdPolicy.parse(f"above {f.threshold}"), postprocess=tuple(f.steps),
                   training={"recipe": f"python -m rtseg.recipes.lite build --variant {variant}",
                             "backbone": backbone, "variant": v.__dict__, **f.tune},
@@ -225,9 +230,9 @@ def build(data: Path, out: Path, cache: Path | None, variant: str = DEFAULT_VARI
 
     from rtseg.model.bundle import save_bundle
 
+    v = lite_variant(variant)
     items = load_all(data)
     store = open_store(items, cache)
-    v = VARIANTS[variant]
     bundle = bundle_of(fit(store, items, v, store.m), v, variant)
     with torch.no_grad():
         save_bundle(bundle, out, half=True)

@@ -25,6 +25,12 @@ def ordered(items: list[Item]) -> list[Item]:
     return sorted(items, key=lambda it: _h(str(it.image.name), 1))
 
 
+def grid_cells(h: int, w: int, grid: int) -> list[tuple[int, slice, slice]]:
+    """(index ``grid * i + j``, rows, columns) of the ``grid`` x ``grid`` cells of an h x w view."""
+    return [(grid * i + j, slice(i * h // grid, (i + 1) * h // grid), slice(j * w // grid, (j + 1) * w // grid))
+            for i in range(grid) for j in range(grid)]
+
+
 def view_tiles(img: np.ndarray, grid: int, mask: np.ndarray | None = None) -> dict[int, np.ndarray]:
     """The lit ``grid`` x ``grid`` tiles of the image's active area (index ``grid * i + j``),
     leaving out any tile that holds a pixel of ``mask`` (full-image bool) when one is given."""
@@ -34,13 +40,11 @@ def view_tiles(img: np.ndarray, grid: int, mask: np.ndarray | None = None) -> di
     mk = mask[box.y0:box.y1, box.x0:box.x1] if mask is not None else None
     h, w = view.shape[:2]
     out = {}
-    for i in range(grid):
-        for j in range(grid):
-            ys, xs = slice(i * h // grid, (i + 1) * h // grid), slice(j * w // grid, (j + 1) * w // grid)
-            tile = view[ys, xs]
-            # a tile that is mostly black border says nothing
-            if (mk is None or not mk[ys, xs].any()) and (tile.max(axis=2) > 30).mean() > 0.6:
-                out[grid * i + j] = np.ascontiguousarray(tile)
+    for k, ys, xs in grid_cells(h, w, grid):
+        tile = view[ys, xs]
+        # a tile that is mostly black border says nothing
+        if (mk is None or not mk[ys, xs].any()) and (tile.max(axis=2) > 30).mean() > 0.6:
+            out[k] = np.ascontiguousarray(tile)
     return out
 
 
@@ -141,7 +145,7 @@ def closeup_views(img: np.ndarray) -> list[np.ndarray]:
     view, _ = prepare(img, True)
     h, w = view.shape[:2]
     out = [view[h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2]]
-    out += [view[i * h // 2:(i + 1) * h // 2, j * w // 2:(j + 1) * w // 2] for i in range(2) for j in range(2)]
+    out += [view[ys, xs] for _, ys, xs in grid_cells(h, w, 2)]
     return [np.ascontiguousarray(v) for v in out]
 
 

@@ -44,6 +44,11 @@ class Top(nn.Module):
             x = blk(x)
         return self.swish(self.bn1(self.conv_head(x))), x
 
+    def describe(self) -> str:
+        """What was fine-tuned, for the bundle's manifest."""
+        return (f"blocks {self.from_block + 1}-{self.from_block + len(self.blocks)}, conv_head and bn1's "
+                "affine fine-tuned with the classifier")
+
     def install(self, model) -> None:
         """Copy these weights into ``model`` (the same architecture)."""
         n = len(model._blocks) - len(self.blocks)
