@@ -255,3 +255,58 @@ def test_fine_tuned_top_travels_into_the_bundle(data_folder, tmp_path, monkeypat
     assert np.array_equal(p > 0.5, prob > 0.5)
     cam = np.concatenate([o.cam for o in got])
     assert cam.shape == maps.shape and np.abs(cam - maps).mean() < 2e-2
+
+
+def test_clips_play_each_sequence_in_frame_order():
+    from pathlib import Path
+
+    from rtseg.recipes.layout import Item
+    from rtseg.recipes.lite_temporal import clips
+
+    names = [("b", "B_seq2_seq2_img10.jpg"), ("a", "A_seq1_seq1_img2.jpg"), ("b", "B_seq2_seq2_img9.jpg"),
+             ("a", "A_seq1_seq1_img11.jpg"), ("a", "A_seq1_seq1_img1.jpg")]
+    items = [Item(Path(n), None, "non_polyp", "pg_neg", g) for g, n in names]
+    got = [[it.image.name for it in c] for c in clips(items)]
+    assert got == [["A_seq1_seq1_img1.jpg", "A_seq1_seq1_img2.jpg", "A_seq1_seq1_img11.jpg"],
+                   ["B_seq2_seq2_img9.jpg", "B_seq2_seq2_img10.jpg"]]
+
+
+def test_call_smoothing_is_chosen_inside_the_training_folds_scored_as_the_loop_and_built(
+        data_folder, tmp_path, monkeypatch):
+    import rtseg.recipes.lite as rl
+    import rtseg.recipes.lite_fit as rlf
+    import rtseg.recipes.lite_temporal as rlt
+    from rtseg.live.smoothing import CallSmoother
+    from rtseg.model.bundle import load_bundle
+    from rtseg.runtime import create_segmenter
+
+    import rtseg.recipes.lite_data as rld
+
+    monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
+    v = rlf.Variant("video", agree=True, head_all_pg_neg=True, call_smoothing=True, epochs=2, selftrain=False)
+    monkeypatch.setattr(rl, "VARIANTS", {"video": v})
+    items, store, train, held, seen = spied_fold(data_folder, tmp_path, monkeypatch)
+    a, info = rlf.choose_call_smoothing(store, train, v, store.m, log=lambda *_: None)
+    assert a in rlt.CALL_FACTORS and set(info["table"]) == {str(x) for x in rlt.CALL_FACTORS}
+    assert seen and not (set(seen) & held)  # no held-out image was looked at
+    # the held-out fold scored as the loop shows it: sequences in frame order through CallSmoother
+    store.get = store.get.__wrapped__
+    f = rlf.fit(store, train, v, store.m, log=lambda *_: None, tune=False)
+    test = {s: [it for it in its if str(it.image) in held] for s, its in items.items()}
+    f.call_smoothing = 0.0
+    sc0 = rl.score(store, f, test, v)
+    assert sc0["cvc"]["stream"] == sc0["cvc"]["model"]  # a = 0: every frame alone
+    assert sc0["pg_neg"]["stream_called_non_polyp"] == sc0["pg_neg"]["called_non_polyp"]
+    f.call_smoothing = 0.8
+    sc = rl.score(store, f, test, v)
+    ok = []
+    for clip in rlt.clips(test["pg_neg"]):
+        prob, _ = rlf.maps_of(f, store.get([str(it.image) for it in clip]), rlf.SIZE, False, True)
+        ok += list(CallSmoother(0.8)(prob)[0] <= 0.5)
+    assert sc["pg_neg"]["stream_called_non_polyp"] == round(float(np.mean(ok)), 4)
+    assert sc["kvasir"]["stream"] == sc["kvasir"]["model"]  # single images are left as they are
+    # build: the chosen factor goes into the bundle's manifest, which the runtime reads
+    monkeypatch.setattr(rlf, "choose_call_smoothing", lambda *a_, **k: (0.7, {"stub": 1}))
+    out = rl.build(data_folder, tmp_path / "bundle", tmp_path / "cache", "video")
+    assert load_bundle(out).manifest.call_smoothing == 0.7
+    assert create_segmenter(out, backend="torch-eager", device="cpu").manifest.call_smoothing == 0.7

@@ -16,7 +16,9 @@ from rtseg.live.stats import RESERVOIR, TABLE2_FIELDS, RunningStats, StreamStats
 from rtseg.model.manifest import Manifest
 from rtseg.live.overlay import Overlay
 from rtseg.runtime.base import Segmenter, SegOutput
+from rtseg.errors import UserError
 from rtseg.live.loop import CamSmoother, StreamConfig, run_stream
+from rtseg.live.smoothing import CallSmoother
 from rtseg.synthetic import clip_frames, write_video
 from rtseg.model.thresholds import ThresholdPolicy
 
@@ -264,6 +266,62 @@ def test_smooth_option_changes_the_loop_masks(video, drawn_masks):
         expect.append(state > 0.5)
     np.testing.assert_array_equal(seq[0.7], np.stack(expect).astype(np.uint8))
     assert not np.array_equal(seq[0.7], seq[0.0])
+
+
+def test_call_smoother_is_an_ema_of_the_call_and_gates_the_mask():
+    """p_t = a p_(t-1) + (1 - a) p_new across batches; the frame's own mask only where p_t > 0.5."""
+    probs = np.array([0.0, 0.9, 0.0, 0.0, 0.9, 0.9, 0.9, 0.2, 0.9], np.float32)
+    masks = np.ones((len(probs), 4, 4), np.uint8) * (probs > 0.5).astype(np.uint8)[:, None, None]
+    a, state, expect = 0.6, None, []
+    for p in probs:
+        state = p if state is None else a * state + (1 - a) * p
+        expect.append(state)
+    sm = CallSmoother(a)
+    got = [sm(probs[i:j], masks[i:j]) for i, j in ((0, 2), (2, 3), (3, 9))]
+    p_got = np.concatenate([g[0] for g in got])
+    m_got = np.concatenate([g[1] for g in got])
+    np.testing.assert_allclose(p_got, expect, rtol=1e-6)
+    called = np.asarray(expect) > 0.5
+    np.testing.assert_array_equal(m_got, masks * called[:, None, None])
+    assert not called[1] and m_got[1].sum() == 0  # a one-frame spike after a clean frame: no mask
+    assert called[7] and m_got[7].sum() == 0  # called, but the frame's own rule said no: no mask
+    p0, m0 = CallSmoother(0.0)(probs, masks)  # a = 0: every frame alone
+    assert p0 is probs and m0 is masks
+
+
+def _spike_cams(n: int) -> np.ndarray:
+    """Frame cams: 0 everywhere, a one-frame spike at 5, a polyp from 10 on (prob = mean)."""
+    cams = np.zeros((n, 16, 16), np.float32)
+    cams[5] = 0.9
+    cams[10:] = 0.9
+    return cams
+
+
+@pytest.mark.parametrize("override", [None, 0.0])
+def test_loop_takes_the_manifests_call_smoothing(video, drawn_masks, override, tmp_path):
+    """The model's call_smoothing filters the drawn calls (a spike draws no mask, a polyp does
+    after its time constant); --call-smoothing 0 shows every frame alone."""
+    cams = _spike_cams(N_FRAMES + 3)  # +3: the warm-up calls come first
+    seg = FakeSeg(cams=cams[[0, 0, 0] + list(range(N_FRAMES))])
+    seg.manifest = seg.manifest.replace(call_smoothing=0.6)
+    js = tmp_path / "s.json"
+    run_stream(StreamConfig(source=str(video), headless=True, quiet=True, max_frames=16,
+                            call_smoothing=override, json=str(js)), segmenter=seg)
+    shown = [int(m.any()) for m in drawn_masks]
+    if override is None:
+        assert shown == [0] * 11 + [1] * 5  # spike at 5 gone; polyp at 10 shown from 11 on
+    else:
+        assert shown == [0] * 5 + [1] + [0] * 4 + [1] * 6
+    assert json.loads(js.read_text())["call_smoothing"] == (0.6 if override is None else 0.0)
+
+
+def test_call_smoothing_is_checked():
+    with pytest.raises(UserError, match="call-smoothing"):
+        StreamConfig(call_smoothing=0.95).check()
+    with pytest.raises(UserError, match="call_smoothing"):
+        Manifest.from_dict({**Manifest().to_dict(), "call_smoothing": 1.5}, "m.json")
+    m = Manifest.from_dict({**Manifest().to_dict(), "call_smoothing": 0.7}, "m.json")
+    assert m.call_smoothing == 0.7 and Manifest.from_dict(m.to_dict()).call_smoothing == 0.7
 
 
 def test_manifest_postprocess_runs_on_the_loop_masks(video, drawn_masks):

@@ -6,7 +6,7 @@ Modules (none imports ray at import time; ``rtseg --help`` stays fast):
   one per chunk of an image folder), their output folders and signatures;
 - :mod:`.work` how one unit is done, without Ray: the stream loop's own pieces
   (:func:`rtseg.live.capture.open_source`, :class:`~rtseg.live.reader.FrameReader`, the segmenter,
-  :class:`~rtseg.live.loop.CamSmoother`, :func:`~rtseg.live.loop.refine_masks`,
+  :class:`~rtseg.live.smoothing.VideoFilters`, :func:`~rtseg.live.loop.refine_masks`,
   :class:`~rtseg.live.overlay.Overlay`, :class:`~rtseg.live.display.VideoSink`), the per-frame table,
   mask PNGs, the staging folder and the done-marker;
 - :mod:`.run` the driver: resume, Ray Data actor pool, progress bar, manifest, totals;

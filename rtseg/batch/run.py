@@ -54,6 +54,7 @@ class BatchConfig:
     table: str = "parquet"
     batch: int = 1
     smooth: float = 0.0
+    call_smoothing: float | None = None  # None: the model's (manifest ``call_smoothing``)
     alpha: float = 0.4
     heatmap: bool = False
     layer: int | str | None = None
@@ -72,6 +73,9 @@ class BatchConfig:
             raise UserError(f"--batch must be 1..256, got {self.batch}")
         if not 0.0 <= self.smooth < 1.0:
             raise UserError(f"--smooth must be in [0, 1), got {self.smooth}")
+        from rtseg.live.smoothing import check_call_smoothing
+
+        check_call_smoothing(self.call_smoothing)
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"--alpha must be in [0, 1], got {self.alpha}")
         if self.chunk < 1:
@@ -81,7 +85,7 @@ class BatchConfig:
         """The options that change outputs (part of every unit's signature)."""
         return {k: getattr(self, k) for k in ("backend", "device", "layer", "save_video",
                                                "save_masks", "table", "batch", "smooth",
-                                               "alpha", "heatmap")}
+                                               "call_smoothing", "alpha", "heatmap")}
 
 
 def cpu_cores() -> int:

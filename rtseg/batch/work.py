@@ -3,7 +3,7 @@
 Per frame this is the loop of ``rtseg stream`` (:mod:`rtseg.live.loop`) with its own pieces, so
 the outputs are the stream's: :func:`rtseg.live.capture.open_source` and
 :class:`~rtseg.live.reader.FrameReader` (decode thread, frame indices counting corrupt frames),
-the segmenter on ``batch`` frames, :class:`~rtseg.live.loop.CamSmoother` (``--smooth``),
+the segmenter on ``batch`` frames, :class:`~rtseg.live.smoothing.VideoFilters` (``--smooth``, ``--call-smoothing``),
 :func:`~rtseg.live.loop.refine_masks` (the manifest's mask clean-up), the mask at frame size by
 :meth:`rtseg.live.overlay.Overlay.resize_mask` (nearest), :meth:`~rtseg.live.overlay.Overlay.draw` and
 :class:`~rtseg.live.display.VideoSink` for ``--save-video`` (without the live fps text, which is a
@@ -203,18 +203,18 @@ def process_unit(unit: dict, ctx: UnitContext) -> dict:
     return res
 
 
-def _segment(ctx: UnitContext, smoother, post, frames: np.ndarray):
-    """The stream loop's per-batch step: segmenter, CAM smoothing, mask clean-up; returns
+def _segment(ctx: UnitContext, filters, post, frames: np.ndarray):
+    """The stream loop's per-batch step: segmenter, filters across frames, mask clean-up; returns
     (prob, cams, masks, boxes): ``boxes[i]`` is where frame i's S x S maps lie in the frame
     (a segmenter that crops to the active area says so in ``SegOutput.boxes``), or None."""
     from rtseg.live.loop import refine_masks
 
     out = ctx.seg(frames)
-    cams, masks = smoother(out.cam, out.mask)
+    prob, cams, masks = filters(out.prob, out.cam, out.mask)
     if post:
         masks = refine_masks(masks, post)
     boxes = getattr(out, "boxes", None) or [None] * len(frames)
-    return out.prob, cams, masks, boxes
+    return prob, cams, masks, boxes
 
 
 def _kw(box) -> dict:
@@ -227,7 +227,7 @@ def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
     from rtseg.live.reader import FrameReader
     from rtseg.evaluate.predict import write_mask
     from rtseg.live.display import VideoSink
-    from rtseg.live.loop import CamSmoother
+    from rtseg.live.smoothing import VideoFilters
 
     o = ctx.options
     try:
@@ -237,7 +237,9 @@ def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
     info = source.info
     fps = float(info.fps)
     overlay = ctx.overlay([info.label] if info.label else [])
-    smoother = CamSmoother(o.get("smooth", 0.0), ctx.seg.manifest.threshold)
+    call_a = o.get("call_smoothing")
+    smoother = VideoFilters(o.get("smooth", 0.0), ctx.seg.manifest.call_smoothing if call_a is None else call_a,
+                            ctx.seg.manifest.threshold)
     post = tuple(getattr(ctx.seg.manifest, "postprocess", ()) or ())
     rows = {c: array(TYPECODES[c]) for c in COLUMNS}
     save_video, save_masks = o.get("save_video", False), o.get("save_masks", False)
@@ -294,10 +296,10 @@ def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
 def _images(unit: dict, ctx: UnitContext, staging: Path) -> dict:
     from rtseg.live.capture import _read_bgr
     from rtseg.evaluate.predict import write_mask
-    from rtseg.live.loop import CamSmoother
+    from rtseg.live.smoothing import VideoFilters
 
     o = ctx.options
-    smoother = CamSmoother(0.0, ctx.seg.manifest.threshold)  # stills: no smoothing
+    smoother = VideoFilters(0.0, 0.0, ctx.seg.manifest.threshold)  # stills: no smoothing
     post = tuple(getattr(ctx.seg.manifest, "postprocess", ()) or ())
     overlay = ctx.overlay()
     rows: dict[str, list] = {c: [] for c in IMAGE_COLUMNS}

@@ -53,6 +53,10 @@ def batch(
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     batch_size: int = typer.Option(1, "--batch", help="Frames per segmenter call."),
     smooth: float = typer.Option(0.0, help="CAM moving average across frames (as rtseg stream)."),
+    call_smoothing: Optional[float] = typer.Option(
+        None, "--call-smoothing", help="Videos: the frame call's moving average across frames, "
+        "p = a*previous + (1-a)*new, a in [0, 0.8]; a mask is shown only where it says polyp "
+        "(0: every frame alone). Default: the model's (chosen by cross-validation)."),
     heatmap: bool = typer.Option(False, "--heatmap", help="Saved videos: blend the CAM as a heat map."),
     alpha: float = typer.Option(0.4, help="Saved videos: opacity of the overlay, 0..1."),
     layer: Optional[str] = typer.Option(None, help="CAM layer override (block index or 'head')."),
@@ -64,5 +68,6 @@ def batch(
     cfg = BatchConfig(input=input, out=out, model=model, backend=backend, device=device,
                       workers=workers, threads=threads, address=address, save_video=save_video,
                       save_masks=save_masks, table=table, batch=batch_size, smooth=smooth,
-                      alpha=alpha, heatmap=heatmap, layer=parse_layer(layer), chunk=chunk)
+                      call_smoothing=call_smoothing, alpha=alpha, heatmap=heatmap,
+                      layer=parse_layer(layer), chunk=chunk)
     run_batch(cfg)

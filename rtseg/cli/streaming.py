@@ -35,6 +35,10 @@ def stream(
     alpha: float = typer.Option(0.4, help="Opacity of the mask / heat-map overlay, 0..1."),
     smooth: float = typer.Option(
         0.0, help="CAM moving average across frames: cam = a*previous + (1-a)*new, a in [0, 1)."),
+    call_smoothing: Optional[float] = typer.Option(
+        None, "--call-smoothing", help="The frame call's moving average across frames, "
+        "p = a*previous + (1-a)*new, a in [0, 0.8]; a mask is shown only where it says polyp "
+        "(0: every frame alone). Default: the model's (chosen by cross-validation)."),
     heatmap: bool = typer.Option(False, "--heatmap", help="Blend the CAM as a JET heat map."),
     batch: int = typer.Option(1, help="Frames per segmenter call."),
     loop: bool = typer.Option(False, "--loop", help="Start a file/folder again at its end."),
@@ -57,7 +61,8 @@ def stream(
                            fp16=True if fp16 else None, threads=threads,
                            layer=parse_layer(layer), headless=headless, save=save,
                            max_frames=max_frames, json=json_out, alpha=alpha, smooth=smooth,
-                           heatmap=heatmap, batch=batch, loop=loop, log_every=log_every)
+                           call_smoothing=call_smoothing, heatmap=heatmap, batch=batch, loop=loop,
+                           log_every=log_every)
         res = run_stream(cfg, shutdown=stop)
     if res.interrupted:  # the video and the stats are complete; the shell sees 128 + signal
         raise typer.Exit(res.exit_code)

@@ -3,8 +3,9 @@
 Threads: a daemon thread decodes the source into a small bounded queue
 (:class:`rtseg.live.reader.FrameReader`: drop-oldest for cameras/URLs, blocking for files); the
 calling thread runs everything else in order, per frame or per ``batch`` frames: segmenter
-(preprocessing + forward + Grad-CAM + threshold, in the runtime backend), optional CAM
-smoothing, overlay, video writer, window. OpenCV's GUI must run on the main thread, and the
+(preprocessing + forward + Grad-CAM + threshold, in the runtime backend), the filters across
+frames (:mod:`rtseg.live.smoothing`: the call's moving average at the model's ``call_smoothing``,
+optional CAM smoothing), overlay, video writer, window. OpenCV's GUI must run on the main thread, and the
 segmenter already uses every core for its own maths, so more pipeline threads would not buy
 throughput on CPU; decoding is the one stage that overlaps (OpenCV releases the GIL).
 
@@ -30,6 +31,7 @@ from rtseg.live.reader import FrameReader
 from rtseg.errors import UserError
 from rtseg.live.display import VideoSink, Window, check_json_path, check_save_path, gui_problem
 from rtseg.live.report import print_report
+from rtseg.live.smoothing import CamSmoother, VideoFilters, check_call_smoothing  # noqa: F401 (re-export)
 from rtseg.live.stats import StreamStats
 from rtseg.live.overlay import Overlay
 from rtseg.runtime.loader import load_segmenter
@@ -54,6 +56,7 @@ class StreamConfig:
     json: str | None = None
     alpha: float = 0.4
     smooth: float = 0.0
+    call_smoothing: float | None = None  # None: the model's (manifest ``call_smoothing``)
     heatmap: bool = False
     batch: int = 1
     loop: bool = False
@@ -69,6 +72,7 @@ class StreamConfig:
             raise UserError(f"--alpha must be in [0, 1], got {self.alpha}")
         if not 0.0 <= self.smooth < 1.0:
             raise UserError(f"--smooth must be in [0, 1), got {self.smooth}")
+        check_call_smoothing(self.call_smoothing)
         if self.batch < 1 or self.batch > 256:
             raise UserError(f"--batch must be 1..256, got {self.batch}")
         if self.max_frames is not None and self.max_frames < 1:
@@ -81,32 +85,7 @@ class StreamConfig:
                             "synthetic demo clip")
 
 
-# --- CAM smoothing -----------------------------------------------------------------------
-class CamSmoother:
-    """Exponential moving average of the CAM across frames, re-thresholded by ``policy``.
-
-    ``cam_t = a * cam_{t-1} + (1 - a) * cam_new``; ``a = 0`` passes the segmenter's mask through.
-    The manifest's mask post-processing (if any) runs after this, in the loop.
-    """
-
-    def __init__(self, a: float, policy) -> None:
-        self.a = float(a)
-        self.policy = policy
-        self.state: np.ndarray | None = None
-
-    def __call__(self, cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Batch [B, S, S] in frame order -> (smoothed cams, masks uint8)."""
-        if self.a <= 0.0:
-            return cam, mask
-        out = np.empty_like(cam, dtype=np.float32)
-        for i in range(cam.shape[0]):
-            if self.state is None or self.state.shape != cam[i].shape:
-                self.state = cam[i].astype(np.float32, copy=True)
-            else:
-                self.state *= self.a
-                self.state += (1.0 - self.a) * cam[i]
-            out[i] = self.state
-        return out, np.asarray(self.policy.apply(out), dtype=np.uint8)
+# --- smoothing across frames: rtseg.live.smoothing (CallSmoother, CamSmoother) -----------
 
 
 def refine_masks(masks: np.ndarray, steps) -> np.ndarray:
@@ -209,7 +188,8 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
     labels = [info.label] if info.label else []
     overlay = Overlay(cfg.alpha, heatmap=cfg.heatmap, labels=labels,
                       warning="UNTRAINED" if untrained else None)
-    smoother = CamSmoother(cfg.smooth, seg.manifest.threshold)
+    call_a = seg.manifest.call_smoothing if cfg.call_smoothing is None else cfg.call_smoothing
+    filters = VideoFilters(cfg.smooth, call_a, seg.manifest.threshold)
     post = tuple(getattr(seg.manifest, "postprocess", ()) or ())  # the manifest's mask clean-up
     stages = ("decode", "wait", "infer", "overlay") + (("write",) if save_path else ()) + \
         (() if cfg.headless else ("display",))
@@ -254,7 +234,7 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
                     stats.add_stage("wait", t1 - t0, n)
                     frames = batch[0].image[None] if n == 1 else np.stack([f.image for f in batch])
                     out = seg(frames)
-                    cams, masks = smoother(out.cam, out.mask)
+                    probs, cams, masks = filters(out.prob, out.cam, out.mask)
                     if post:
                         masks = refine_masks(masks, post)
                     t2 = time.perf_counter()
@@ -263,7 +243,7 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
                         ta = time.perf_counter()
                         fps_now = 1.0 / ema_dt if ema_dt else None
                         vis = overlay.draw(fr.image, masks[i], cams[i] if cfg.heatmap else None,
-                                           float(out.prob[i]), fps_now,
+                                           float(probs[i]), fps_now,
                                            box=out.boxes[i] if out.boxes else None)
                         tb = time.perf_counter()
                         stats.add_stage("overlay", tb - ta)
@@ -327,6 +307,7 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
         "untrained_model": untrained,
         "batch": cfg.batch,
         "smooth": cfg.smooth,
+        "call_smoothing": call_a,
         "frames_read": counts.read,
         "frames_processed": processed,
         "frames_dropped": counts.dropped,

@@ -35,6 +35,9 @@ class Manifest:
     active_area: bool = False
     # segmentation head refining the CAM (rtseg.model.head.HeadConfig as a dict); None = plain CAM
     head: dict[str, Any] | None = None
+    # the frame call's moving average across a video's frames (rtseg.live.smoothing.CallSmoother;
+    # 0 = every frame alone); chosen by cross-validation when the model is built
+    call_smoothing: float = 0.0
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     rtseg_version: str = __version__
@@ -53,6 +56,7 @@ class Manifest:
         if isinstance(self.cam_layer, str) and self.cam_layer.lstrip("-").isdigit():
             self.cam_layer = int(self.cam_layer)
         check_layer(self.arch, self.cam_layer)
+        self.call_smoothing = float(self.call_smoothing)
         if self.head is not None:
             from rtseg.model.head import HeadConfig
 

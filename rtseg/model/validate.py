@@ -81,6 +81,12 @@ def validate_manifest_dict(d: dict, source: str) -> None:
         v = d["postprocess"]
         if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
             _fail(source, "postprocess", "a list of step names", v)
+    if "call_smoothing" in d:
+        from rtseg.live.smoothing import MAX_CALL_SMOOTHING
+
+        v = d["call_smoothing"]
+        if not _is_number(v) or not 0.0 <= v <= MAX_CALL_SMOOTHING:
+            _fail(source, "call_smoothing", f"a number in [0, {MAX_CALL_SMOOTHING}]", v)
     for name in ("training", "metrics"):
         if name in d and not isinstance(d[name], dict):
             _fail(source, name, "an object", d[name])

@@ -55,7 +55,16 @@ def lite_variant(name: str) -> Variant:
 # scoring a held-out fold
 # --------------------------------------------------------------------------------------------
 def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]], v: Variant) -> dict:
-    out: dict = {}
+    from rtseg.recipes.lite_fit import clip_probs
+    from rtseg.recipes.lite_temporal import flips, stream_calls
+
+    # the call as the live loop shows it on video (CallSmoother at f.call_smoothing): sequences
+    # in frame order; single images are one-frame clips, which it leaves as they are
+    vid = {s: clip_probs(f, store, test[s], v.agree) for s in ("cvc", "pg_neg") if test.get(s)}
+    shown = {k: z for p in vid.values() for k, z in stream_calls(p, f.call_smoothing).items()}
+    out: dict = {"stream": {"call_smoothing": f.call_smoothing,
+                            "flips": [sum(x) for x in zip(*(flips(p, f.call_smoothing) for p in vid.values()))],
+                            "flips_each_frame_alone": [sum(x) for x in zip(*(flips(p, 0.0) for p in vid.values()))]}}
     for src in ("kvasir", "cvc"):
         items = test[src]
         if not items:
@@ -65,13 +74,15 @@ def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]], v: Variant) 
         prob, _ = maps_of(f, c, SIZE, False, v.agree, cf)
         _, maps = maps_of(f, c, SIZE, False, False, cf)  # ungated
         called = prob > 0.5
-        rows = {"model": [], "ungated": [], "ellipse": [], "all_foreground": []}
+        rows = {"model": [], "stream": [], "ungated": [], "ellipse": [], "all_foreground": []}
         for it, mp, bx, zi in zip(items, maps, c.boxes, called):
             truth = read_mask(it.mask)
             full = paste(mp.astype(np.float32), bx, truth.shape) > f.threshold
             pred = refine(full, f.steps) if f.steps else full
             # the product's mask: empty where the classifier says no polyp (gate)
             rows["model"].append(image_scores(pred if (zi or not v.gate) else np.zeros_like(pred), truth))
+            zs = zi and shown.get(str(it.image), True)  # the live loop: its call must agree too
+            rows["stream"].append(image_scores(pred if (zs or not v.gate) else np.zeros_like(pred), truth))
             rows["ungated"].append(image_scores(pred, truth))
             rows["ellipse"].append(image_scores(ellipse_mask(truth.shape, f.radius), truth))
             rows["all_foreground"].append(image_scores(np.ones_like(truth), truth))
@@ -79,6 +90,8 @@ def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]], v: Variant) 
                         for m_ in ("dice", "jaccard", "recall", "precision")} for k, rs in rows.items()}
         out[src]["n"] = len(items)
         out[src]["called_polyp"] = round(float(called.mean()), 4)
+        out[src]["stream_called_polyp"] = round(float(np.mean([shown.get(str(it.image), z)
+                                                              for it, z in zip(items, called)])), 4)
     for src in ("pg_neg", "pg_pos", "non_polyp"):
         if test.get(src):
             prob, _ = maps_of(f, store.get([str(it.image) for it in test[src]]), SIZE, False, v.agree)
@@ -89,6 +102,10 @@ def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]], v: Variant) 
                 groups = np.array([it.group for it in test[src]])
                 out[src]["per_sequence"] = {g: [round(float(ok[groups == g].mean()), 4), int((groups == g).sum())]
                                             for g in sorted(set(groups))}
+                sok = np.array([not shown[str(it.image)] for it in test[src]])
+                out[src]["stream_called_non_polyp"] = round(float(sok.mean()), 4)
+                out[src]["stream_per_sequence"] = {g: round(float(sok[groups == g].mean()), 4)
+                                                   for g in sorted(set(groups))}
     return out
 
 
@@ -111,6 +128,25 @@ def open_store(items: dict[str, list[Item]], cache: Path | None) -> FeatureStore
 
 def _mean_sd(vals: list[float]) -> str:
     return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
+
+
+def stream_summary(rs: list[dict]) -> dict:
+    """The held-out folds' calls as the live loop shows them on video (``score``'s "stream")."""
+    n_neg = [r["pg_neg"]["n"] for r in rs]
+    pos = [(r[s]["called_polyp"], r[s]["n"]) for r in rs for s in ("kvasir", "pg_pos")] + \
+        [(r["cvc"]["stream_called_polyp"], r["cvc"]["n"]) for r in rs]
+    fl = [sum(r["stream"]["flips"][i] for r in rs) for i in (0, 1)]
+    fl0 = [sum(r["stream"]["flips_each_frame_alone"][i] for r in rs) for i in (0, 1)]
+    return {"call_smoothing_by_fold": [r["stream"]["call_smoothing"] for r in rs],
+            "stream_pg_neg_called_non_polyp": _mean_sd([r["pg_neg"]["stream_called_non_polyp"] for r in rs]),
+            "stream_pg_neg_called_non_polyp_all_frames": round(
+                sum(r["pg_neg"]["stream_called_non_polyp"] * n for r, n in zip(rs, n_neg)) / max(1, sum(n_neg)), 4),
+            "stream_pg_neg_called_non_polyp_per_sequence": {g: a for r in rs for g, a in
+                                                           sorted(r["pg_neg"]["stream_per_sequence"].items())},
+            "stream_cvc_called_polyp": _mean_sd([r["cvc"]["stream_called_polyp"] for r in rs]),
+            "stream_polyp_called_polyp_all_frames": round(sum(a * n for a, n in pos) / max(1, sum(n for _, n in pos)), 4),
+            "stream_flips_per_100_frames": round(100 * fl[0] / max(1, fl[1]), 2),
+            "flips_per_100_frames_each_frame_alone": round(100 * fl0[0] / max(1, fl0[1]), 2)}
 
 
 def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | None) -> dict:
@@ -139,7 +175,7 @@ def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | No
     for name, rs in results.items():
         s = {}
         for src in ("kvasir", "cvc"):
-            for who in ("model", "ungated", "ellipse", "all_foreground"):
+            for who in ("model", "stream", "ungated", "ellipse", "all_foreground"):
                 for met in ("dice", "jaccard"):
                     s[f"{src}_{who}_{met}"] = _mean_sd([r[src][who][met] for r in rs])
             s[f"{src}_called_polyp"] = _mean_sd([r[src]["called_polyp"] for r in rs])
@@ -152,6 +188,7 @@ def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | No
         pos = [(r[src]["called_polyp"], r[src]["n"]) for r in rs for src in ("kvasir", "cvc", "pg_pos")]
         s["polyp_called_polyp_all_frames"] = round(sum(a * n for a, n in pos) / max(1, sum(n for _, n in pos)), 4)
         s["pg_pos_called_polyp"] = _mean_sd([r["pg_pos"]["called_polyp"] for r in rs])
+        s.update(stream_summary(rs))
         s["crops_called_non_polyp"] = _mean_sd([r["non_polyp"]["called_non_polyp"] for r in rs])
         summary[name] = s
     return {"folds": folds, "variants": {n: VARIANTS[n].__dict__ for n in variants},
@@ -218,6 +255,7 @@ def bundle_of(f: Fit, v: Variant, variant: str) -> Bundle:
         model.rtseg_head.load_state_dict(f.head.state_dict())
     backbone = "ImageNet efficientnet-lite1, frozen" + (f"; {f.top.describe()}" if f.top is not None else "")
     m = m.replace(threshold=ThresholdPolicy.parse(f"above {f.threshold}"), postprocess=tuple(f.steps),
+                  call_smoothing=f.call_smoothing,
                   training={"recipe": f"python -m rtseg.recipes.lite build --variant {variant}",
                             "backbone": backbone, "variant": v.__dict__, **f.tune},
                   metrics={"tuning": {"baselines": {"ellipse": {"radius": f.radius}}}})

@@ -18,6 +18,7 @@ from rtseg.evaluate.metrics import image_scores
 from rtseg.model.arch import LITE_MEAN, LITE_STD
 from rtseg.model.manifest import Manifest
 from rtseg.model.postprocess import refine
+from rtseg.recipes.lite_temporal import CALL_FACTORS, VIDEO_SOURCES, best_factor, call_rates, clips
 from rtseg.recipes.lite_data import (FeatureStore, add_closeups, add_tiles, closeup_keys, ordered, rest_of,
                                      seeds_of, tune_set_of)
 from rtseg.train.probe import (TARGET, Cached, fit_classifier, fit_head, head_cams, head_maps, logits_of,
@@ -54,6 +55,7 @@ class Variant:
     top_epochs: int = 0  # > 0: blocks 15-20 + conv_head fine-tuned with the classifier (epochs)
     head_seed: int = 0  # the head's initialisation and sample order (its self-training round: + 1)
     head_neg_weight: float = 1.0  # weight of the in-domain polyp-free frames' empty targets in the head's loss
+    call_smoothing: bool = False  # the video call's moving average (CallSmoother) chosen by an inner CV
 
 
 VARIANTS = {
@@ -84,8 +86,15 @@ VARIANTS = {
     # agree-allneg on a backbone whose top (blocks 15-20, conv_head, bn1's affine) is fine-tuned
     # with the classifier on the cached block-14 features (the rest stays ImageNet's, frozen)
     "agree-allneg-top": Variant("agree-allneg-top", agree=True, head_all_pg_neg=True, top_epochs=12),
+    # agree-allneg-top with the frame rule's operating point chosen by the inner CV (each inner
+    # fit fine-tunes its own top)
+    "agree-allneg-top-op": Variant("agree-allneg-top-op", agree=True, head_all_pg_neg=True, top_epochs=12,
+                                   inner_op=True),
     # agree-allneg with the polyp-free frames' empty targets weighted x3 in the head's loss
     "agree-allneg-hw3": Variant("agree-allneg-hw3", agree=True, head_all_pg_neg=True, head_neg_weight=3.0),
+    # agree-allneg whose call on video is averaged across frames (rtseg.live.smoothing.CallSmoother),
+    # the factor chosen by the inner CV (rtseg.recipes.lite_temporal); single images unchanged
+    "agree-allneg-video": Variant("agree-allneg-video", agree=True, head_all_pg_neg=True, call_smoothing=True),
 }
 DEFAULT_VARIANT = "agree-allneg"  # the shipped model's (rtseg.recipes.lite build)
 TOP_FROM = 14  # the top fine-tuned by top_epochs starts after this block (a head feature block)
@@ -116,6 +125,7 @@ class Fit:
     shift: float = 0.0  # the classifier's operating point: a frame needs logit > shift
     agree_at: float = 0.5  # the head's: its max pixel > agree_at (HeadConfig.agree_at)
     top: Top | None = None  # the fine-tuned top of the backbone (Variant.top_epochs), or ImageNet's
+    call_smoothing: float = 0.0  # the video call's moving-average factor (manifest call_smoothing)
 
     def view(self, c: Cached) -> Cached:
         """Cached ImageNet-backbone features as this fit's backbone computes them."""
@@ -210,6 +220,8 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     op = {}
     if v.inner_op and head is not None and v.agree:
         f.shift, f.agree_at, op = choose_operating_point(base, train, v, m, log)
+    if v.call_smoothing:
+        f.call_smoothing, op["call_smoothing"] = choose_call_smoothing(base, train, v, m, log)
     tc = base.get([str(it.image) for it in tune_set])
     _, maps = maps_of(f, tc, SIZE, v.gate, v.agree, flipped_of(base, tune_set, v))
     best = choose_threshold(maps, truth_crops(tune_set, tc))
@@ -224,7 +236,8 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     f.tune = {"dice": round(best[0], 4), "threshold": f.threshold, "postprocess": list(f.steps),
               "n_tune": len(tune_set), "n_pos": len(pos_keys), "n_neg": len(neg_keys),
               "n_tiles": len(tile_keys), "n_closeups": len(zoom_keys), "ellipse_radius": f.radius,
-              "shift": f.shift, "agree_at": f.agree_at, **({"operating_point": op} if op else {})}
+              "shift": f.shift, "agree_at": f.agree_at, "call_smoothing": f.call_smoothing,
+              **({"operating_point": op} if op else {})}
     return f
 
 
@@ -352,6 +365,36 @@ def choose_operating_point(store: FeatureStore, train: dict[str, list[Item]], v:
         f"polyp {table[f'{best[1]}/{best[2]}'][0]:.3f}, polyp-free {table[f'{best[1]}/{best[2]}'][1]:.3f}")
     return best[1], best[2], {"inner_folds": inner, "polyp_called_polyp": table[f"{best[1]}/{best[2]}"][0],
                               "pg_neg_called_non_polyp": table[f"{best[1]}/{best[2]}"][1]}
+
+
+def clip_probs(f: Fit, store, items: list[Item], agree: bool) -> list[tuple[list[Item], np.ndarray]]:
+    """(clip, the frame rule's probability per frame) for every sequence among ``items``."""
+    return [(clip, maps_of(f, store.get([str(it.image) for it in clip]), SIZE, False, agree)[0].astype(np.float32))
+            for clip in clips(items)]
+
+
+def choose_call_smoothing(store, train: dict[str, list[Item]], v: Variant, m: Manifest, log=print,
+                          inner: int = 2) -> tuple[float, dict]:
+    """The video call's smoothing factor (rtseg.recipes.lite_temporal) by an ``inner``-fold CV
+    inside ``train`` (sequences never span two inner folds)."""
+    from rtseg.recipes.layout import group_folds
+
+    folds = {s: group_folds(its, inner, seed=1) for s, its in train.items()}
+    tot = {a: np.zeros(4, dtype=np.int64) for a in CALL_FACTORS}
+    for k in range(inner):
+        tr = {s: [it for j, fl in enumerate(fs) if j != k for it in fl] for s, fs in folds.items()}
+        f = fit(store, tr, v, m, log=lambda *_: None, tune=False)
+        singles = [it for s in POLYP_SOURCES if s not in VIDEO_SOURCES for it in folds[s][k]]
+        n_pos = int((maps_of(f, store.get([str(it.image) for it in singles]), SIZE, False, v.agree)[0] > 0.5).sum()
+                    ) if singles else 0
+        rates = call_rates(n_pos, len(singles), clip_probs(f, store, folds["cvc"][k], v.agree),
+                           clip_probs(f, store, folds["pg_neg"][k], v.agree))
+        for a, r in rates.items():
+            tot[a] += np.asarray(r)
+    best, table = best_factor(tot)
+    log(f"    call smoothing (inner {inner}-fold CV): a = {best}: polyp {table[best][0]:.3f}, "
+        f"polyp-free {table[best][1]:.3f} (a = 0: {table[0.0][0]:.3f} / {table[0.0][1]:.3f})")
+    return best, {"inner_folds": inner, "table": {str(a): list(r) for a, r in table.items()}}
 
 
 def crf_maps(paths: list[str], maps: np.ndarray, w_bilateral: float) -> np.ndarray:

@@ -1,0 +1,95 @@
+"""Causal filters across the frames of a video (the live loop and ``rtseg batch`` on videos).
+
+- :class:`CallSmoother`: the frame's call. The polyp probability is averaged over the frames
+  seen so far (``p_t = a * p_{t-1} + (1 - a) * p_new``), the frame is called polyp when the
+  average exceeds 0.5, and the frame's own mask is shown only then. One frame's false alarm in a
+  polyp-free stretch no longer flashes a mask, and a polyp the network misses for one frame
+  keeps its call. ``a`` is the manifest's ``call_smoothing`` (chosen by cross-validation when
+  the model is built) unless the caller overrides it; ``a = 0``: every frame alone.
+- :class:`CamSmoother`: the map itself averaged across frames and thresholded again
+  (``--smooth``; off by default: on moving polyps it lags, lowering Dice, see the README).
+
+Both keep one state across batches, in frame order; a still image is a one-frame clip, which
+they pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: the largest factor allowed: a time constant of 1 / (1 - a) frames must stay short, or a
+#: polyp that comes into view would be called late (0.8: 5 frames, 0.2 s at 25 fps)
+MAX_CALL_SMOOTHING = 0.8
+
+
+def check_call_smoothing(a: float | None, option: str = "--call-smoothing") -> None:
+    """A caller's override: None (the model's) or a factor in [0, MAX_CALL_SMOOTHING]."""
+    from rtseg.errors import UserError
+
+    if a is not None and not 0.0 <= a <= MAX_CALL_SMOOTHING:  # also rejects NaN
+        raise UserError(f"{option} must be in [0, {MAX_CALL_SMOOTHING}] (0: every frame alone), got {a}")
+
+
+class CallSmoother:
+    """Moving average of the frame's polyp probability; the mask is kept only where it says polyp."""
+
+    def __init__(self, a: float) -> None:
+        self.a = float(a)
+        self.state: float | None = None
+
+    def __call__(self, prob: np.ndarray, mask: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Batch in frame order: prob [B], mask [B, H, W] (or None) -> (averaged prob [B], mask)."""
+        if self.a <= 0.0:
+            return prob, mask
+        out = np.empty(len(prob), dtype=np.float32)
+        for i, p in enumerate(np.asarray(prob, dtype=np.float64)):
+            self.state = float(p) if self.state is None else self.a * self.state + (1.0 - self.a) * float(p)
+            out[i] = self.state
+        if mask is not None:
+            keep = (out > 0.5).reshape((-1,) + (1,) * (mask.ndim - 1))
+            mask = (mask * keep).astype(mask.dtype, copy=False)
+        return out, mask
+
+
+class CamSmoother:
+    """Exponential moving average of the CAM across frames, re-thresholded by ``policy``.
+
+    ``cam_t = a * cam_{t-1} + (1 - a) * cam_new``; ``a = 0`` passes the segmenter's mask through.
+    The manifest's mask post-processing (if any) runs after this, in the loop.
+    """
+
+    def __init__(self, a: float, policy) -> None:
+        self.a = float(a)
+        self.policy = policy
+        self.state: np.ndarray | None = None
+
+    def __call__(self, cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Batch [B, S, S] in frame order -> (smoothed cams, masks uint8)."""
+        if self.a <= 0.0:
+            return cam, mask
+        out = np.empty_like(cam, dtype=np.float32)
+        for i in range(cam.shape[0]):
+            if self.state is None or self.state.shape != cam[i].shape:
+                self.state = cam[i].astype(np.float32, copy=True)
+            else:
+                self.state *= self.a
+                self.state += (1.0 - self.a) * cam[i]
+            out[i] = self.state
+        return out, np.asarray(self.policy.apply(out), dtype=np.uint8)
+
+
+class VideoFilters:
+    """The loop's per-batch filters in their order: the map (``smooth``), then the call
+    (``call_smoothing``); (prob, cam, mask) in, (prob, cam, mask) out. One place for the live
+    loop and ``rtseg batch``."""
+
+    def __init__(self, smooth: float, call_smoothing: float, policy) -> None:
+        self.cam = CamSmoother(smooth, policy)
+        self.call = CallSmoother(call_smoothing)
+
+    def __call__(self, prob: np.ndarray, cam: np.ndarray, mask: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cam, mask = self.cam(cam, mask)
+        prob, mask = self.call(prob, mask)
+        return prob, cam, mask
