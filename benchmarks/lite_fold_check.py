@@ -4,7 +4,10 @@ Fits the default recipe (``rtseg.recipes.lite``, the shipped variant unless ``--
 fold K, scores the held-out Kvasir-SEG / CVC-ClinicDB images with the recipe's own scorer
 (cached features), then writes the fit as a bundle and scores the same images with
 ``rtseg eval``'s code (:func:`rtseg.evaluate.scoring.run_eval`: decode, active area, eager Grad-CAM +
-head, threshold, clean-up, paste back). The two Dice figures must agree.
+head, threshold, clean-up, paste back). The two Dice figures must agree. Then each held-out
+PolypGen polyp-free sequence is played through ``rtseg stream``'s loop with that bundle: the
+frames it calls polyp (after the call's moving average, the bundle's ``call_smoothing``) must
+be the recipe's live-loop count.
 
     python benchmarks/lite_fold_check.py ../shared/data --fold 0 --json fold_check.json
 """
@@ -59,6 +62,7 @@ def main() -> None:
         rows[src] = {"recipe_dice": cached[src]["model"]["dice"], "product_dice": round(prod["dice"], 4),
                      "recipe_jaccard": cached[src]["model"]["jaccard"], "product_jaccard": round(prod["jaccard"], 4),
                      "n": len(pairs)}
+    stream = stream_check(a.out, test["pg_neg"], cached["pg_neg"]["stream_per_sequence"])
     t = Table(title=f"fold {a.fold} of {a.folds}, held out: the recipe's scorer vs rtseg eval")
     for c in ("source", "n", "Dice (recipe)", "Dice (rtseg eval)", "Jaccard (recipe)", "Jaccard (rtseg eval)"):
         t.add_column(c)
@@ -66,10 +70,42 @@ def main() -> None:
         t.add_row(src, str(r["n"]), f"{r['recipe_dice']:.4f}", f"{r['product_dice']:.4f}",
                   f"{r['recipe_jaccard']:.4f}", f"{r['product_jaccard']:.4f}")
     Console().print(t)
+    t = Table(title=f"held-out polyp-free sequences: the recipe's live-loop call vs rtseg stream "
+                    f"(call_smoothing {f.call_smoothing})")
+    for c in ("sequence", "frames", "called polyp (recipe)", "called polyp (rtseg stream)"):
+        t.add_column(c)
+    for g, r in stream.items():
+        t.add_row(g, str(r["frames"]), str(r["recipe_called_polyp"]), str(r["stream_called_polyp"]))
+    Console().print(t)
     if a.json:
         from rtseg.atomic import write_json
 
-        write_json(a.json, {"fold": a.fold, "folds": a.folds, "variant": a.variant, "rows": rows})
+        write_json(a.json, {"fold": a.fold, "folds": a.folds, "variant": a.variant, "rows": rows,
+                            "call_smoothing": f.call_smoothing, "stream": stream})
+
+
+def stream_check(bundle: Path, items: list, recipe_rates: dict) -> dict:
+    """Each held-out polyp-free sequence played by ``rtseg stream``'s loop (a folder of its frames,
+    natural order, the written bundle, eager torch backend): frames called polyp, beside the
+    recipe's live-loop count (``score``'s ``stream_per_sequence``)."""
+    import os
+    import tempfile
+
+    from rtseg.live.loop import StreamConfig, run_stream
+    from rtseg.recipes.lite_temporal import clips
+
+    out = {}
+    for clip in clips(items):
+        g = clip[0].group
+        with tempfile.TemporaryDirectory() as d:
+            for it in clip:
+                os.symlink(Path(it.image).resolve(), Path(d) / Path(it.image).name)
+            res = run_stream(StreamConfig(source=d, model=str(bundle), backend="torch", headless=True,
+                                          quiet=True, log_every=0))
+        out[g] = {"frames": res.stats["frames_processed"],
+                  "recipe_called_polyp": round(len(clip) * (1 - recipe_rates[g])),
+                  "stream_called_polyp": res.stats["frames_called_polyp"]}
+    return out
 
 
 if __name__ == "__main__":

@@ -85,3 +85,24 @@ def test_box_cache_detects_once_then_every_n_frames_and_on_size_change(monkeypat
     assert len(calls) == 3  # frames 1, 4, 7
     cache(_video_frame(h=288, w=384, fov=(40, 10, 344, 278)))
     assert len(calls) == 4
+
+
+def test_warmup_does_not_leave_its_box_for_the_stream():
+    """The warm-up's noise frames are lit everywhere: the first real frame must find its own box."""
+    from rtseg.model.manifest import Manifest
+    from rtseg.runtime.active import ActiveAreaSegmenter
+    from rtseg.runtime.base import Segmenter, SegOutput
+
+    class Inner(Segmenter):
+        name, device = "fake", "cpu"
+        manifest = Manifest(input_size=16)
+
+        def __call__(self, frames):
+            z = np.zeros((len(frames), 16, 16), np.float32)
+            return SegOutput(np.zeros(len(frames), np.float32), z, z.astype(np.uint8))
+
+    seg = ActiveAreaSegmenter(Inner())
+    f = _video_frame()
+    seg.warmup(*f.shape[:2])
+    b = seg(f[None]).boxes[0]
+    assert b == detect_box(f) and b.x0 > 150  # the octagon, not the noise frame's whole area

@@ -103,6 +103,9 @@ def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, mon
                                          "agree": rlf.Variant("agree", agree=True, epochs=2),
                                          "agree-allneg": rlf.Variant("agree-allneg", agree=True,
                                                                      head_all_pg_neg=True, epochs=2),
+                                         "agree-allneg-video": rlf.Variant("agree-allneg-video", agree=True,
+                                                                           head_all_pg_neg=True, epochs=2,
+                                                                           call_smoothing=True),
                                          "cam-only": rlf.Variant("cam-only", head=False, selftrain=False)})
     res = rl.cross_validate(data_folder, 2, ["default", "cam-only"], tmp_path / "cache")
     for name in ("default", "cam-only"):
@@ -131,6 +134,7 @@ def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, mon
     assert b.manifest.arch == "efficientnet-lite1" and b.manifest.active_area and b.manifest.head
     assert b.manifest.head["agree"] is True  # the shipped variant
     assert b.manifest.training["variant"]["head_all_pg_neg"] is True
+    assert b.manifest.call_smoothing in rlf.CALL_FACTORS  # chosen by the inner CV
     seg = create_segmenter(out, backend="torch-eager", device="cpu")
     o = seg(cv2.imread(str(data_folder / "polypgen/positive/A_positive0.jpg"))[None])
     assert o.boxes[0].x0 >= 30 and o.mask.shape == (1, 224, 224)

@@ -312,12 +312,18 @@ def test_loop_takes_the_manifests_call_smoothing(video, drawn_masks, override, t
         assert shown == [0] * 11 + [1] * 5  # spike at 5 gone; polyp at 10 shown from 11 on
     else:
         assert shown == [0] * 5 + [1] + [0] * 4 + [1] * 6
-    assert json.loads(js.read_text())["call_smoothing"] == (0.6 if override is None else 0.0)
+    stats = json.loads(js.read_text())
+    assert stats["call_smoothing"] == (0.6 if override is None else 0.0)
+    assert stats["frames_called_polyp"] == sum(shown)  # the label drawn agrees with the masks here
 
 
 def test_call_smoothing_is_checked():
     with pytest.raises(UserError, match="call-smoothing"):
         StreamConfig(call_smoothing=0.95).check()
+    from rtseg.batch.run import BatchConfig
+
+    with pytest.raises(UserError, match="call-smoothing"):
+        BatchConfig(input="in", out="out", call_smoothing=-0.1).check()
     with pytest.raises(UserError, match="call_smoothing"):
         Manifest.from_dict({**Manifest().to_dict(), "call_smoothing": 1.5}, "m.json")
     m = Manifest.from_dict({**Manifest().to_dict(), "call_smoothing": 0.7}, "m.json")

@@ -206,7 +206,7 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
                          retries=cfg.reconnect_retries, retry_delay=cfg.reconnect_delay,
                          on_decode=lambda dt: stats.add_stage("decode", dt))
     shutdown.on_signal = lambda signum: reader.request_stop()  # a blocked read returns at once
-    processed = 0
+    processed = called = 0  # frames, and those called polyp (the label drawn: after the call's filter)
     interrupted = quit_ = False
     ema_dt = None
     sink = None
@@ -268,6 +268,7 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
                     ema_dt = dt if ema_dt is None else 0.9 * ema_dt + 0.1 * dt
                     t_prev = t_now
                     processed += n
+                    called += int((np.asarray(probs) > 0.5).sum())
                     if on_frame is not None:
                         on_frame(processed)
                     if cfg.max_frames is not None and processed >= cfg.max_frames:
@@ -310,6 +311,7 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
         "call_smoothing": call_a,
         "frames_read": counts.read,
         "frames_processed": processed,
+        "frames_called_polyp": called,
         "frames_dropped": counts.dropped,
         "frames_unreadable": counts.unreadable,
         "frames_written": sink.frames if sink is not None else 0,

@@ -92,6 +92,9 @@ def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]], v: Variant) 
         out[src]["called_polyp"] = round(float(called.mean()), 4)
         out[src]["stream_called_polyp"] = round(float(np.mean([shown.get(str(it.image), z)
                                                               for it, z in zip(items, called)])), 4)
+        # the live loop draws a frame's own mask only where its own rule and the averaged call agree
+        out[src]["stream_masked"] = round(float(np.mean([z and shown.get(str(it.image), True)
+                                                        for it, z in zip(items, called)])), 4)
     for src in ("pg_neg", "pg_pos", "non_polyp"):
         if test.get(src):
             prob, _ = maps_of(f, store.get([str(it.image) for it in test[src]]), SIZE, False, v.agree)
@@ -141,9 +144,10 @@ def stream_summary(rs: list[dict]) -> dict:
             "stream_pg_neg_called_non_polyp": _mean_sd([r["pg_neg"]["stream_called_non_polyp"] for r in rs]),
             "stream_pg_neg_called_non_polyp_all_frames": round(
                 sum(r["pg_neg"]["stream_called_non_polyp"] * n for r, n in zip(rs, n_neg)) / max(1, sum(n_neg)), 4),
-            "stream_pg_neg_called_non_polyp_per_sequence": {g: a for r in rs for g, a in
-                                                           sorted(r["pg_neg"]["stream_per_sequence"].items())},
+            "stream_pg_neg_called_non_polyp_per_sequence": dict(sorted(
+                (g, a) for r in rs for g, a in r["pg_neg"]["stream_per_sequence"].items())),
             "stream_cvc_called_polyp": _mean_sd([r["cvc"]["stream_called_polyp"] for r in rs]),
+            "stream_cvc_masked": _mean_sd([r["cvc"]["stream_masked"] for r in rs]),
             "stream_polyp_called_polyp_all_frames": round(sum(a * n for a, n in pos) / max(1, sum(n for _, n in pos)), 4),
             "stream_flips_per_100_frames": round(100 * fl[0] / max(1, fl[1]), 2),
             "flips_per_100_frames_each_frame_alone": round(100 * fl0[0] / max(1, fl0[1]), 2)}

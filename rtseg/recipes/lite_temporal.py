@@ -11,11 +11,9 @@ polyp, polyp-free frames called non-polyp) over the inner held-out folds (:func:
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import numpy as np
 
+from rtseg.imageio import natural_key
 from rtseg.live.smoothing import MAX_CALL_SMOOTHING, CallSmoother
 from rtseg.recipes.layout import Item
 
@@ -24,19 +22,13 @@ CALL_FACTORS = (0.0, 0.3, 0.5, 0.6, 0.7, MAX_CALL_SMOOTHING)
 VIDEO_SOURCES = ("cvc", "pg_neg")  # the sources whose groups are video sequences
 
 
-def frame_no(item: Item) -> int:
-    """A sequence frame's number: the last integer of its file name (CVC ``12.png``, PolypGen
-    ``A_seq1_seq1_img12.jpg``)."""
-    nums = re.findall(r"\d+", Path(item.image).stem)
-    return int(nums[-1]) if nums else 0
-
-
 def clips(items: list[Item]) -> list[list[Item]]:
-    """The items of each sequence (``group``), in frame order, sequences in name order."""
+    """The items of each sequence (``group``) in frame order, which is the natural order of their
+    file names (``rtseg stream --source FOLDER``'s order), sequences in name order."""
     out: dict[str, list[Item]] = {}
     for it in items:
         out.setdefault(it.group, []).append(it)
-    return [sorted(its, key=frame_no) for _, its in sorted(out.items())]
+    return [sorted(its, key=lambda it: natural_key(it.image)) for _, its in sorted(out.items())]
 
 
 def stream_calls(probs: list[tuple[list[Item], np.ndarray]], a: float) -> dict[str, bool]:

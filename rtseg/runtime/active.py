@@ -42,6 +42,12 @@ class ActiveAreaSegmenter(Segmenter):
         return SegOutput(np.concatenate([p.prob for p in parts]), np.concatenate([p.cam for p in parts]),
                          np.concatenate([p.mask for p in parts]), [b for b, _ in found])
 
+    def warmup(self, height: int, width: int, batch: int = 1, runs: int = 3) -> None:
+        """Warm the segmenter up, then forget the box: the warm-up's noise frames are lit
+        everywhere, and a box cached from them would crop the stream's first frames wrongly."""
+        super().warmup(height, width, batch, runs)
+        self.cache = BoxCache(self.cache.every)
+
     def describe(self) -> str:
         return self.inner.describe() + ", active-area crop"
 
