@@ -119,7 +119,7 @@ class _NotLoaded:
 
     name = backend = "not loaded"
     device = None
-    manifest = SimpleNamespace(input_size=None, threshold=None, postprocess=())
+    manifest = SimpleNamespace(input_size=None, threshold=None, postprocess=(), call_smoothing=0.0)
 
     def describe(self) -> str:
         return "no model (interrupted while loading)"
