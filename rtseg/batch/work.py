@@ -10,7 +10,8 @@ the segmenter on ``batch`` frames, :class:`~rtseg.live.smoothing.VideoFilters` (
 timing and not an output).
 
 Per-frame table columns (:data:`COLUMNS`): ``frame`` (index in the source), ``time_s``
-(frame / fps), ``prob`` (polyp probability), ``mask_pixels`` and ``mask_area`` (pixels and
+(frame / fps), ``prob`` (polyp probability; on videos after the call's moving average, the
+model's ``call_smoothing`` or ``--call-smoothing``, as ``rtseg stream`` draws it), ``mask_pixels`` and ``mask_area`` (pixels and
 fraction of the frame, at frame size), ``bbox_x, bbox_y, bbox_w, bbox_h`` (the largest
 8-connected component at frame size; -1 when the mask is empty). Image tables have ``path``,
 ``mask`` (file name in ``masks/``), ``width``, ``height`` instead of ``frame``/``time_s``.
