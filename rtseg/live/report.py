@@ -41,6 +41,8 @@ def print_report(console, result: dict[str, Any]) -> None:
         f"frames read {result['frames_read']}, processed {result['frames_processed']}, "
         f"dropped {result['frames_dropped']}, unreadable {result['frames_unreadable']}"
         + (f", written {result['frames_written']} to {result['saved']}" if result["saved"] else "")
+        + (f" | called polyp {result['frames_called_polyp']} (call smoothing {result['call_smoothing']:g})"
+           if "frames_called_polyp" in result else "")
         + (" | source lost" if result["source_lost"] else "")
         + (f" | interrupted ({result.get('signal') or 'SIGINT'})" if result["interrupted"] else ""),
         markup=False)
