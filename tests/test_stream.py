@@ -17,8 +17,8 @@ from rtseg.model.manifest import Manifest
 from rtseg.live.overlay import Overlay
 from rtseg.runtime.base import Segmenter, SegOutput
 from rtseg.errors import UserError
-from rtseg.live.loop import CamSmoother, StreamConfig, run_stream
-from rtseg.live.smoothing import CallSmoother
+from rtseg.live.loop import StreamConfig, run_stream
+from rtseg.live.smoothing import CallSmoother, CamSmoother
 from rtseg.synthetic import clip_frames, write_video
 from rtseg.model.thresholds import ThresholdPolicy
 

@@ -229,6 +229,7 @@ def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
     from rtseg.evaluate.predict import write_mask
     from rtseg.live.display import VideoSink
     from rtseg.live.smoothing import VideoFilters
+    from rtseg.model.manifest import resolve_call_smoothing
 
     o = ctx.options
     try:
@@ -238,9 +239,8 @@ def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
     info = source.info
     fps = float(info.fps)
     overlay = ctx.overlay([info.label] if info.label else [])
-    call_a = o.get("call_smoothing")
-    smoother = VideoFilters(o.get("smooth", 0.0), ctx.seg.manifest.call_smoothing if call_a is None else call_a,
-                            ctx.seg.manifest.threshold)
+    filters = VideoFilters(o.get("smooth", 0.0), resolve_call_smoothing(ctx.seg.manifest, o.get("call_smoothing")),
+                           ctx.seg.manifest.threshold)
     post = tuple(getattr(ctx.seg.manifest, "postprocess", ()) or ())
     rows = {c: array(TYPECODES[c]) for c in COLUMNS}
     save_video, save_masks = o.get("save_video", False), o.get("save_masks", False)
@@ -258,7 +258,7 @@ def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
             if batch is None:
                 break
             frames = batch[0].image[None] if len(batch) == 1 else np.stack([f.image for f in batch])
-            probs, cams, masks, boxes = _segment(ctx, smoother, post, frames)
+            probs, cams, masks, boxes = _segment(ctx, filters, post, frames)
             for i, fr in enumerate(batch):
                 h, w = fr.image.shape[:2]
                 wh = wh or [w, h]
@@ -300,7 +300,7 @@ def _images(unit: dict, ctx: UnitContext, staging: Path) -> dict:
     from rtseg.live.smoothing import VideoFilters
 
     o = ctx.options
-    smoother = VideoFilters(0.0, 0.0, ctx.seg.manifest.threshold)  # stills: no smoothing
+    filters = VideoFilters(0.0, 0.0, ctx.seg.manifest.threshold)  # stills: no smoothing
     post = tuple(getattr(ctx.seg.manifest, "postprocess", ()) or ())
     overlay = ctx.overlay()
     rows: dict[str, list] = {c: [] for c in IMAGE_COLUMNS}
@@ -313,7 +313,7 @@ def _images(unit: dict, ctx: UnitContext, staging: Path) -> dict:
             if img is None:
                 failed.append({"source": path, "reason": "not a readable image"})
                 continue
-            probs, cams, masks, boxes = _segment(ctx, smoother, post, img[None])
+            probs, cams, masks, boxes = _segment(ctx, filters, post, img[None])
             h, w = img.shape[:2]
             m = overlay.resize_mask(masks[0], h, w, **_kw(boxes[0]))
             pixels, x, y, bw, bh = mask_stats(m)

@@ -31,9 +31,10 @@ from rtseg.live.reader import FrameReader
 from rtseg.errors import UserError
 from rtseg.live.display import VideoSink, Window, check_json_path, check_save_path, gui_problem
 from rtseg.live.report import print_report
-from rtseg.live.smoothing import CamSmoother, VideoFilters, check_call_smoothing  # noqa: F401 (re-export)
+from rtseg.live.smoothing import VideoFilters, check_call_smoothing
 from rtseg.live.stats import StreamStats
 from rtseg.live.overlay import Overlay
+from rtseg.model.manifest import resolve_call_smoothing
 from rtseg.runtime.loader import load_segmenter
 from rtseg.ui import make_console
 from rtseg.shutdown import STOP, Interrupted, Shutdown
@@ -85,9 +86,6 @@ class StreamConfig:
                             "synthetic demo clip")
 
 
-# --- smoothing across frames: rtseg.live.smoothing (CallSmoother, CamSmoother) -----------
-
-
 def refine_masks(masks: np.ndarray, steps) -> np.ndarray:
     """The manifest's post-processing steps (rtseg.model.postprocess) on masks [B, S, S] -> uint8."""
     from rtseg.model.postprocess import refine
@@ -119,7 +117,7 @@ class _NotLoaded:
 
     name = backend = "not loaded"
     device = None
-    manifest = SimpleNamespace(input_size=None, threshold=None, postprocess=(), call_smoothing=0.0)
+    manifest = SimpleNamespace(input_size=None, threshold=None, postprocess=())
 
     def describe(self) -> str:
         return "no model (interrupted while loading)"
@@ -188,7 +186,7 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
     labels = [info.label] if info.label else []
     overlay = Overlay(cfg.alpha, heatmap=cfg.heatmap, labels=labels,
                       warning="UNTRAINED" if untrained else None)
-    call_a = seg.manifest.call_smoothing if cfg.call_smoothing is None else cfg.call_smoothing
+    call_a = resolve_call_smoothing(seg.manifest, cfg.call_smoothing)
     filters = VideoFilters(cfg.smooth, call_a, seg.manifest.threshold)
     post = tuple(getattr(seg.manifest, "postprocess", ()) or ())  # the manifest's mask clean-up
     stages = ("decode", "wait", "infer", "overlay") + (("write",) if save_path else ()) + \

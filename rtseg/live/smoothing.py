@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: the largest factor allowed: a time constant of 1 / (1 - a) frames must stay short, or a
-#: polyp that comes into view would be called late (0.8: 5 frames, 0.2 s at 25 fps)
-MAX_CALL_SMOOTHING = 0.8
+from rtseg.model.validate import MAX_CALL_SMOOTHING
 
 
 def check_call_smoothing(a: float | None, option: str = "--call-smoothing") -> None:

@@ -105,6 +105,12 @@ def resolve_threshold(manifest: Manifest, threshold: str | ThresholdPolicy | Non
     return ThresholdPolicy.parse(str(threshold))
 
 
+def resolve_call_smoothing(manifest: Manifest, override: float | None = None) -> float:
+    """The video call's moving-average factor: the manifest's unless ``override`` (checked by the
+    caller, :func:`rtseg.live.smoothing.check_call_smoothing`) replaces it."""
+    return float(getattr(manifest, "call_smoothing", 0.0) if override is None else override)
+
+
 def with_layer(manifest: Manifest, layer: int | str | None = None) -> Manifest:
     """``manifest`` with its CAM layer resolved by :func:`resolve_layer` (itself when unchanged)."""
     resolved = resolve_layer(manifest, layer)

@@ -15,6 +15,9 @@ from typing import Any
 from rtseg.errors import UserError
 
 INPUT_SIZE_RANGE = (32, 2048)
+#: the largest ``call_smoothing``: its time constant of 1 / (1 - a) frames must stay short, or a
+#: polyp that comes into view would be called late (0.8: 5 frames, 0.2 s at 25 fps)
+MAX_CALL_SMOOTHING = 0.8
 
 
 def _show(v: Any) -> str:
@@ -82,8 +85,6 @@ def validate_manifest_dict(d: dict, source: str) -> None:
         if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
             _fail(source, "postprocess", "a list of step names", v)
     if "call_smoothing" in d:
-        from rtseg.live.smoothing import MAX_CALL_SMOOTHING
-
         v = d["call_smoothing"]
         if not _is_number(v) or not 0.0 <= v <= MAX_CALL_SMOOTHING:
             _fail(source, "call_smoothing", f"a number in [0, {MAX_CALL_SMOOTHING}]", v)
@@ -94,4 +95,4 @@ def validate_manifest_dict(d: dict, source: str) -> None:
         _fail(source, "rtseg_version", "a string", d["rtseg_version"])
 
 
-__all__ = ["validate_manifest_dict", "INPUT_SIZE_RANGE"]
+__all__ = ["validate_manifest_dict", "INPUT_SIZE_RANGE", "MAX_CALL_SMOOTHING"]

@@ -334,23 +334,30 @@ def frame_scores(f: Fit, c: Cached) -> tuple[np.ndarray, np.ndarray]:
     return z, top
 
 
+def inner_fits(store, train: dict[str, list[Item]], v: Variant, m: Manifest, inner: int = 2):
+    """(fit, held-out selection) of each fold of an ``inner``-fold CV inside ``train`` (sequences
+    never span two inner folds; untuned fits): what the operating point and the call smoothing
+    are chosen on."""
+    from rtseg.recipes.layout import group_folds
+
+    folds = {s: group_folds(its, inner, seed=1) for s, its in train.items()}
+    for k in range(inner):
+        tr = {s: [it for j, fl in enumerate(fs) if j != k for it in fl] for s, fs in folds.items()}
+        yield fit(store, tr, v, m, log=lambda *_: None, tune=False), {s: fs[k] for s, fs in folds.items()}
+
+
 def choose_operating_point(store: FeatureStore, train: dict[str, list[Item]], v: Variant,
                            m: Manifest, log=print, inner: int = 2) -> tuple[float, float, dict]:
     """The frame rule's operating point (logit > t and head max > h) by a ``inner``-fold CV
     inside ``train`` (sequences never span two inner folds): the pair of (OP_SHIFTS, OP_AGREE)
     that maximises min(polyp frames called polyp, polyp-free PolypGen frames called non-polyp)
     over the inner held-out folds; ties go to the smaller thresholds."""
-    from rtseg.recipes.layout import group_folds
-
-    folds = {s: group_folds(its, inner, seed=1) for s, its in train.items()}
     pos, neg = [], []
-    for k in range(inner):
-        tr = {s: [it for j, fl in enumerate(fs) if j != k for it in fl] for s, fs in folds.items()}
-        f = fit(store, tr, v, m, log=lambda *a: None, tune=False)
+    for f, held in inner_fits(store, train, v, m, inner):
         for s in POLYP_SOURCES:
-            if folds[s][k]:
-                pos.append(frame_scores(f, store.get([str(it.image) for it in folds[s][k]])))
-        neg.append(frame_scores(f, store.get([str(it.image) for it in folds["pg_neg"][k]])))
+            if held[s]:
+                pos.append(frame_scores(f, store.get([str(it.image) for it in held[s]])))
+        neg.append(frame_scores(f, store.get([str(it.image) for it in held["pg_neg"]])))
     zp, tp = (np.concatenate(a) for a in zip(*pos))
     zn, tn = (np.concatenate(a) for a in zip(*neg))
     best, table = None, {}
@@ -377,18 +384,13 @@ def choose_call_smoothing(store, train: dict[str, list[Item]], v: Variant, m: Ma
                           inner: int = 2) -> tuple[float, dict]:
     """The video call's smoothing factor (rtseg.recipes.lite_temporal) by an ``inner``-fold CV
     inside ``train`` (sequences never span two inner folds)."""
-    from rtseg.recipes.layout import group_folds
-
-    folds = {s: group_folds(its, inner, seed=1) for s, its in train.items()}
     tot = {a: np.zeros(4, dtype=np.int64) for a in CALL_FACTORS}
-    for k in range(inner):
-        tr = {s: [it for j, fl in enumerate(fs) if j != k for it in fl] for s, fs in folds.items()}
-        f = fit(store, tr, v, m, log=lambda *_: None, tune=False)
-        singles = [it for s in POLYP_SOURCES if s not in VIDEO_SOURCES for it in folds[s][k]]
+    for f, held in inner_fits(store, train, v, m, inner):
+        singles = [it for s in POLYP_SOURCES if s not in VIDEO_SOURCES for it in held[s]]
         n_pos = int((maps_of(f, store.get([str(it.image) for it in singles]), SIZE, False, v.agree)[0] > 0.5).sum()
                     ) if singles else 0
-        rates = call_rates(n_pos, len(singles), clip_probs(f, store, folds["cvc"][k], v.agree),
-                           clip_probs(f, store, folds["pg_neg"][k], v.agree))
+        rates = call_rates(n_pos, len(singles), clip_probs(f, store, held["cvc"], v.agree),
+                           clip_probs(f, store, held["pg_neg"], v.agree))
         for a, r in rates.items():
             tot[a] += np.asarray(r)
     best, table = best_factor(tot)

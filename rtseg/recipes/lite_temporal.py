@@ -31,16 +31,21 @@ def clips(items: list[Item]) -> list[list[Item]]:
     return [sorted(its, key=lambda it: natural_key(it.image)) for _, its in sorted(out.items())]
 
 
+def clip_calls(p: np.ndarray, a: float) -> np.ndarray:
+    """A clip's frame probabilities in order -> called polyp per frame, as the live loop calls them."""
+    return CallSmoother(a)(p)[0] > 0.5
+
+
 def stream_calls(probs: list[tuple[list[Item], np.ndarray]], a: float) -> dict[str, bool]:
     """Image path -> called polyp, each clip through a fresh CallSmoother(a)."""
-    return {str(it.image): bool(z) for clip, p in probs for it, z in zip(clip, CallSmoother(a)(p)[0] > 0.5)}
+    return {str(it.image): bool(z) for clip, p in probs for it, z in zip(clip, clip_calls(p, a))}
 
 
 def flips(probs: list[tuple[list[Item], np.ndarray]], a: float) -> tuple[int, int]:
     """(changes of the call between consecutive frames, consecutive pairs) over the clips."""
     n = pairs = 0
     for _, p in probs:
-        z = CallSmoother(a)(p)[0] > 0.5
+        z = clip_calls(p, a)
         n += int((z[1:] != z[:-1]).sum())
         pairs += max(0, len(z) - 1)
     return n, pairs
