@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-
 import cv2
 import numpy as np
 import pytest
@@ -14,43 +12,9 @@ from rtseg.synthetic import make_sample
 @pytest.fixture(scope="module")
 def data_folder(tmp_path_factory):
     """The data README's layout, generated: Kvasir-SEG, CVC (3 sequences), PolypGen, crops."""
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
+    from helpers import make_data_folder
 
-    def write(path, img):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), img)
-
-    for i in range(8):
-        s = make_sample(rng, (100, 120), polyp=True)
-        write(root / "kvasir-seg/images" / f"k{i}.jpg", s.image[..., ::-1])
-        write(root / "kvasir-seg/masks" / f"k{i}.jpg", s.mask.astype(np.uint8) * 255)
-    rows = []
-    for i in range(9):
-        s = make_sample(rng, (96, 128), polyp=True)
-        write(root / "cvc-clinicdb/images" / f"{i + 1}.png", s.image[..., ::-1])
-        write(root / "cvc-clinicdb/masks" / f"{i + 1}.png", s.mask.astype(np.uint8) * 255)
-        rows.append({"image": f"images/{i + 1}.png", "mask": f"masks/{i + 1}.png", "sequence": i // 3 + 1})
-    with open(root / "cvc-clinicdb/sequences.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["image", "mask", "sequence"])
-        w.writeheader()
-        w.writerows(rows)
-    for i in range(6):
-        write(root / "non-polyp" / f"{i}.jpg", make_sample(rng, (64, 64), polyp=False, border=False).image)
-    for kind, polyp in (("negative", False), ("positive", True)):
-        rows = []
-        for i in range(8):
-            frame = np.full((90, 160, 3), 16, np.uint8)  # 16:9 with black margins
-            frame[:, 40:130] = make_sample(rng, (90, 90), polyp=polyp).image[..., ::-1]
-            name = f"A_{kind}{i}.jpg"
-            write(root / "polypgen" / kind / name, frame)
-            rows.append({"image": name, "centre": "A", "sequence": f"seq{i // 2}" if not polyp else "",
-                         "frame": i, "orig_w": 160, "orig_h": 90})
-        with open(root / "polypgen" / f"{kind}.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    return root
+    return make_data_folder(tmp_path_factory.mktemp("data"))
 
 
 def spied_fold(data_folder, tmp_path, monkeypatch):
@@ -314,3 +278,45 @@ def test_call_smoothing_is_chosen_inside_the_training_folds_scored_as_the_loop_a
     out = rl.build(data_folder, tmp_path / "bundle", tmp_path / "cache", "video")
     assert load_bundle(out).manifest.call_smoothing == 0.7
     assert create_segmenter(out, backend="torch-eager", device="cpu").manifest.call_smoothing == 0.7
+
+
+def test_end_to_end_fine_tuned_network_travels_into_the_bundle(data_folder, tmp_path, monkeypatch):
+    """Variant finetune_steps: blocks 7-20, classifier and head trained through augmented views;
+    the bundle computes the probabilities and maps the recipe scored from cached block-6 features."""
+    import rtseg.recipes.lite as rl
+    import rtseg.recipes.lite_data as rld
+    import rtseg.recipes.lite_fit as rlf
+    from rtseg.imageio import read_image
+    from rtseg.model.bundle import build_model, load_bundle
+    from rtseg.runtime import create_segmenter
+
+    monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
+    v = rlf.Variant("ft", agree=True, head_all_pg_neg=True, finetune_steps=3, epochs=2, selftrain=False)
+    monkeypatch.setattr(rl, "VARIANTS", {"ft": v})
+    fits = []
+    monkeypatch.setattr(rl, "fit", lambda *a, **k: fits.append(rlf.fit(*a, **k)) or fits[-1])
+    out = rl.build(data_folder, tmp_path / "bundle", tmp_path / "cache", "ft")
+    f = fits[-1]
+    assert f.top is not None and f.top.from_block == 6 and len(f.top.blocks) == 14
+    b = load_bundle(out)
+    assert "blocks 7-20" in b.manifest.training["backbone"] and "end to end" in b.manifest.training["backbone"]
+    imagenet = build_model(rl.ARCH, pretrained=True)
+
+    def w(module):
+        return module.weight.detach().float().numpy()
+
+    assert not np.allclose(w(f.top.blocks[7]._project_conv), w(imagenet._blocks[14]._project_conv))  # trained
+    assert np.allclose(w(b.model._blocks[14]._project_conv), w(f.top.blocks[7]._project_conv), atol=1e-3)
+    assert np.allclose(w(b.model._blocks[6]._project_conv), w(imagenet._blocks[6]._project_conv), atol=1e-3)
+    items = rl.load_all(data_folder)
+    store = rl.open_store(items, tmp_path / "cache")
+    its = items["kvasir"][:3] + items["pg_neg"][:3]
+    c = store.get([str(it.image) for it in its])
+    prob, maps = rlf.maps_of(f, c, rlf.SIZE, True, True)
+    seg = create_segmenter(out, backend="torch-eager", device="cpu")
+    got = [seg(np.ascontiguousarray(read_image(it.image)[None, ..., ::-1])) for it in its]
+    p = np.concatenate([o.prob for o in got])
+    assert np.abs(p - prob).max() < 3e-2, (p, prob)  # fp16 weights in the bundle
+    assert np.array_equal(p > 0.5, prob > 0.5)
+    cam = np.concatenate([o.cam for o in got])
+    assert cam.shape == maps.shape and np.abs(cam - maps).mean() < 2e-2

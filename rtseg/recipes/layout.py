@@ -26,8 +26,9 @@ class Item:
     image: Path
     mask: Path | None  # None for non-polyp crops
     label: str  # "polyp" | "non_polyp"
-    source: str  # "kvasir" | "cvc" | "non_polyp" | "pg_neg" | "pg_pos"
+    source: str  # "kvasir" | "cvc" | "non_polyp" | "pg_neg" | "pg_pos" | "bkai"
     group: str  # split unit: the image itself, or the CVC sequence
+    hospital: str = ""  # where the frame was recorded ("kvasir", "cvc", "pg-A", "pg-B", "bkai"): the hold-out unit
 
 
 def _h(text: str, seed: int) -> str:
@@ -42,6 +43,7 @@ class DataFolder:
     non_polyp: list[Item] = field(default_factory=list)
     pg_neg: list[Item] = field(default_factory=list)  # PolypGen polyp-free, group = sequence
     pg_pos: list[Item] = field(default_factory=list)  # PolypGen polyp frames, no masks
+    bkai: list[Item] = field(default_factory=list)  # BKAI-IGH NeoPolyp polyp frames, no masks
 
     @classmethod
     def open(cls, root: str | Path) -> "DataFolder":
@@ -52,7 +54,7 @@ class DataFolder:
         kv = root / "kvasir-seg"
         if kv.is_dir():
             pairs, _ = pair_images_masks(kv / "images", kv / "masks")
-            df.kvasir = [Item(p.image, p.mask, "polyp", "kvasir", p.image.stem) for p in pairs]
+            df.kvasir = [Item(p.image, p.mask, "polyp", "kvasir", p.image.stem, "kvasir") for p in pairs]
         cvc = root / "cvc-clinicdb"
         if cvc.is_dir():
             seq_csv = cvc / "sequences.csv"
@@ -61,7 +63,7 @@ class DataFolder:
             with open(seq_csv, newline="") as fh:
                 for row in csv.DictReader(fh):
                     df.cvc.append(Item(cvc / row["image"], cvc / row["mask"], "polyp", "cvc",
-                                       f"cvc-seq-{row['sequence']}"))
+                                       f"cvc-seq-{row['sequence']}", "cvc"))
         npd = root / "non-polyp"
         if npd.is_dir():
             df.non_polyp = [Item(p, None, "non_polyp", "non_polyp", p.stem)
@@ -77,9 +79,13 @@ class DataFolder:
                 raise UserError(f"{table} needs the columns image, centre, sequence "
                                 "(see the data README)")
             items = [Item(pg / kind / r["image"], None, label, attr,
-                          f"pg-{r['centre']}-{r['sequence']}" if r.get("sequence") else Path(r["image"]).stem)
+                          f"pg-{r['centre']}-{r['sequence']}" if r.get("sequence") else Path(r["image"]).stem,
+                          f"pg-{r['centre']}")
                      for r in rows if (pg / kind / r["image"]).is_file()]
             setattr(df, attr, items)
+        bk = root / "bkai-neopolyp" / "images"
+        if bk.is_dir():
+            df.bkai = [Item(p, None, "polyp", "bkai", p.stem, "bkai") for p in list_images(bk, "BKAI-IGH folder")]
         if not (df.kvasir or df.cvc) or not df.non_polyp:
             raise UserError(f"{root} needs kvasir-seg/ or cvc-clinicdb/, and non-polyp/ "
                             "(see the data README)")
@@ -122,11 +128,13 @@ def group_folds(items: list[Item], k: int, seed: int = 0) -> list[list[Item]]:
 
 
 def recipe_parser(prog: str, doc: str | None, stages: list[str]):
-    """The command line every recipe starts from: its stage and ``--data`` (this layout)."""
+    """The command line every recipe starts from: its stage (where it has ``stages``) and
+    ``--data`` (this layout)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog=prog, description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=stages)
+    if stages:
+        ap.add_argument("stage", choices=stages)
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     return ap

@@ -7,6 +7,9 @@
     Jaccard on Kvasir-SEG and CVC-ClinicDB, beside the constant baselines; polyp-free PolypGen
     frames called non-polyp; polyp frames called polyp). Several variants (the ideas measured
     one at a time) share one feature extraction.
+``python -m rtseg.recipes.holdout --data ../shared/data --variants agree-allneg-video --json holdout.json``
+    The model selection rule: each source (a hospital) held out in turn, everything fitted on
+    the others (:mod:`rtseg.recipes.holdout`).
 ``python -m rtseg.recipes.lite classifier --data ../shared/data --folds 3 --json cls.json``
     the classifier alone over its options (negatives used, regularisation): seconds per fit.
 ``python -m rtseg.recipes.lite build --data ../shared/data --out rtseg/assets/default_model``
@@ -66,35 +69,8 @@ def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]], v: Variant) 
                             "flips": [sum(x) for x in zip(*(flips(p, f.call_smoothing) for p in vid.values()))],
                             "flips_each_frame_alone": [sum(x) for x in zip(*(flips(p, 0.0) for p in vid.values()))]}}
     for src in ("kvasir", "cvc"):
-        items = test[src]
-        if not items:
-            continue
-        c = store.get([str(it.image) for it in items])
-        cf = flipped_of(store, items, v)
-        prob, _ = maps_of(f, c, SIZE, False, v.agree, cf)
-        _, maps = maps_of(f, c, SIZE, False, False, cf)  # ungated
-        called = prob > 0.5
-        rows = {"model": [], "stream": [], "ungated": [], "ellipse": [], "all_foreground": []}
-        for it, mp, bx, zi in zip(items, maps, c.boxes, called):
-            truth = read_mask(it.mask)
-            full = paste(mp.astype(np.float32), bx, truth.shape) > f.threshold
-            pred = refine(full, f.steps) if f.steps else full
-            # the product's mask: empty where the classifier says no polyp (gate)
-            rows["model"].append(image_scores(pred if (zi or not v.gate) else np.zeros_like(pred), truth))
-            zs = zi and shown.get(str(it.image), True)  # the live loop: its call must agree too
-            rows["stream"].append(image_scores(pred if (zs or not v.gate) else np.zeros_like(pred), truth))
-            rows["ungated"].append(image_scores(pred, truth))
-            rows["ellipse"].append(image_scores(ellipse_mask(truth.shape, f.radius), truth))
-            rows["all_foreground"].append(image_scores(np.ones_like(truth), truth))
-        out[src] = {k: {m_: round(float(np.mean([r[m_] for r in rs])), 4)
-                        for m_ in ("dice", "jaccard", "recall", "precision")} for k, rs in rows.items()}
-        out[src]["n"] = len(items)
-        out[src]["called_polyp"] = round(float(called.mean()), 4)
-        out[src]["stream_called_polyp"] = round(float(np.mean([shown.get(str(it.image), z)
-                                                              for it, z in zip(items, called)])), 4)
-        # the live loop draws a frame's own mask only where its own rule and the averaged call agree
-        out[src]["stream_masked"] = round(float(np.mean([z and shown.get(str(it.image), True)
-                                                        for it, z in zip(items, called)])), 4)
+        if test[src]:
+            out[src] = polyp_scores(store, f, test[src], v, shown)
     for src in ("pg_neg", "pg_pos", "non_polyp"):
         if test.get(src):
             prob, _ = maps_of(f, store.get([str(it.image) for it in test[src]]), SIZE, False, v.agree)
@@ -112,10 +88,44 @@ def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]], v: Variant) 
     return out
 
 
+def polyp_scores(store: FeatureStore, f: Fit, items: list[Item], v: Variant, shown: dict[str, bool]) -> dict:
+    """Scores of polyp frames with masks: full-frame Dice, Jaccard, recall and precision of the
+    product's mask (empty where the frame is called polyp-free), of the mask as the live loop
+    shows it (``shown``: the averaged call of a frame in a clip), of the ungated map and of the
+    constant masks; the fraction called polyp."""
+    c = store.get([str(it.image) for it in items])
+    cf = flipped_of(store, items, v)
+    prob, _ = maps_of(f, c, SIZE, False, v.agree, cf)
+    _, maps = maps_of(f, c, SIZE, False, False, cf)  # ungated
+    called = prob > 0.5
+    rows: dict[str, list] = {"model": [], "stream": [], "ungated": [], "ellipse": [], "all_foreground": []}
+    for it, mp, bx, zi in zip(items, maps, c.boxes, called):
+        truth = read_mask(it.mask)
+        full = paste(mp.astype(np.float32), bx, truth.shape) > f.threshold
+        pred = refine(full, f.steps) if f.steps else full
+        # the product's mask: empty where the classifier says no polyp (gate)
+        rows["model"].append(image_scores(pred if (zi or not v.gate) else np.zeros_like(pred), truth))
+        zs = zi and shown.get(str(it.image), True)  # the live loop: its call must agree too
+        rows["stream"].append(image_scores(pred if (zs or not v.gate) else np.zeros_like(pred), truth))
+        rows["ungated"].append(image_scores(pred, truth))
+        rows["ellipse"].append(image_scores(ellipse_mask(truth.shape, f.radius), truth))
+        rows["all_foreground"].append(image_scores(np.ones_like(truth), truth))
+    out: dict = {k: {m_: round(float(np.mean([r[m_] for r in rs])), 4)
+                     for m_ in ("dice", "jaccard", "recall", "precision")} for k, rs in rows.items()}
+    out["n"] = len(items)
+    out["called_polyp"] = round(float(called.mean()), 4)
+    out["stream_called_polyp"] = round(float(np.mean([shown.get(str(it.image), z)
+                                                      for it, z in zip(items, called)])), 4)
+    # the live loop draws a frame's own mask only where its own rule and the averaged call agree
+    out["stream_masked"] = round(float(np.mean([z and shown.get(str(it.image), True)
+                                                for it, z in zip(items, called)])), 4)
+    return out
+
+
 def load_all(data: Path, crops: int = 600) -> dict[str, list[Item]]:
     df = DataFolder.open(data)
     return {"kvasir": df.kvasir, "cvc": df.cvc, "pg_neg": df.pg_neg, "pg_pos": df.pg_pos,
-            "non_polyp": ordered(df.non_polyp)[:crops]}
+            "non_polyp": ordered(df.non_polyp)[:crops], "bkai": df.bkai}
 
 
 def open_store(items: dict[str, list[Item]], cache: Path | None) -> FeatureStore:
@@ -258,6 +268,9 @@ def bundle_of(f: Fit, v: Variant, variant: str) -> Bundle:
     if f.head is not None:
         model.rtseg_head.load_state_dict(f.head.state_dict())
     backbone = "ImageNet efficientnet-lite1, frozen" + (f"; {f.top.describe()}" if f.top is not None else "")
+    if v.finetune_steps:
+        backbone = (f"ImageNet efficientnet-lite1; blocks {f.top.from_block + 1}-{f.top.from_block + len(f.top.blocks)}, "
+                    "conv_head, classifier and head fine-tuned end to end through augmented views")
     m = m.replace(threshold=ThresholdPolicy.parse(f"above {f.threshold}"), postprocess=tuple(f.steps),
                   call_smoothing=f.call_smoothing,
                   training={"recipe": f"python -m rtseg.recipes.lite build --variant {variant}",

@@ -120,9 +120,28 @@ def add_tiles(store: FeatureStore, seeds: list[Item]) -> None:
         store.add(keys, lambda key: lut[key], f"tiles-{tag}")
 
 
+def seed_counts(train: dict[str, list[Item]]) -> dict[str, int]:
+    """How many seed masks each masked source of a training selection gives: :data:`SEEDS`, or,
+    where a source is held out, its share moved to the others (never more masks in all)."""
+    here = [s for s in SEEDS if train.get(s)]
+    if len(here) == len(SEEDS) or not here:
+        return dict(SEEDS)
+    total, part = sum(SEEDS.values()), sum(SEEDS[s] for s in here)
+    out = {s: total * SEEDS[s] // part for s in here}
+    out[here[0]] += total - sum(out.values())
+    return out
+
+
 def rest_of(train: dict[str, list[Item]]) -> list[Item]:
     """The Kvasir-SEG and CVC-ClinicDB images of a training selection that are not seeds."""
-    return ordered(train["kvasir"])[SEEDS["kvasir"]:] + ordered(train["cvc"])[SEEDS["cvc"]:]
+    n = seed_counts(train)
+    return [it for s in SEEDS for it in ordered(train.get(s, []))[n.get(s, 0):]]
+
+
+def image_positives(train: dict[str, list[Item]], bkai: bool) -> list[Item]:
+    """The polyp frames of a training selection with an image label only (no mask): PolypGen's,
+    and (``bkai``) BKAI-IGH's."""
+    return list(train.get("pg_pos", [])) + (list(train.get("bkai", [])) if bkai else [])
 
 
 def tune_set_of(train: dict[str, list[Item]]) -> list[Item]:
@@ -133,7 +152,8 @@ def tune_set_of(train: dict[str, list[Item]]) -> list[Item]:
 
 def seeds_of(train: dict[str, list[Item]]) -> list[Item]:
     """The seed images of a training selection (the only masks trained on)."""
-    return ordered(train["kvasir"])[:SEEDS["kvasir"]] + ordered(train["cvc"])[:SEEDS["cvc"]]
+    n = seed_counts(train)
+    return [it for s in SEEDS for it in ordered(train.get(s, []))[:n.get(s, 0)]]
 
 
 def closeup_views(img: np.ndarray) -> list[np.ndarray]:

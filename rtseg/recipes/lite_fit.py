@@ -6,6 +6,7 @@ has the command line."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,8 +20,8 @@ from rtseg.model.arch import LITE_MEAN, LITE_STD
 from rtseg.model.manifest import Manifest
 from rtseg.model.postprocess import refine
 from rtseg.recipes.lite_temporal import CALL_FACTORS, VIDEO_SOURCES, best_factor, call_rates, clips
-from rtseg.recipes.lite_data import (FeatureStore, add_closeups, add_tiles, closeup_keys, ordered, rest_of,
-                                     seeds_of, tune_set_of)
+from rtseg.recipes.lite_data import (FeatureStore, add_closeups, add_tiles, closeup_keys, image_positives,
+                                     ordered, rest_of, seeds_of, tune_set_of)
 from rtseg.train.probe import (TARGET, Cached, fit_classifier, fit_head, head_cams, head_maps, logits_of,
                                mask_target, pseudo_targets)
 from rtseg.train.top import Top, finetune_top, retop
@@ -56,6 +57,9 @@ class Variant:
     head_seed: int = 0  # the head's initialisation and sample order (its self-training round: + 1)
     head_neg_weight: float = 1.0  # weight of the in-domain polyp-free frames' empty targets in the head's loss
     call_smoothing: bool = False  # the video call's moving average (CallSmoother) chosen by an inner CV
+    bkai: bool = False  # BKAI-IGH NeoPolyp frames as image-level positives (and self-training images)
+    finetune_steps: int = 0  # > 0: the network fine-tuned end to end through augmented views (steps)
+    finetune_from: int = 6  # the blocks after this one are fine-tuned (a head feature block)
 
 
 VARIANTS = {
@@ -95,13 +99,20 @@ VARIANTS = {
     # agree-allneg whose call on video is averaged across frames (rtseg.live.smoothing.CallSmoother),
     # the factor chosen by the inner CV (rtseg.recipes.lite_temporal); single images unchanged
     "agree-allneg-video": Variant("agree-allneg-video", agree=True, head_all_pg_neg=True, call_smoothing=True),
+    # agree-allneg-video with BKAI-IGH NeoPolyp's frames as image-level positives: a fifth
+    # hospital's endoscope, light modes and small polyps
+    "video-bkai": Variant("video-bkai", agree=True, head_all_pg_neg=True, call_smoothing=True, bkai=True),
+    # video-bkai whose network (blocks 7-20, classifier, head) is then fine-tuned end to end
+    # through augmented views, the probe teaching the frames without a mask (rtseg.train.finetune)
+    "finetune": Variant("finetune", agree=True, head_all_pg_neg=True, call_smoothing=True, bkai=True,
+                        finetune_steps=240),
 }
 DEFAULT_VARIANT = "agree-allneg-video"  # the shipped model's (rtseg.recipes.lite build)
 TOP_FROM = 14  # the top fine-tuned by top_epochs starts after this block (a head feature block)
 # the operating points searched by the inner cross-validation (t: classifier logit; h: head max)
 OP_SHIFTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 OP_AGREE = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
-POLYP_SOURCES = ("kvasir", "cvc", "pg_pos")
+POLYP_SOURCES = ("kvasir", "cvc", "pg_pos", "bkai")
 
 
 def manifest(gate: bool = True, head: bool = True, agree: bool = False, agree_at: float = 0.5) -> Manifest:
@@ -132,11 +143,11 @@ class Fit:
         return c if self.top is None else retop(self.top, c, *_top_slots(self.top))
 
 
-def _top_slots(top: Top) -> tuple[int, int | None]:
-    """(index of the top's input block, of the last block if the head reads it) in Cached.feats."""
+def _top_slots(top: Top) -> tuple[int, None, dict[int, int]]:
+    """(index of the top's input block in Cached.feats, None, {later block the head reads: its
+    index}): ``retop``'s arguments."""
     feats = list(manifest().head["features"])
-    last = top.from_block + len(top.blocks)
-    return feats.index(top.from_block), (feats.index(last) if last in feats else None)
+    return feats.index(top.from_block), None, {b: k for k, b in enumerate(feats) if b > top.from_block}
 
 
 class TopView:
@@ -195,7 +206,7 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     seeds = seeds_of(train)
     add_tiles(store, seeds)
     tune_set = tune_set_of(train)
-    pos_keys = [str(it.image) for it in kv + cvc] + ([str(it.image) for it in train["pg_pos"]] if v.pg_pos else [])
+    pos_keys = [str(it.image) for it in kv + cvc] + ([str(it.image) for it in image_positives(train, v.bkai)] if v.pg_pos else [])
     neg_keys, n_pg_neg, tile_keys, zoom_keys = negatives(store, train, v, seeds)
     # 1. classifier
     c_pos, c_neg = store.get(pos_keys), store.get(neg_keys)
@@ -213,6 +224,10 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     # 2. head: seed masks + empty masks of negatives (+ own confident maps)
     head = fit_seg_head(store, train, v, m, (w, b), seeds, (neg_keys, n_pg_neg, zoom_keys), log) if v.head else None
     f = Fit(w, b, head, 0.5, (), 0.25, top=top)
+    if v.finetune_steps and head is not None:
+        from rtseg.recipes.lite_finetune import finetuned
+
+        f = finetuned(base, train, v, m, f, seeds, log)
     if not tune:
         return f
     # 3. the frame rule's operating point, then threshold, clean-up and the ellipse radius on
@@ -268,7 +283,7 @@ def fit_seg_head(store, train: dict[str, list[Item]], v: Variant, m: Manifest, w
     head = SegHead(HeadConfig(**{**m.head, "gate": v.gate, "agree": v.agree}))
     fit_head(head, cc, head_cams(cc.head, w), tgt, wgt, epochs=v.epochs, seed=v.head_seed)
     if v.selftrain:
-        un_keys = [str(it.image) for it in rest_of(train)] + ([str(it.image) for it in train["pg_pos"]] if v.pg_pos else [])
+        un_keys = [str(it.image) for it in rest_of(train) + (image_positives(train, v.bkai) if v.pg_pos else [])]
         un_c = store.get(un_keys)
         un_raw = head_cams(un_c.head, w)
         pt, pw, keep = pseudo_targets(head_maps(head, un_c, un_raw))
@@ -341,6 +356,7 @@ def inner_fits(store, train: dict[str, list[Item]], v: Variant, m: Manifest, inn
     from rtseg.recipes.layout import group_folds
 
     folds = {s: group_folds(its, inner, seed=1) for s, its in train.items()}
+    v = dataclasses.replace(v, finetune_steps=0)  # the inner fits are probes: the end-to-end step costs minutes
     for k in range(inner):
         tr = {s: [it for j, fl in enumerate(fs) if j != k for it in fl] for s, fs in folds.items()}
         yield fit(store, tr, v, m, log=lambda *_: None, tune=False), {s: fs[k] for s, fs in folds.items()}
@@ -355,7 +371,7 @@ def choose_operating_point(store: FeatureStore, train: dict[str, list[Item]], v:
     pos, neg = [], []
     for f, held in inner_fits(store, train, v, m, inner):
         for s in POLYP_SOURCES:
-            if held[s]:
+            if held.get(s):
                 pos.append(frame_scores(f, store.get([str(it.image) for it in held[s]])))
         neg.append(frame_scores(f, store.get([str(it.image) for it in held["pg_neg"]])))
     zp, tp = (np.concatenate(a) for a in zip(*pos))
@@ -386,7 +402,7 @@ def choose_call_smoothing(store, train: dict[str, list[Item]], v: Variant, m: Ma
     inside ``train`` (sequences never span two inner folds)."""
     tot = {a: np.zeros(4, dtype=np.int64) for a in CALL_FACTORS}
     for f, held in inner_fits(store, train, v, m, inner):
-        singles = [it for s in POLYP_SOURCES if s not in VIDEO_SOURCES for it in held[s]]
+        singles = [it for s in POLYP_SOURCES if s not in VIDEO_SOURCES for it in held.get(s, [])]
         n_pos = int((maps_of(f, store.get([str(it.image) for it in singles]), SIZE, False, v.agree)[0] > 0.5).sum()
                     ) if singles else 0
         rates = call_rates(n_pos, len(singles), clip_probs(f, store, held["cvc"], v.agree),

@@ -156,17 +156,7 @@ def fit_head(head: SegHead, cached: Cached, raw: np.ndarray, targets: np.ndarray
             if torch.rand(1, generator=g).item() < 0.5:  # horizontal flip of the whole sample
                 fb = [f.flip(-1) for f in fb]
                 rb, tb, wb = rb.flip(-1), tb.flip(-1), wb.flip(-1)
-            z = head.logits(fb, rb)
-            z = F.interpolate(z, size=tb.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-            bce = (F.binary_cross_entropy_with_logits(z, tb, reduction="none") * wb).sum() / \
-                wb.sum().clamp_min(1.0)
-            p = torch.sigmoid(z)
-            has = tb.flatten(1).sum(1) > 0.5
-            loss = bce
-            if dice_weight and bool(has.any()):
-                pw, tw = (p * wb)[has].flatten(1), (tb * wb)[has].flatten(1)
-                dice = 1 - (2 * (pw * tw).sum(1) + 1) / (pw.sum(1) + tw.sum(1) + 1)
-                loss = loss + dice_weight * dice.mean()
+            loss = map_loss(head.logits(fb, rb), tb, wb, dice_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -175,6 +165,20 @@ def fit_head(head: SegHead, cached: Cached, raw: np.ndarray, targets: np.ndarray
         history.append(total / n)
     head.eval()
     return history
+
+
+def map_loss(z: torch.Tensor, tb: torch.Tensor, wb: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
+    """The head's loss: per-pixel logits ``z`` [B, 1, g, g] (resized to the targets) against
+    targets ``tb`` [B, T, T] with pixel weights ``wb``: weighted BCE + soft Dice on the images
+    that have a target."""
+    z = F.interpolate(z, size=tb.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    loss = (F.binary_cross_entropy_with_logits(z, tb, reduction="none") * wb).sum() / wb.sum().clamp_min(1.0)
+    has = tb.flatten(1).sum(1) > 0.5
+    if dice_weight and bool(has.any()):
+        p = torch.sigmoid(z)
+        pw, tw = (p * wb)[has].flatten(1), (tb * wb)[has].flatten(1)
+        loss = loss + dice_weight * (1 - (2 * (pw * tw).sum(1) + 1) / (pw.sum(1) + tw.sum(1) + 1)).mean()
+    return loss
 
 
 def head_maps(head: SegHead, cached: Cached, raw: np.ndarray, size: int = TARGET,

@@ -40,9 +40,18 @@ class Top(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(head activations [B, 1280, h, w], the last block's output)."""
-        for blk in self.blocks:
+        last = self.from_block + len(self.blocks)
+        a, outs = self.run(x, (last,))
+        return a, outs[last]
+
+    def run(self, x: torch.Tensor, keep=()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """(head activations, {block index: its output} for the blocks in ``keep``)."""
+        outs = {}
+        for i, blk in enumerate(self.blocks, start=self.from_block + 1):
             x = blk(x)
-        return self.swish(self.bn1(self.conv_head(x))), x
+            if i in keep:
+                outs[i] = x
+        return self.swish(self.bn1(self.conv_head(x))), outs
 
     def describe(self) -> str:
         """What was fine-tuned, for the bundle's manifest."""
@@ -91,19 +100,24 @@ def finetune_top(model, x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, f
     return top, fc.weight.detach()[0].numpy().copy(), float(fc.bias.detach())
 
 
-def retop(top: Top, c: Cached, src: int, dst: int | None, batch: int = 128) -> Cached:
+def retop(top: Top, c: Cached, src: int, dst: int | None = None, slots: dict[int, int] | None = None,
+          batch: int = 128) -> Cached:
     """``c`` with what the top computes redone from ``c.feats[src]`` (block ``top.from_block``):
-    the pooled and head activations and (``dst``) the last block's features ``c.feats[dst]``."""
-    gaps, heads, lasts = [], [], []
+    the pooled and head activations and the features of later blocks that ``c`` holds:
+    ``slots`` {block index: index in ``c.feats``}, or ``dst``: the last block's index."""
+    if slots is None:
+        slots = {} if dst is None else {top.from_block + len(top.blocks): dst}
+    gaps, heads, kept = [], [], {b: [] for b in slots}
     with torch.no_grad():
         for s in range(0, len(c.gap), batch):
-            a, last = top(torch.from_numpy(c.feats[src][s:s + batch]).float())
+            a, outs = top.run(torch.from_numpy(c.feats[src][s:s + batch]).float(), tuple(slots))
             gaps.append(a.mean(dim=(2, 3)).numpy())
             heads.append(a.half().numpy())
-            lasts.append(last.half().numpy())
+            for b in slots:
+                kept[b].append(outs[b].half().numpy())
     if not gaps:
         return c
     feats = list(c.feats)
-    if dst is not None:
-        feats[dst] = np.concatenate(lasts)
+    for b, k in slots.items():
+        feats[k] = np.concatenate(kept[b])
     return Cached(np.concatenate(gaps), np.concatenate(heads), feats, list(c.boxes))

@@ -1,0 +1,123 @@
+"""Model selection that holds out whole hospitals: nothing fitted sees the held-out source, the
+evaluation-only PolypGen masks never reach training, seeds move to the source that is left."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def data_folder(tmp_path_factory):
+    from helpers import make_data_folder
+
+    return make_data_folder(tmp_path_factory.mktemp("data"), centres=("A", "B"), bkai=4, evaluation_masks=True)
+
+
+def test_every_item_knows_its_hospital(data_folder):
+    from rtseg.recipes.lite import load_all
+
+    items = load_all(data_folder)
+    got = {s: {it.hospital for it in its} for s, its in items.items()}
+    assert got["kvasir"] == {"kvasir"} and got["cvc"] == {"cvc"} and got["bkai"] == {"bkai"}
+    assert got["pg_neg"] == got["pg_pos"] == {"pg-A", "pg-B"}
+    assert len(items["bkai"]) == 4
+
+
+@pytest.mark.parametrize("hospital", ["kvasir", "cvc", "pg-A", "pg-B", "bkai"])
+def test_split_holds_out_the_whole_source(data_folder, hospital):
+    from rtseg.recipes.holdout import split
+    from rtseg.recipes.lite import load_all
+
+    items = load_all(data_folder)
+    train, test = split(items, hospital, data_folder)
+    assert all(it.hospital != hospital for its in train.values() for it in its)
+    assert all(it.hospital == hospital for its in test.values() for it in its)
+    assert sum(map(len, test.values())) == sum(it.hospital == hospital for its in items.values() for it in its)
+    # PolypGen's masks are for evaluation only: the held-out side has them, training never
+    assert all(it.mask is None for it in train["pg_pos"])
+    if hospital.startswith("pg-"):
+        assert test["pg_pos"] and all(it.mask is not None and it.mask.is_file() for it in test["pg_pos"])
+
+
+def test_a_held_out_source_gives_its_seeds_to_the_other(data_folder):
+    from rtseg.recipes.holdout import split
+    from rtseg.recipes.lite import load_all
+    from rtseg.recipes.lite_data import SEEDS, seed_counts, seeds_of
+
+    items = load_all(data_folder)
+    both, _ = split(items, "pg-A", data_folder)
+    assert seed_counts(both) == SEEDS
+    no_kvasir, _ = split(items, "kvasir", data_folder)
+    assert seed_counts(no_kvasir) == {"cvc": sum(SEEDS.values())}
+    assert {it.source for it in seeds_of(no_kvasir)} == {"cvc"}
+    assert len(seeds_of(no_kvasir)) == len(items["cvc"])  # all 9 (fewer than 100)
+
+
+def test_hold_out_fits_without_the_held_out_source(data_folder, tmp_path, monkeypatch):
+    """Every feature a fit reads (classifier, head, operating point, call smoothing, threshold)
+    comes from the training sources; the held-out source is scored with the product's rules."""
+    import rtseg.recipes.holdout as rh
+    import rtseg.recipes.lite as rl
+    import rtseg.recipes.lite_data as rld
+    import rtseg.recipes.lite_fit as rlf
+
+    monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
+    v = rlf.Variant("small", agree=True, head_all_pg_neg=True, epochs=2, call_smoothing=True, bkai=True)
+    monkeypatch.setattr(rl, "VARIANTS", {"small": v})
+    res = rh.hold_out(data_folder, ["small"], tmp_path / "cache", ["pg-A", "bkai"], log=lambda *_: None)
+    per = res["per_source"]["small"]
+    assert set(per) == {"pg-A", "bkai"}
+    a = per["pg-A"]
+    assert a["polyp"]["n"] == 8 and 0.0 <= a["polyp"]["model"]["dice"] <= 1.0
+    assert {"ellipse", "all_foreground", "ungated", "stream"} <= set(a["polyp"])
+    assert a["polyp_free"]["n"] == 8 and set(a["polyp_free"]["stream_per_sequence"]) == {f"pg-A-seq{i}" for i in range(4)}
+    assert "model" not in per["bkai"]["polyp"] and per["bkai"]["polyp"]["n"] == 4  # no masks: the call only
+    assert "polyp_free" not in per["bkai"]
+    # the summary is over the held-out sources
+    s = res["summary"]["small"]
+    assert s["dice"]["mean"] == a["polyp"]["model"]["dice"] and s["dice"]["worst_source"] == "pg-A"
+    assert s["polyp_called_polyp"]["mean"] == pytest.approx(
+        (a["polyp"]["stream_called_polyp"] + per["bkai"]["polyp"]["stream_called_polyp"]) / 2, abs=1e-4)
+    assert "pg-A" in res["hospitals"]
+
+
+@pytest.mark.parametrize("hospital", ["cvc", "pg-B"])
+def test_no_fit_reads_a_held_out_image(data_folder, tmp_path, monkeypatch, hospital):
+    import rtseg.recipes.holdout as rh
+    import rtseg.recipes.lite as rl
+    import rtseg.recipes.lite_data as rld
+    import rtseg.recipes.lite_fit as rlf
+
+    monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
+    monkeypatch.setattr(rl, "VARIANTS", {"small": rlf.Variant("small", agree=True, epochs=2, call_smoothing=True,
+                                                               bkai=True)})
+    items = rl.load_all(data_folder)
+    held = {str(it.image) for its in items.values() for it in its if it.hospital == hospital}
+    bkai = {str(it.image) for it in items["bkai"]}
+    read: list[str] = []
+    real_fit = rl.fit
+
+    def spied_fit(store, train, v, m, **k):
+        real_get = store.get
+        store.get = lambda keys: (read.extend(keys), real_get(keys))[1]
+        try:
+            return real_fit(store, train, v, m, **k)
+        finally:
+            store.get = real_get
+
+    monkeypatch.setattr(rl, "fit", spied_fit)
+    res = rh.hold_out(data_folder, ["small"], tmp_path / "cache", [hospital], log=lambda *_: None)
+    keys = {k.split("#")[0] for k in read}
+    assert keys and not (keys & held)
+    assert keys & bkai  # the variant's BKAI-IGH positives are trained on
+    assert res["per_source"]["small"][hospital]["polyp"]["n"] == (9 if hospital == "cvc" else 8)
+
+
+def test_unknown_source_is_one_error(data_folder, tmp_path, capsys):
+    import rtseg.recipes.holdout as rh
+
+    with pytest.raises(SystemExit) as e:
+        rh.main(["--data", str(data_folder), "--sources", "pg-C", "--cache", str(tmp_path / "c")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown source 'pg-C'")
