@@ -1,4 +1,4 @@
-"""Refining the default model's maps after the graph (#10, item 5), each idea measured alone by the
+"""Refining the default model's maps after the graph, each idea measured alone by the
 recipe's leak-free cross-validation:
 
     python experiments/cam_refinement.py --data ../shared/data --json runs/refine.json

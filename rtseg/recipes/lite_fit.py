@@ -69,8 +69,8 @@ VARIANTS = {
     # (PolypGen polyp-free frames called non-polyp 0.63 -> 0.87 by CV; the previous default)
     "agree": Variant("agree", agree=True),
     "agree-flip": Variant("agree-flip", agree=True, flip=True),
-    # the shipped model (#10, session 5): as agree, the head trained against every in-domain
-    # polyp-free training frame (PolypGen polyp-free frames called non-polyp 0.867 -> 0.887 by CV)
+    # as agree, the head trained against every in-domain polyp-free training frame (PolypGen
+    # polyp-free frames called non-polyp 0.867 -> 0.887 by CV)
     "agree-allneg": Variant("agree-allneg", agree=True, head_all_pg_neg=True),
     "cam-only": Variant("cam-only", head=False, selftrain=False),
     # agree-allneg with the frame rule's operating point (classifier logit > t and head max > h)
