@@ -66,7 +66,7 @@ VARIANTS = {
     "no-pg-pos": Variant("no-pg-pos", pg_pos=False),
     "no-gate": Variant("no-gate", gate=False),
     # a frame is polyp only if the classifier and the head's most confident pixel agree
-    # (PolypGen polyp-free frames called non-polyp 0.63 -> 0.87 by CV; the previous default)
+    # (PolypGen polyp-free frames called non-polyp 0.63 -> 0.87 by CV)
     "agree": Variant("agree", agree=True),
     "agree-flip": Variant("agree-flip", agree=True, flip=True),
     # as agree, the head trained against every in-domain polyp-free training frame (PolypGen
