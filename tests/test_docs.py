@@ -158,13 +158,31 @@ def test_readme_commands_exist_with_their_options(cli):
     assert not problems, "\n".join(problems)
 
 
-def test_readme_links_resolve():
-    text = README.read_text()
-    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
-    local = [t for t in targets if "://" not in t]
-    assert "docs/results.md" in local
-    missing = [t for t in local if not (ROOT / t).exists()]
-    assert not missing, f"README links to missing files: {missing}"
+def anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings (lower case, punctuation dropped, - for spaces)."""
+    heads = re.findall(r"^#{1,6}\s+(.+?)\s*$", markdown, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
+def test_anchor_slugs():
+    assert anchors("## `rtseg batch`\n### Errors, outputs, stopping and exit codes\n") == {
+        "rtseg-batch", "errors-outputs-stopping-and-exit-codes"}
+
+
+def test_readme_and_docs_links_resolve():
+    pages = [README, *sorted((ROOT / "docs").glob("*.md"))]
+    assert {"results.md", "model.md", "speed.md", "paper.md"} <= {p.name for p in pages}
+    broken = []
+    for page in pages:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", page.read_text()):
+            if "://" in target:
+                continue
+            dest = (page.parent / target) if target else page
+            if not dest.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and dest.suffix == ".md" and anchor not in anchors(dest.read_text()):
+                broken.append(f"{page.name}: {target}#{anchor}")
+    assert not broken, f"links to missing files or headings: {broken}"
 
 
 def test_help_texts_name_the_shipped_model(cli):
