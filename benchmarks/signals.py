@@ -1,4 +1,4 @@
-"""Stress check of the shutdown path (#13): SIGTERM, SIGHUP and SIGINT at a random moment.
+"""Stress check of the shutdown path: SIGTERM, SIGHUP and SIGINT at a random moment.
 
 Each run starts ``python -m rtseg stream --source CLIP --loop --headless --save out.mp4 --json
 s.json`` as a real process (umask 022) on a generated synthetic clip (384 x 288, 25 fps; no
@@ -13,7 +13,7 @@ data folder needed), sends one signal at a moment drawn uniformly from ``[--min-
   mode 644.
 
 It prints a rich table (one row per signal) and writes every run to ``--json``. The default is
-the issue's target (20 runs per signal, 30 s runs: ~20 min of wall time on 2 CPU cores); use
+the full check (20 runs per signal, 30 s runs: ~20 min of wall time on 2 CPU cores); use
 fewer/shorter runs for a quick check. ``--min-delay`` (default 1 s) keeps the signal after the
 Python interpreter has started rtseg (before that the interpreter's defaults apply, not rtseg's).
 

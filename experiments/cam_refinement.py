@@ -1,9 +1,9 @@
-"""Refining the default model's maps after the graph (#10, item 5), each idea measured alone by the
+"""Refining the default model's maps after the graph, each idea measured alone by the
 recipe's leak-free cross-validation:
 
     python experiments/cam_refinement.py --data ../shared/data --json runs/refine.json
 
-Per outer fold the shipped recipe (``--variant``, default ``agree-allneg``) is fitted on the
+Per outer fold the recipe (``--variant``, default the shipped variant) is fitted on the
 training folds; then for every refinement the threshold and clean-up are chosen on the training
 folds' tune set (as the recipe does for the plain maps) and the held-out Kvasir-SEG / CVC-ClinicDB
 images are scored on the full frame, gated by the model's own frame decision. Refinements (all on

@@ -1,4 +1,4 @@
-"""CAM refinement by self-training, measured on a validation folder (an idea tried for #6).
+"""CAM refinement by self-training, measured on a validation folder (tried on the b1 model).
 
     python experiments/cam_selftrain.py --labels LABELS.csv --images VAL/images --masks VAL/masks
                                        [--model BUNDLE] [--epochs 10] [--json FILE]

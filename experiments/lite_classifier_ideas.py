@@ -1,4 +1,4 @@
-"""Can the default model call more held-out polyp-free frames non-polyp? Three ideas (#10), measured
+"""Can the default model call more held-out polyp-free frames non-polyp? Five ideas, measured
 by the recipe's leak-free cross-validation (a PolypGen / CVC sequence never spans two folds):
 
     python experiments/lite_classifier_ideas.py pooling --data ../shared/data

@@ -1,4 +1,4 @@
-"""In-domain negatives from the seed masks: G x G tiles of the polyp seed images (an idea tried for #6).
+"""In-domain negatives from the seed masks: G x G tiles of the polyp seed images (tried on the b1 model).
 
     python experiments/seed_grid_tiles.py --work runs/default --out runs/grid3 [--grid 3] [--min-cover 0.3]
                                          [--csv labels.csv]

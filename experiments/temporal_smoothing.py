@@ -1,4 +1,4 @@
-"""Does smoothing across the frames of a video change what the live loop shows? (#10)
+"""Does smoothing across the frames of a video change what the live loop shows?
 
     python experiments/temporal_smoothing.py --data ../shared/data [--variant V] [--json t.json]
 

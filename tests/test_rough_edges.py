@@ -1,4 +1,4 @@
-"""#13: file modes, bad manifests, output paths checked up front, and a new user's rough edges."""
+"""File modes, bad manifests, output paths checked up front, and a new user's rough edges."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Nothing lost on any stop (#13): SIGINT/SIGTERM/SIGHUP in stream, predict and eval.
+"""Nothing lost on any stop: SIGINT/SIGTERM/SIGHUP in stream, predict and eval.
 
 The subprocess tests send real signals to ``python -m rtseg stream`` on a generated clip, once
 its loop runs, and check that the saved video decodes with OpenCV to the number of frames the

@@ -2,10 +2,15 @@
 
 import typer
 
+#: what every command's --model option falls back to (rtseg/assets/default_model)
+SHIPPED_MODEL = "the shipped model (ImageNet EfficientNet-Lite1, frozen, + segmentation head)"
+
 app = typer.Typer(
     name="rtseg",
-    help="Real-time polyp segmentation in colonoscopy video without pixel labels "
-    "(label propagation, EfficientNet-b1 classifier, fused Grad-CAM).",
+    help="Real-time polyp segmentation in colonoscopy video. The shipped model: an ImageNet "
+    "EfficientNet-Lite1 (frozen) with a polyp classifier and a segmentation head that refines its "
+    "Grad-CAM, trained from image labels and 100 seed masks; one fused ONNX graph per frame. "
+    "A research tool, not a medical device.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -26,4 +31,4 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
 ) -> None:
-    """Real-time polyp segmentation without pixel labels."""
+    """Real-time polyp segmentation in colonoscopy video (a research tool, not a medical device)."""

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from rtseg.cli.app import app
+from rtseg.cli.app import SHIPPED_MODEL, app
 
 BATCH_HELP = """Segment every video and image under --input (folder, file or quoted glob) on Ray Data.
 
@@ -38,7 +38,7 @@ def batch(
                               help="Folder (recursive), video/image file, or quoted glob."),
     out: str = typer.Option(..., "--out", "-o", show_default=False, help="Output folder."),
     model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Bundle folder, .onnx or .engine. Default: the shipped model."),
+        None, "--model", "-m", help=f"Bundle folder, .onnx or .engine. Default: {SHIPPED_MODEL}."),
     workers: Optional[int] = typer.Option(
         None, "--workers", "-w", help="Ray workers (default: one per CPU core, or per --threads "
         "CPUs of the cluster)."),

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from rtseg.cli.app import app
+from rtseg.cli.app import SHIPPED_MODEL, app
 from rtseg.errors import UserError, first_line
 
 DEFAULT_FRAME_SIZES = ("1280x720", "1920x1080")
@@ -57,13 +57,13 @@ def _human(n: int) -> str:
 @app.command(
     "export",
     epilog="Examples:\n\n"
-    "  rtseg export --model runs/b1                      # export/b1.onnx\n\n"
+    "  rtseg export                                      # export/default_model.onnx\n\n"
     "  rtseg export --model runs/b1 --fp16 --frame-size 1920x1080 --batch 1 --batch 8\n\n"
     "  rtseg export --model runs/b1 --layer head --out /tmp/graphs",
 )
 def export(
     model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Bundle folder. Default: the model shipped with rtseg."),
+        None, "--model", "-m", help=f"Bundle folder. Default: {SHIPPED_MODEL}."),
     out: str = typer.Option("export", "--out", "-o", help="Output folder."),
     fp16: bool = typer.Option(
         False, "--fp16", help="Also write <name>.fp16.onnx (and a TensorRT FP16 engine where "

@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from rtseg.cli.app import app
+from rtseg.cli.app import SHIPPED_MODEL, app
 
-LAYER_HELP = "CAM layer: block index (0-22 for b1) or 'head'. Default: the manifest's."
+LAYER_HELP = "CAM layer: block index (0-20 for Lite1, 0-22 for b1) or 'head'. Default: the manifest's."
 THRESHOLD_HELP = ("Threshold policy: 'band LO HI', 'above T' or 'otsu'. "
                   "Default: the manifest's.")
 DEVICE_HELP = "auto (CUDA if available), cpu or cuda."
@@ -17,7 +17,7 @@ DEVICE_HELP = "auto (CUDA if available), cpu or cuda."
 # options several commands share (one definition each)
 OUT_OPTION = typer.Option(..., "--out", "-o", help="Output folder.", show_default=False)
 DEVICE_OPTION = typer.Option("auto", "--device", help=DEVICE_HELP)
-PREDICT_HELP = """Write a polyp mask for every image of a folder (Grad-CAM of the classifier, thresholded).
+PREDICT_HELP = """Write a polyp mask for every image of a folder (the model's map, thresholded).
 
 For each image (recursive) --out gets a mask PNG (0/255, the image's own size, same relative
 path and stem, extension .png) and, with --heatmaps, a JET heat-map overlay in
@@ -95,7 +95,7 @@ def predict(
                                 show_default=False),
     out: Path = OUT_OPTION,
     model: Optional[Path] = typer.Option(None, "--model", "-m",
-                                         help="Model bundle folder (default: the shipped model).",
+                                         help=f"Model bundle folder. Default: {SHIPPED_MODEL}.",
                                          show_default=False),
     layer: Optional[str] = typer.Option(None, "--layer", help=LAYER_HELP, show_default=False),
     threshold: Optional[str] = typer.Option(None, "--threshold", help=THRESHOLD_HELP,
@@ -153,7 +153,7 @@ def eval_cmd(
     masks: Path = typer.Option(..., "--masks", help="Folder of truth masks (same stems).",
                                show_default=False),
     model: Optional[Path] = typer.Option(None, "--model", "-m",
-                                         help="Model bundle folder (default: the shipped model).",
+                                         help=f"Model bundle folder. Default: {SHIPPED_MODEL}.",
                                          show_default=False),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the scores as JSON.",
                                             show_default=False),

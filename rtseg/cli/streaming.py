@@ -6,14 +6,14 @@ from typing import Optional
 
 import typer
 
-from rtseg.cli.app import app
+from rtseg.cli.app import SHIPPED_MODEL, app
 
 
 @app.command(
     "stream",
     epilog="Examples:\n\n"
     "  rtseg stream                                   # synthetic demo clip, window\n\n"
-    "  rtseg stream --source 0 --model runs/b1        # webcam 0\n\n"
+    "  rtseg stream --source 0                        # camera or capture card 0\n\n"
     "  rtseg stream --source clip.mp4 --headless --save out.mp4 --json stats.json\n\n"
     "  rtseg stream --source frames/ --smooth 0.6 --heatmap --max-frames 500",
 )
@@ -23,7 +23,7 @@ def stream(
         help="Video file, camera index (0), stream URL (rtsp/http), folder of frames or one "
         "image. Default: a generated SYNTHETIC DEMO clip."),
     model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Bundle folder, .onnx or .engine. Default: the shipped model."),
+        None, "--model", "-m", help=f"Bundle folder, .onnx or .engine. Default: {SHIPPED_MODEL}."),
     backend: str = typer.Option("auto", help="auto, torch, onnxruntime or tensorrt."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     headless: bool = typer.Option(False, "--headless", help="No window (servers, benchmarks)."),
@@ -47,7 +47,12 @@ def stream(
     log_every: float = typer.Option(5.0, help="Seconds between progress lines (0: none)."),
     threads: int = typer.Option(0, help="CPU threads for the segmenter (0: its default)."),
 ) -> None:
-    """Segment polyps live: capture, Grad-CAM mask overlay, fps log (q/Esc quits, space pauses)."""
+    """Segment polyps live: capture, mask overlay, fps log (q/Esc quits, space pauses).
+
+    Per frame the model gives a polyp probability and a mask (the shipped model: its
+    segmentation head's map); the call is averaged across frames (--call-smoothing) and the
+    frame's mask is drawn only while the call says polyp.
+    """
     from rtseg.shutdown import loop_shutdown
 
     # flag mode from the start (rtseg.cli.main): a signal during the imports is not lost, one
@@ -76,7 +81,7 @@ def stream(
 )
 def bench(
     model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Bundle folder, .onnx or .engine. Default: the shipped model."),
+        None, "--model", "-m", help=f"Bundle folder, .onnx or .engine. Default: {SHIPPED_MODEL}."),
     backend: str = typer.Option("all", help="all, torch, onnxruntime or tensorrt."),
     size: Optional[int] = typer.Option(
         None, help="Model input size when no trained model is given (default 224)."),

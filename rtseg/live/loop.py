@@ -93,12 +93,6 @@ def refine_masks(masks: np.ndarray, steps) -> np.ndarray:
     return refine(masks, steps).astype(np.uint8)
 
 
-# --- the window ----------------------------------------------------------------------------
-
-
-# --- the video file ------------------------------------------------------------------------
-
-
 # --- the loop ----------------------------------------------------------------------------
 @dataclass
 class StreamResult:

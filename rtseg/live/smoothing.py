@@ -7,7 +7,7 @@
   keeps its call. ``a`` is the manifest's ``call_smoothing`` (chosen by cross-validation when
   the model is built) unless the caller overrides it; ``a = 0``: every frame alone.
 - :class:`CamSmoother`: the map itself averaged across frames and thresholded again
-  (``--smooth``; off by default: on moving polyps it lags, lowering Dice, see the README).
+  (``--smooth``; off by default: on moving polyps it lags, lowering Dice, see docs/results.md).
 
 Both keep one state across batches, in frame order; a still image is a one-frame clip, which
 they pass through unchanged.

@@ -17,7 +17,7 @@
 
 Labels used: image-level folder labels (Kvasir-SEG / CVC-ClinicDB / PolypGen positive =
 polyp; PolypGen negative, old crops = non-polyp; whole-image label propagation scores 0.9996+
-on these sources, see the README), and the masks of 100 seed images only (70 Kvasir-SEG +
+on these sources, see docs/paper.md), and the masks of 100 seed images only (70 Kvasir-SEG +
 30 CVC-ClinicDB, the paper's seed count): for the head's targets and for the Run-1-style
 in-domain negative tiles (3 x 3 tiles of the seed images' active area without mask pixels).
 Masks of other training images are used only to choose the threshold (as ``rtseg tune``).

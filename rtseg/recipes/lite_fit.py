@@ -70,11 +70,11 @@ VARIANTS = {
     "no-pg-pos": Variant("no-pg-pos", pg_pos=False),
     "no-gate": Variant("no-gate", gate=False),
     # a frame is polyp only if the classifier and the head's most confident pixel agree
-    # (PolypGen polyp-free frames called non-polyp 0.63 -> 0.87 by CV; the previous default)
+    # (PolypGen polyp-free frames called non-polyp 0.63 -> 0.87 by CV)
     "agree": Variant("agree", agree=True),
     "agree-flip": Variant("agree-flip", agree=True, flip=True),
-    # the shipped model (#10, session 5): as agree, the head trained against every in-domain
-    # polyp-free training frame (PolypGen polyp-free frames called non-polyp 0.867 -> 0.887 by CV)
+    # as agree, the head trained against every in-domain polyp-free training frame (PolypGen
+    # polyp-free frames called non-polyp 0.867 -> 0.887 by CV)
     "agree-allneg": Variant("agree-allneg", agree=True, head_all_pg_neg=True),
     "cam-only": Variant("cam-only", head=False, selftrain=False),
     # agree-allneg with the frame rule's operating point (classifier logit > t and head max > h)

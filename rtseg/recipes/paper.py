@@ -1,4 +1,6 @@
-"""The recipe of rtseg's default model, as rtseg commands, stage by stage.
+"""The paper's set-up as a recipe, stage by stage as rtseg commands: an efficientnet-b1 classifier
+trained from scratch on propagated labels, its Grad-CAM thresholded. It builds the b1 model of
+docs/paper.md; the shipped default model is built by :mod:`rtseg.recipes.lite`.
 
 ``python -m rtseg.recipes.paper prepare --data ../shared/data --work runs/default``
     split the data (by CVC sequence), pick 100 + 100 seeds, propagate labels to 1,000

@@ -18,11 +18,11 @@ run5   whole images            22           above 0.28        200 (A)   1000
 
 Sources: unit, layers and thresholds are the paper's (Storås, "Unsupervised Image
 Segmentation via Self-Supervised Learning Image Classification", MediaEval 2021 working notes,
-CEUR-WS Vol-3181 paper 12), as given in rtseg's project brief; so are 100 + 100 seeds, 1,000
+CEUR-WS Vol-3181 paper 12); so are 100 + 100 seeds, 1,000
 labeled images, EfficientNet-b1 and 25 epochs. (A) = assumption: the paper used 50, 200 and
 250 clusters across its runs, but the per-run assignment could not be found in the sources
 available to us, so it is assigned as above; Run 1's target counts tiles and is set to twice
-the image target (as rtseg's default-model recipe does), since the 800 tiles of the 200 seed
+the image target (as :mod:`rtseg.recipes.paper` does), since the 800 tiles of the 200 seed
 images are already labeled. Every value can be overridden (``rtseg run --clusters/--target``).
 
 Data split (deterministic; :mod:`rtseg.recipes.layout`): polyp images (Kvasir-SEG + CVC-ClinicDB,

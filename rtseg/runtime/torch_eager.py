@@ -2,7 +2,7 @@
 
 The reference every other backend is checked against; the model is loaded once and kept.
 On CPU denormal floats are flushed to zero during a call (see
-:func:`rtseg.graph.fused.cpu_flush_denormal`: up to 80x faster, same CAM).
+:func:`rtseg.graph.fold.cpu_flush_denormal`: up to 80x faster, same CAM).
 """
 
 from __future__ import annotations

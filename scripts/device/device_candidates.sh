@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# #6 on a CUDA machine, in one device call: train default-model candidates from the packed
-# training cache and judge each on the validation split (rtseg tune, then cam_diagnosis).
+# Candidates for an efficientnet-b1 default model, in one run on a CUDA machine: train them from
+# the packed training cache and judge each on the validation split (rtseg tune, then cam_diagnosis).
 #
 # Prepare here (CPU):
 #   python -m rtseg.recipes.paper prepare --data ../shared/data --work runs/default
 #   python experiments/seed_grid_tiles.py --work runs/default --out runs/default/pack --csv labels_grid3.csv
 #   mkdir -p .carry/site && cp -r "$(python -c 'import efficientnet_pytorch,os;print(os.path.dirname(efficientnet_pytorch.__file__))')" .carry/site/
 #   cp -r runs/default/pack .carry/pack && cp -rL runs/default/val .carry/val
-# Run (carry [".carry/site", ".carry/pack", ".carry/val"], about 50 MB):
+# Run on the GPU machine, with .carry/site, .carry/pack and .carry/val copied (about 50 MB):
 #   bash scripts/device/device_candidates.sh
 # Back in $OUT, per candidate: NAME_weights.pt (fp16, the bundle's weights) and NAME.json
-# (manifest, best tune rows, diagnosis), plus log.txt: at most 7 files, as the device returns 8.
+# (manifest, best tune rows, diagnosis), plus log.txt: at most 7 files in all.
 # VARIANTS="name:labels csv in .carry/pack:epochs ..." picks the candidates; DEV=cpu QUICK=1
 # checks the script on a CPU (tiny size, one epoch).
 set -u

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# One-shot GPU checks for the speed targets of the fused export (#4) and the stream (#5),
-# prepared here and run once on a CUDA machine with the device tool:
+# One-shot GPU checks of the speed of the fused export and of the stream, run once on a CUDA
+# machine with a copy of this repository and the .carry/ folder prepared on the CPU machine:
 #
 #   python benchmarks/stream.py ../shared/data --save-clip .carry/cvc_clip.mp4 --clip-only
 #   cp -r "$(python -c 'import efficientnet_pytorch,os;print(os.path.dirname(efficientnet_pytorch.__file__))')" .carry/site/
-#   run (carry [".carry"]):  bash scripts/device/device_checks.sh
+#   then, on the GPU machine (with .carry/):  bash scripts/device/device_checks.sh
 #
 # Writes fused_gpu.json, stream_gpu.json, bench_gpu.json and log.txt into $OUT. Each step has
-# its own time limit so that one stall cannot eat the whole device budget; DEV=cpu QUICK=1 runs
+# its own time limit so that one stall cannot use up the GPU machine's time; DEV=cpu QUICK=1 runs
 # the same steps briefly on a CPU (to check the script itself).
 set -u
 export PYTHONPATH="$PWD:$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -36,12 +36,12 @@ else
   FUSED=(--sizes 224,720p,1080p --batches 1,8 --iters 100 --budget 3)
   STREAM=(--frames 4000) BENCH=(--batch 1,8 --frames 500 --backend all)
 fi
-# 1. #4: fused graph vs eager Grad-CAM vs pytorch-grad-cam, fp16 compile / CUDA graph
+# 1. fused graph vs eager Grad-CAM vs pytorch-grad-cam, fp16 compile / CUDA graph
 step 240 fused "$PY" benchmarks/fused.py --model rtseg/assets/default_model --device "$DEV" \
   "${FUSED[@]}" --json "$OUT/fused_gpu.json"
-# 2. #5: end to end on the CVC clip, torch backend (the decode thread must keep the GPU fed)
+# 2. end to end on the CVC clip, torch backend (the decode thread must keep the GPU fed)
 step 150 stream "$PY" benchmarks/stream.py --clip .carry/cvc_clip.mp4 --backend torch \
   --device "$DEV" "${STREAM[@]}" --json "$OUT/stream_gpu.json"
-# 3. #5: rtseg bench, Table 2 rows beside the paper's
+# 3. rtseg bench, Table 2 rows beside the paper's
 step 150 bench "$PY" -m rtseg bench --device "$DEV" "${BENCH[@]}" --json "$OUT/bench_gpu.json"
 echo done | tee -a "$log"

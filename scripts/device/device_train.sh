@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains the default-model candidates on a CUDA machine from the packed training cache.
+# Trains efficientnet-b1 default-model candidates on a CUDA machine from the packed training cache.
 # Prepared here with: python -m rtseg.recipes.paper prepare --data ../shared/data --work WORK
 # (then the pack is copied to .carry/pack); efficientnet_pytorch travels in .carry/site.
 # Each candidate's weights come back as fp16 (<= 16 MiB) with its manifest.
