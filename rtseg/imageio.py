@@ -118,6 +118,17 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return binarize_mask(m)
 
 
+def check_mask_size(mask: np.ndarray, image_hw: tuple[int, ...], mask_path, image_path) -> None:
+    """UserError unless ``mask`` has its image's size (a mask of another size, or turned by
+    90 degrees, would be scored against the wrong pixels)."""
+    mh, mw = mask.shape[:2]
+    ih, iw = image_hw[:2]
+    if (mh, mw) != (ih, iw):
+        turned = " (turned by 90 degrees?)" if (mh, mw) == (iw, ih) else ""
+        raise UserError(f"mask {mask_path} is {mw}x{mh} but its image {image_path} is "
+                        f"{iw}x{ih}{turned}: a mask must have its image's size")
+
+
 def binarize_mask(m: np.ndarray) -> np.ndarray:
     m = m.astype(np.float32)
     if m.max() > 127:

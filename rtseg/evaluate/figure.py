@@ -18,8 +18,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from rtseg.atomic import atomic_path
-from rtseg.errors import UserError
+from rtseg.atomic import atomic_path, failed_write
 
 COLUMNS = ("image", "ground truth", "heat map", "mask")
 
@@ -117,7 +116,7 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
         except cv2.error:
             ok = False
         if not ok:
-            raise UserError(f"cannot write image {path} (use a .png file name)")
+            raise failed_write(path, tmp, f"cannot write image {path} (use a .png file name)")
     return path
 
 

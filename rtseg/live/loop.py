@@ -216,7 +216,7 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
             if save_path is not None:
                 tmp = stack.enter_context(atomic_path(save_path))
                 sink = VideoSink(tmp, info.fps, str(save_path))
-                stack.callback(sink.release)  # runs before the rename
+                stack.callback(sink.release)  # runs before the rename (also on an error)
             reader.start()
             try:
                 t_prev = time.perf_counter()
@@ -288,6 +288,8 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
                 if interrupted:
                     raise _NothingSaved
                 raise UserError(f"no frame could be read from {info.describe()}; nothing saved")
+            if sink is not None:
+                sink.finish()  # a full disk: UserError, the earlier video is kept
     except _NothingSaved:
         saved = None
     elapsed = time.perf_counter() - t_start
