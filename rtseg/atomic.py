@@ -279,6 +279,44 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             os.fsync(fh.fileno())  # a full disk shows here, not after the rename
 
 
+LOCK_NAMES = (".lock",)  # a lock file alone is no output
+
+
+@contextlib.contextmanager
+def removed_if_failed(folder: str | os.PathLike) -> Iterator[None]:
+    """An output folder the block may create: if the block fails (bad input, a signal, a full
+    disk) and the folder did not exist before, it is removed again when nothing was saved in
+    it (only empty folders and a lock file): no empty folder or lone ``.lock`` is left."""
+    top = Path(os.path.abspath(folder))
+    if top.exists():
+        yield
+        return
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent  # the first folder the block would create (mkdir parents=True)
+    try:
+        yield
+    except BaseException:
+        if top.is_dir():
+            remove_if_empty(top)
+        raise
+
+
+def remove_if_empty(folder: Path) -> bool:
+    """Remove ``folder`` if it holds only empty folders and lock files; True if removed."""
+    files = [p for p in folder.rglob("*") if not p.is_dir()]
+    if any(p.name not in LOCK_NAMES for p in files):
+        return False
+    for p in files:
+        with contextlib.suppress(OSError):
+            p.unlink()
+    for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+    return not folder.exists()
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     data = text.encode("utf-8")
     check_free_space(path, len(data))

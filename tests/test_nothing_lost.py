@@ -248,3 +248,25 @@ def test_temporary_files_of_a_killed_run_are_removed_by_the_next_write(tmp_path)
     write_text(tmp_path / "v.json", "{}")
     assert not stale.exists() and alive.exists() and other_host.exists()
     assert json.loads((tmp_path / "v.json").read_text()) == {}
+
+
+def test_a_stopped_run_rerun_leaves_no_stale_scores(tmp_path, capsys, monkeypatch):
+    """The rerun replaces labels.csv first; stopped there, the earlier metrics.json and
+    figure.png must not stay beside labels they do not describe."""
+    import rtseg.recipes.presets as presets
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("labels.csv", "metrics.json", "figure.png", "run.json"):
+        (out / name).write_text("earlier run")
+
+    def stopped(cfg, split):
+        (cfg.out / "labels.csv").write_text("this run")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(presets, "open_data", lambda data: None)
+    monkeypatch.setattr(presets, "holdout_split", lambda *a: None)
+    monkeypatch.setattr(presets, "run_preset", stopped)
+    code, _, err = run_cli(["run", "--preset", "run3", "--data", tmp_path, "--out", out], capsys)
+    assert code == 130, err
+    assert sorted(p.name for p in out.iterdir()) == ["labels.csv"]

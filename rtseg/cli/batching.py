@@ -78,7 +78,10 @@ def batch(
                       save_masks=save_masks, table=table, batch=batch_size, smooth=smooth,
                       call_smoothing=call_smoothing, alpha=alpha, heatmap=heatmap,
                       layer=parse_layer(layer), chunk=chunk)
-    manifest = run_batch(cfg)
+    from rtseg.atomic import removed_if_failed
+
+    with removed_if_failed(out):  # a run that fails at once leaves no folder with a lone .lock
+        manifest = run_batch(cfg)
     failed, files = manifest["totals"]["failed"], manifest["totals"]["files"]
     if failed:  # exit code 1: finished, with failures (the help's rule; scripts can tell)
         print(f"error: {failed} of {files} file(s) failed; the reasons are in "

@@ -293,20 +293,37 @@ def run(
     from rtseg.model.validate import check_input_size
 
     check_input_size(size)  # before the split and the feature extraction (minutes)
+    from rtseg.atomic import removed_if_failed
+
     p = get_preset(preset)
     dev = resolve_device(device)
-    prepare_out_dir(out)
-    split = holdout_split(open_data(data), test_fraction, seeds, seed)
-    cfg = RunConfig(p, data, out, device=dev, epochs=epochs, batch=batch, size=size,
-                    n_seeds=seeds, clusters=clusters, target=target, test_fraction=test_fraction,
-                    val=val, seed=seed, init=init, cache=cache)
-    m = run_preset(cfg, split)
+    with removed_if_failed(out):  # a run that fails early leaves no empty --out folder
+        prepare_out_dir(out)
+        split = holdout_split(open_data(data), test_fraction, seeds, seed)
+        cfg = RunConfig(p, data, out, device=dev, epochs=epochs, batch=batch, size=size,
+                        n_seeds=seeds, clusters=clusters, target=target,
+                        test_fraction=test_fraction, val=val, seed=seed, init=init, cache=cache)
+        drop_stale_results(out)
+        m = run_preset(cfg, split)
     console = Console()
     console.print(scores_table([(p.name, m), ("paper", paper_row())],
                                f"{p.name}: {p.description} ({m['n_images']} held-out images)"))
     console.print(f"{PAPER_TABLE1_NOTE}; non-polyp specificity "
                   f"{m['non_polyp_specificity'] if m['non_polyp_specificity'] is not None else '-'}"
                   f"; outputs in {out}")
+
+
+RUN_RESULTS = ("metrics.json", "figure.png", "run.json")  # made from labels.csv and model/
+
+
+def drop_stale_results(out: Path) -> None:
+    """A rerun replaces labels.csv and model/ first: the scores of the earlier run go now, so a
+    rerun stopped half-way never leaves them beside labels and a model they do not describe."""
+    import contextlib
+
+    for name in RUN_RESULTS:
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
 
 
 def paper_row() -> dict:
