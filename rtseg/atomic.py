@@ -91,7 +91,7 @@ def _set_mode(tmp: Path, path: Path) -> None:
 DISK_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                errno.EFBIG: "file too large for its file system", errno.EIO: "I/O error",
                errno.EROFS: "read-only file system"}
-LOW_SPACE = 1 << 20  # bytes: below this a failed write is put down to a full disk
+LOW_SPACE = 1 << 16  # bytes: below this a failed write is put down to a full disk
 
 
 def is_disk_error(exc: BaseException) -> bool:
@@ -120,12 +120,15 @@ def check_free_space(path: str | os.PathLike, need: int) -> None:
         folder = folder.parent
     free = free_bytes(folder)
     if free is not None and need > free:
-        raise UserError(f"no space left on device for {path}: it needs about "
-                        f"{_mb(need)}, {_mb(free)} free")
+        raise UserError(f"no space left on device writing {path} (it needs {_size(need)}, "
+                        f"{_size(free)} free)")
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _nearly_full(folder: str | os.PathLike) -> bool:
@@ -253,12 +256,15 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         _set_mode(tmp_path, path)
         os.replace(tmp_path, path)
     except BaseException as exc:
+        # a library's own words for ENOSPC (torch...): judged while the temporary file still
+        # fills the disk
+        full = (isinstance(exc, Exception) and not isinstance(exc, UserError)
+                and not is_disk_error(exc) and _nearly_full(path.parent))
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         if is_disk_error(exc):
             raise write_error(path, exc) from None
-        if (isinstance(exc, Exception) and not isinstance(exc, UserError)
-                and _nearly_full(path.parent)):  # a library's own words for ENOSPC (torch...)
+        if full:
             raise UserError(f"no space left on device writing {path}") from None
         raise
 
@@ -273,10 +279,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             fh = open(tmp, mode, **kwargs)
         except OSError as exc:
             raise write_error(path, exc) from None
-        with fh:
+        with fh:  # a full disk raises in a write, the flush or the close: all inside atomic_path
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())  # a full disk shows here, not after the rename
 
 
 LOCK_NAMES = (".lock",)  # a lock file alone is no output

@@ -118,6 +118,23 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return binarize_mask(m)
 
 
+def write_image(path: str | os.PathLike, img: np.ndarray, what: str = "image") -> Path:
+    """Encode ``img`` (BGR or single-channel uint8; the format from the file's extension) and
+    write it atomically: OpenCV encodes in memory and Python writes, so a full disk is the
+    disk's one line (rtseg.atomic), never libpng's own message or a blamed file name."""
+    from rtseg.atomic import write_bytes
+
+    path = Path(path)
+    try:
+        ok, buf = cv2.imencode(path.suffix or ".png", img)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise UserError(f"cannot write {what} {path} (use a .png file name)")
+    write_bytes(path, buf.tobytes())
+    return path
+
+
 def check_mask_size(mask: np.ndarray, image_hw: tuple[int, ...], mask_path, image_path) -> None:
     """UserError unless ``mask`` has its image's size (a mask of another size, or turned by
     90 degrees, would be scored against the wrong pixels)."""

@@ -147,29 +147,34 @@ def test_json_and_csv_on_a_full_disk(bundle_dir, video, images, tmp_path, capsys
 
 def test_predict_on_a_full_disk_keeps_the_rows_of_its_masks(bundle_dir, images, tmp_path,
                                                             capsys, monkeypatch):
-    """OpenCV says only False: the cause named is the disk, not the file name; the masks
-    finished before are listed in predictions.csv."""
-    real = cv2.imwrite
-    calls = []
+    """The disk fills after 3 masks: the cause named is the disk (not "use a .png file
+    name"), and the masks finished before are listed in predictions.csv."""
+    real_open = builtins.open
+    masks = []
 
-    def imwrite(path, img, *a):
-        calls.append(path)
-        return real(path, img, *a) if len(calls) <= 3 else False
+    def fills_up(path, mode="r", *args, **kwargs):
+        name = os.path.basename(str(path))
+        if "w" in mode and name.startswith(".") and ".png.tmp." in name:
+            masks.append(name)
+            if len(masks) > 3:
+                return real_open("/dev/full", mode, *args, **kwargs)
+        return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(cv2, "imwrite", imwrite)
-    monkeypatch.setattr(rtseg.atomic, "free_bytes", lambda folder: 0)
+    monkeypatch.setattr(rtseg.atomic, "open", fills_up, raising=False)
     out = tmp_path / "pred"
     code, _, err = run_cli(["predict", "--model", bundle_dir, "--images", images / "images",
                             "--out", out, "--batch", "2"], capsys)
     assert code == 2
-    one_error_line(err, "no space left on device writing")
+    one_error_line(err, "no space left on device writing", "3.png")
     with open(out / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 3 == len(list(out.glob("*.png")))
+    full_disk(monkeypatch)
     code, _, err = run_cli(["eval", "--model", bundle_dir, "--images", images / "images",
                             "--masks", images / "masks", "--figure", tmp_path / "fig.png"], capsys)
     assert code == 2
     one_error_line(err, "no space left on device writing", "fig.png")
+    assert not (tmp_path / "fig.png").exists() and temp_files(tmp_path) == []
 
 
 # --- outputs that are inputs ------------------------------------------------------------------

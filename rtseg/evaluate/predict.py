@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from rtseg.atomic import atomic_open, atomic_path, failed_write
+from rtseg.atomic import atomic_open
 from rtseg.errors import UserError
 from rtseg.model.thresholds import ThresholdPolicy
 
@@ -160,11 +160,9 @@ def iter_predictions(bundle, paths: Sequence[Path], layer: int | str | None = No
 
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     """A bool mask as a 0/255 single-channel PNG, atomically."""
-    import cv2
+    from rtseg.imageio import write_image
 
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), np.asarray(mask, bool).astype(np.uint8) * 255):
-            raise failed_write(path, tmp, f"cannot write mask {path}")
+    write_image(path, np.asarray(mask, bool).astype(np.uint8) * 255, "mask")
 
 
 def write_predictions_csv(path: str | os.PathLike, rows: Sequence[tuple[str, float]]) -> None:

@@ -119,11 +119,22 @@ class VideoSink:
         if (w, h) != self.size:
             img = cv2.resize(img, self.size, interpolation=cv2.INTER_AREA)
         if self.frames % SPACE_CHECK_EVERY == 0:
-            free = free_bytes(Path(self.path).parent)
-            if free is not None and free < LOW_SPACE:
-                raise UserError(f"no space left on device writing {self.shown_as}")
+            self._check_space()
         self._vw.write(img)
         self.frames += 1
+
+    def _check_space(self) -> None:
+        """Free space for the next frames (twice the size of the last checks' frames, at least
+        LOW_SPACE): else stop now with the disk's line, before OpenCV fails silently."""
+        free = free_bytes(Path(self.path).parent)
+        if free is None:
+            return
+        try:
+            per_frame = os.path.getsize(self.path) / self.frames if self.frames else 0.0
+        except OSError:
+            per_frame = 0.0
+        if free < max(LOW_SPACE, 2 * SPACE_CHECK_EVERY * per_frame):
+            raise UserError(f"no space left on device writing {self.shown_as}")
 
     def _open(self, w: int, h: int) -> None:
         if max(w, h) > MAX_VIDEO_SIDE:
