@@ -8,6 +8,7 @@ of range) and a full disk into one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
@@ -72,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not is_disk_error(exc):
             raise
-        print(f"error: {write_error(exc.filename or 'an output file', exc)}", file=sys.stderr)
+        name = exc.filename or "a file"
+        msg = write_error(name, exc) if exc.errno != errno.EIO else f"I/O error on {name}"
+        print(f"error: {msg}", file=sys.stderr)
         sys.exit(UserError.exit_code)
     except STOP as exc:
         name, code = interrupt_info(exc)

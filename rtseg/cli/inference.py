@@ -147,8 +147,9 @@ def predict(
         print(f"error: interrupted by {stop.name} after {s.n_images} of {s.n_total} images: "
               f"{s.out} holds their {s.n_images} mask(s)"
               + (" and heat maps" if s.heatmaps else "")
-              + f" and {s.csv.name} with {s.n_csv_rows} row(s) (earlier rows kept); "
-              "the other images were not done",
+              + f" and {s.csv.name} with {s.n_csv_rows} row(s)"
+              + (" (an earlier run's rows kept)" if s.n_csv_rows > s.n_images else "")
+              + "; the other images were not done",
               file=sys.stderr)
         raise typer.Exit(stop.exit_code)
 

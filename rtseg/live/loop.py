@@ -216,7 +216,7 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
             if save_path is not None:
                 tmp = stack.enter_context(atomic_path(save_path))
                 sink = VideoSink(tmp, info.fps, str(save_path))
-                stack.callback(sink.release)  # runs before the rename (also on an error)
+                stack.callback(sink.release)  # runs before the rename
             reader.start()
             try:
                 t_prev = time.perf_counter()
