@@ -95,8 +95,10 @@ def bench(
     """Time each runtime backend and the pytorch-grad-cam baseline (paper's Table 2 layout)."""
     from rtseg.atomic import refuse_inputs
     from rtseg.live.bench import parse_batches, run_bench
+    from rtseg.model.bundle import BUNDLE_FILES
 
-    refuse_inputs(json_out, "--json", source, model)
+    refuse_inputs(json_out, "--json", source, model)  # the video, an .onnx / .engine model
+    refuse_inputs(json_out, "--json", model, folder_kinds=BUNDLE_FILES)  # in a bundle folder
     _threads(threads)
     run_bench(model=model, backend=backend, size=size, batches=parse_batches(batch),
               frames=frames, source=source, device=device, baseline=not no_baseline,
