@@ -21,8 +21,8 @@ appears at once (renamed from OUT/.work): a rerun skips what is done and redoes 
 killed run had in flight.
 
 [bold]Exit code[/bold]: 0 = every file done; 1 = the run finished but some files failed (listed
-in OUT/manifest.json under failed, and printed); 2 = bad input or options, nothing processed
-(one error line); 128 + n = stopped by signal n (SIGINT 130, SIGTERM 143; finished files
+in OUT/manifest.json under failed, and printed); 2 = bad input or options, nothing processed,
+or the disk filled up (one error line; what was finished is kept); 128 + n = stopped by signal n (SIGINT 130, SIGTERM 143; finished files
 are kept, a rerun goes on).
 
 [bold]Ray[/bold]: without --address a local Ray with --workers workers is started (nothing to
