@@ -118,6 +118,34 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return binarize_mask(m)
 
 
+def write_image(path: str | os.PathLike, img: np.ndarray, what: str = "image") -> Path:
+    """Encode ``img`` (BGR or single-channel uint8; the format from the file's extension) and
+    write it atomically: OpenCV encodes in memory and Python writes, so a full disk is the
+    disk's one line (rtseg.atomic), never libpng's own message or a blamed file name."""
+    from rtseg.atomic import write_bytes
+
+    path = Path(path)
+    try:
+        ok, buf = cv2.imencode(path.suffix or ".png", img)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise UserError(f"cannot write {what} {path} (use a .png file name)")
+    write_bytes(path, buf.tobytes())
+    return path
+
+
+def check_mask_size(mask: np.ndarray, image_hw: tuple[int, ...], mask_path, image_path) -> None:
+    """UserError unless ``mask`` has its image's size (a mask of another size, or turned by
+    90 degrees, would be scored against the wrong pixels)."""
+    mh, mw = mask.shape[:2]
+    ih, iw = image_hw[:2]
+    if (mh, mw) != (ih, iw):
+        turned = " (turned by 90 degrees?)" if (mh, mw) == (iw, ih) else ""
+        raise UserError(f"mask {mask_path} is {mw}x{mh} but its image {image_path} is "
+                        f"{iw}x{ih}{turned}: a mask must have its image's size")
+
+
 def binarize_mask(m: np.ndarray) -> np.ndarray:
     m = m.astype(np.float32)
     if m.max() > 127:

@@ -359,3 +359,96 @@ def test_unit_csv_table_and_failed_unit_without_ray(archive, tmp_path):
     assert bad["status"] == "failed" and bad["bad_input"] and "cannot open" in bad["reason"]
     assert not Path(units["cut.mp4"]["final"]).exists()
     assert not list((out / ".work").iterdir())
+
+
+# --- exit codes, leftovers, a stopped run's manifest ------------------------------------------
+def test_a_run_with_failed_files_exits_1(batch_run, archive, model, capsys):
+    """The help's rule: 1 = finished with failures (here the rerun: the two bad files are known
+    failures, everything else is done), with one error line saying where the reasons are."""
+    out = batch_run["out"]
+    code, _, err = run_cli(["batch", "--input", archive, "--out", out, "--model", model,
+                            "--workers", "2", "--save-video", "--save-masks", "--chunk", "3"],
+                           capsys)
+    assert code == 1, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert lines == [f"error: 2 of 10 file(s) failed; the reasons are in {out}/manifest.json "
+                     "under failed"]
+    code, out_text, _ = run_cli(["batch", "--help"], capsys)
+    assert "1 = the run finished but some files failed" in " ".join(out_text.split())
+
+
+def test_a_batch_that_fails_at_once_leaves_no_folder(archive, tmp_path, capsys):
+    out = tmp_path / "new" / "out"
+    code, _, err = run_cli(["batch", "--input", archive, "--out", out, "--model",
+                            tmp_path / "no-model"], capsys)
+    assert code == 2 and err.startswith("error: "), err
+    assert not (tmp_path / "new").exists()
+
+
+def test_workers_above_the_cores_are_capped_with_a_warning():
+    from rtseg.batch.run import cpu_cores
+    from rtseg.cli.batching import _cap_workers
+
+    with pytest.warns(UserWarning, match="--workers 64 is more than"):
+        assert _cap_workers(64, 1, None) == cpu_cores()
+    assert _cap_workers(1, 1, None) == 1 and _cap_workers(64, 1, "auto") == 64
+
+
+def test_a_stopped_run_counts_the_units_finished_on_disk(archive, tmp_path):
+    """SIGTERM may stop the driver between a unit's done-marker and its result: the manifest
+    written on the way out counts what is on disk."""
+    from rtseg.batch.inputs import discover, plan_units
+    from rtseg.batch.state import RunState
+
+    out = tmp_path / "out"
+    units = plan_units(discover(str(archive / "day1")), out, "sig", 4)
+    final = Path(units[0]["final"])
+    final.mkdir(parents=True)
+    (final / "done.json").write_text(json.dumps({"id": units[0]["id"], "status": "done",
+                                                 "signature": units[0]["signature"],
+                                                 "frames": 5}))
+    state = RunState(None, out, {}, None, units)
+    assert state.collect_finished() == 1
+    assert state.results[units[0]["id"]]["status"] == "done" and units[0]["id"] in state.this_run
+    assert state.collect_finished() == 0
+
+
+def test_orphaned_ray_agents_are_reaped_but_not_those_of_a_live_raylet(tmp_path):
+    """A SIGKILLed driver leaves Ray's dashboard and runtime-env agents behind (parent gone);
+    the next local start stops them. An agent whose parent is a raylet stays."""
+    from rtseg.batch.raysession import reap_orphaned_agents
+
+    pid_file = tmp_path / "orphan.pid"
+    subprocess.run(["bash", "-c", f"(exec -a ray::DashboardAgent sleep 60) & echo $! > {pid_file}"],
+                   check=True, timeout=10)
+    orphan = int(pid_file.read_text())
+    keeper = subprocess.Popen(
+        ["raylet", "-c", "import subprocess, time; subprocess.Popen(['bash', '-c', "
+         "'exec -a ray::RuntimeEnvAgent sleep 60']); time.sleep(60)"],
+        executable=sys.executable, start_new_session=True)
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline and not _children(keeper.pid):
+            time.sleep(0.05)
+        kept = _children(keeper.pid)
+        assert kept
+        reaped = reap_orphaned_agents()
+        assert orphan in reaped and not set(kept) & set(reaped)
+    finally:
+        os.killpg(keeper.pid, signal.SIGKILL)
+        keeper.wait(timeout=10)
+        with __import__("contextlib").suppress(OSError):
+            os.kill(orphan, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path(f"/proc/{name}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(name))
+    return kids

@@ -79,3 +79,23 @@ def test_export_missing_model(tmp_path, capsys):
     if not (default_bundle_path() / "manifest.json").is_file():
         code, _, err = run(["export", "--out", str(tmp_path / "o")], capsys)
         assert code == 2 and "no --model given" in err
+
+
+def test_export_on_a_full_disk_is_one_line_and_leaves_no_folder(bundle_dir, tmp_path, capsys,
+                                                                monkeypatch):
+    import errno
+    import shutil
+    from pathlib import Path
+
+    def full(src, dst):
+        Path(dst).write_bytes(b"\0" * 16)
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(shutil, "copyfile", full)  # the copy out of the export cache
+    out_dir = tmp_path / "new" / "exp"
+    code, _, err = run(["export", "--model", str(bundle_dir), "--out", str(out_dir),
+                        "--layer", "14"], capsys)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error")]  # (and a progress note)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0] == f"error: no space left on device writing {out_dir / 'calib64.onnx'}"
+    assert not (tmp_path / "new").exists()

@@ -207,14 +207,20 @@ def test_eval_scores_equal_predict_masks(data, tmp_path, calibrated_bundle):
             assert entry[k] == pytest.approx(s[k])
 
 
-def test_evaluate_accepts_tuples_and_resizes_masks(data, tmp_path, calibrated_bundle):
+def test_evaluate_accepts_tuples_and_refuses_masks_of_another_size(data, tmp_path,
+                                                                   calibrated_bundle):
+    """A truth mask of another size (a 1 x 1 mask scored accuracy 1.0) or turned by 90
+    degrees is one error naming it, never a score."""
     from rtseg.evaluate.scoring import evaluate
 
-    small = tmp_path / "small.png"  # truth at a different size from its image
-    m = cv2.imread(str(data / "masks" / "a.png"), cv2.IMREAD_GRAYSCALE)
-    cv2.imwrite(str(small), cv2.resize(m, (48, 36), interpolation=cv2.INTER_NEAREST))
-    res = evaluate(calibrated_bundle, [(data / "images" / "a.jpg", small)], per_image=False)
+    res = evaluate(calibrated_bundle, [(data / "images" / "a.jpg", data / "masks" / "a.png")],
+                   per_image=False)
     assert res["n_images"] == 1 and "per_image" not in res
+    m = cv2.imread(str(data / "masks" / "a.png"), cv2.IMREAD_GRAYSCALE)
+    for name, bad in (("tiny.png", m[:1, :1]), ("turned.png", np.ascontiguousarray(m.T))):
+        cv2.imwrite(str(tmp_path / name), bad)
+        with pytest.raises(UserError, match=f"mask .*{name} is .* but its image"):
+            evaluate(calibrated_bundle, [(data / "images" / "a.jpg", tmp_path / name)])
 
 
 # ------------------------------------------------------------------------------ bad input

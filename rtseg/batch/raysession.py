@@ -102,6 +102,46 @@ def _restore_signal_handlers(saved: dict) -> None:
                 signal.signal(sig, handler)
 
 
+ORPHAN_TITLES = (b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")
+
+
+def _proc_read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def reap_orphaned_agents() -> list[int]:
+    """Stop Ray's dashboard and runtime-env agents (about 80 MB each) left by a local Ray whose
+    driver was killed (SIGKILL): this user's processes with those titles whose parent is no
+    longer a raylet. A live Ray's agents (their raylet runs) are never touched. Linux only
+    (/proc); returns the process ids signalled."""
+    import signal
+
+    if not os.path.isdir("/proc"):
+        return []
+    uid, reaped = os.getuid(), []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            title = _proc_read(f"/proc/{name}/cmdline").split(b"\0")[0].strip()
+            if not title.startswith(ORPHAN_TITLES):
+                continue
+            stat = _proc_read(f"/proc/{name}/stat").decode(errors="replace")
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            parent = _proc_read(f"/proc/{ppid}/cmdline") if ppid > 1 else b""
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"raylet" in parent:
+            continue
+        with contextlib.suppress(OSError):
+            os.kill(int(name), signal.SIGKILL)  # their SIGTERM handler waits for the raylet
+            reaped.append(int(name))
+    return reaped
+
+
 @contextlib.contextmanager
 def ray_session(workers: int, threads: int = 1, address: str | None = None) -> Iterator[dict]:
     """Ray up for the block; yields ``{"started": bool, "address": str, "cpus": float}``."""
@@ -112,6 +152,8 @@ def ray_session(workers: int, threads: int = 1, address: str | None = None) -> I
     ray = import_ray()
     _quiet()
     started = False
+    if not ray.is_initialized() and address is None:
+        reap_orphaned_agents()  # those of a local Ray whose driver was SIGKILLed
     if not ray.is_initialized():
         saved = _signal_handlers()
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")

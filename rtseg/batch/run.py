@@ -308,6 +308,7 @@ def run_batch(cfg: BatchConfig, console=None) -> dict:
             manifest = state.write(complete=True, force=True)
         except BaseException:  # Ctrl-C, SIGTERM (rtseg.shutdown): Ray is down by now
             with contextlib.suppress(Exception):
+                state.collect_finished()  # a unit done on disk counts, reported or not
                 state.write(complete=False, force=True)
             with contextlib.suppress(Exception):
                 clean_work(out)  # the units in flight: redone by the next run

@@ -120,6 +120,23 @@ class RunState:
                              for r in self.results.values() if r.get("status") != "done"],
         }
 
+    def collect_finished(self) -> int:
+        """Units finished on disk (done-marker with this run's signature) whose result had not
+        reached the driver yet (a signal stopped it first): counted as done this run, so the
+        manifest of a stopped run says what is on disk. Returns how many."""
+        from rtseg.batch.inputs import read_done
+
+        n = 0
+        for u in self.units:
+            if u["id"] in self.results:
+                continue
+            d = read_done(u["final"])
+            if d is not None and d.get("status") == "done" and d.get("signature") == u["signature"]:
+                self.results[u["id"]] = d
+                self.this_run.add(u["id"])
+                n += 1
+        return n
+
     def write(self, complete: bool = False, force: bool = False) -> dict | None:
         now = time.time()
         if not force and now - self._last_write < MANIFEST_EVERY:

@@ -278,6 +278,8 @@ def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
         if sink is not None:
             sink.release()
         rep.flush()
+    if sink is not None:
+        sink.finish()  # a video that does not decode (a full disk): the unit fails, said so
     counts = reader.snapshot()
     n = len(rows["frame"])
     if n == 0:

@@ -2,14 +2,18 @@
 
 Each command lives in a small module below and registers itself on :data:`app`. Heavy
 libraries (torch, onnxruntime) are imported inside the commands so ``rtseg --help`` is fast.
-:func:`main` turns :class:`rtseg.errors.UserError` into one line on stderr and exit code 2.
+:func:`main` turns :class:`rtseg.errors.UserError`, a usage error (an unknown option, a value out
+of range) and a full disk into one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
+
+import click
 
 from rtseg.cli.app import app
 from rtseg.errors import UserError
@@ -49,14 +53,42 @@ def main(argv: list[str] | None = None) -> int:
         # The commands whose loops stop cleanly get a flag-mode Shutdown from the start (they
         # take it over with rtseg.shutdown.loop_shutdown), so an early signal is not lost.
         with Shutdown("flag" if _command(argv) in FLAG_COMMANDS else "raise"):
-            # standalone mode: typer/click handle usage errors (exit 2) and --help themselves
-            app(args=argv, prog_name="rtseg")
+            # not standalone: a usage error (an unknown option, --batch 0) is one error line
+            # here, like every other bad input, not click's boxed panel
+            code = app(args=argv, prog_name="rtseg", standalone_mode=False)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        if isinstance(exc, click.UsageError) and not exc.format_message():
+            exc.show()  # no arguments at all: the help, exit 2
+        else:
+            print(f"error: {_usage_line(exc, argv)}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:  # a full disk or a failing device in a write outside rtseg.atomic
+        from rtseg.atomic import is_disk_error, write_error
+
+        if not is_disk_error(exc):
+            raise
+        name = exc.filename or "a file"
+        msg = write_error(name, exc) if exc.errno != errno.EIO else f"I/O error on {name}"
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(UserError.exit_code)
     except STOP as exc:
         name, code = interrupt_info(exc)
         print(f"error: interrupted by {name}; finished files are kept, no partial file was left",
               file=sys.stderr)
         sys.exit(code)
-    return 0
+    # typer.Exit(n) of a command is returned (not standalone); exit as standalone click did
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_line(exc: "click.ClickException", argv: list[str] | None) -> str:
+    """click's message in one line, naming the command whose --help explains the options."""
+    msg = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "rtseg"
+    return f"{msg} (see: {where} --help)"

@@ -20,6 +20,11 @@ file with its reason.
 appears at once (renamed from OUT/.work): a rerun skips what is done and redoes only what a
 killed run had in flight.
 
+[bold]Exit code[/bold]: 0 = every file done; 1 = the run finished but some files failed (listed
+in OUT/manifest.json under failed, and printed); 2 = bad input or options, nothing processed,
+or the disk filled up (one error line; what was finished is kept); 128 + n = stopped by signal n (SIGINT 130, SIGTERM 143; finished files
+are kept, a rerun goes on).
+
 [bold]Ray[/bold]: without --address a local Ray with --workers workers is started (nothing to
 set up); with --address the job runs on that cluster (rtseg installed on its nodes, input and
 --out on a shared file system).
@@ -62,12 +67,43 @@ def batch(
     layer: Optional[str] = typer.Option(None, help="CAM layer override (block index or 'head')."),
     chunk: int = typer.Option(256, help="Images per work unit."),
 ) -> None:
+    import sys
+
     from rtseg.batch.run import BatchConfig, run_batch
     from rtseg.model.arch import parse_layer
 
+    workers = _cap_workers(workers, threads, address)
     cfg = BatchConfig(input=input, out=out, model=model, backend=backend, device=device,
                       workers=workers, threads=threads, address=address, save_video=save_video,
                       save_masks=save_masks, table=table, batch=batch_size, smooth=smooth,
                       call_smoothing=call_smoothing, alpha=alpha, heatmap=heatmap,
                       layer=parse_layer(layer), chunk=chunk)
-    run_batch(cfg)
+    from rtseg.atomic import removed_if_failed
+
+    with removed_if_failed(out):  # a run that fails at once leaves no folder with a lone .lock
+        manifest = run_batch(cfg)
+    failed, files = manifest["totals"]["failed"], manifest["totals"]["files"]
+    if failed:  # exit code 1: finished, with failures (the help's rule; scripts can tell)
+        print(f"error: {failed} of {files} file(s) failed; the reasons are in "
+              f"{manifest['out']}/manifest.json under failed", file=sys.stderr)
+        raise typer.Exit(FINISHED_WITH_FAILURES)
+
+
+FINISHED_WITH_FAILURES = 1
+
+
+def _cap_workers(workers: Optional[int], threads: int, address: Optional[str]) -> Optional[int]:
+    """A local Ray gets at most one worker per --threads CPU cores here (more only compete for
+    the cores and multiply the memory): capped with a warning."""
+    import warnings
+
+    from rtseg.batch.run import cpu_cores
+
+    if workers is None or address is not None or threads < 1 or workers < 1:
+        return workers
+    most = max(1, cpu_cores() // threads)
+    if workers > most:
+        warnings.warn(f"--workers {workers} is more than this machine's {cpu_cores()} CPU "
+                      f"core(s) allow at --threads {threads}: using {most}", stacklevel=1)
+        return most
+    return workers

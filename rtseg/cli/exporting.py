@@ -91,7 +91,8 @@ def export(
     from rich.console import Console
     from rich.table import Table
 
-    from rtseg.atomic import ensure_parent
+    from rtseg.atomic import removed_if_failed
+    from rtseg.evaluate.predict import check_out_dir
     from rtseg.model.arch import parse_layer
     from rtseg.model.bundle import resolve_bundle
 
@@ -99,7 +100,7 @@ def export(
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file, not a folder")
-    ensure_parent(out_dir / "probe")  # fail early (exit 2) on an unwritable folder
+    check_out_dir(out_dir)  # fail early (exit 2) on an unwritable folder; creates nothing
     layer_v = parse_layer(layer)
     batches = parse_batches(batch)
     bundle = resolve_bundle(model, "cpu")
@@ -117,11 +118,13 @@ def export(
     files = []
     console.print(f"exporting {name} ({bundle.manifest.arch}, input {bundle.manifest.input_size}, "
                   f"CAM layer {used_layer}) to {out_dir}/ ...", markup=False)
-    files.append(export_onnx(bundle, out_dir / f"{name}.onnx", used_layer, fp16=False,
-                             verify=check_onnx, frame_hw=(h0, w0), cache=cache))
-    if fp16:
-        files.append(export_onnx(bundle, out_dir / f"{name}.fp16.onnx", used_layer, fp16=True,
+    with removed_if_failed(out_dir):  # a failed export leaves no empty --out folder
+        files.append(export_onnx(bundle, out_dir / f"{name}.onnx", used_layer, fp16=False,
                                  verify=check_onnx, frame_hw=(h0, w0), cache=cache))
+        if fp16:
+            files.append(export_onnx(bundle, out_dir / f"{name}.fp16.onnx", used_layer,
+                                     fp16=True, verify=check_onnx, frame_hw=(h0, w0),
+                                     cache=cache))
     ok, why = tensorrt_status()
     engine_error = None
     if ok and fp16:

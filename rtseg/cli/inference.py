@@ -32,7 +32,9 @@ Images are matched with --masks by relative path and stem; images without a mask
 precision; --reduction per-image (default: the Medico 2021 scorer's mean over images) or
 micro (pixels pooled over the set). Empty masks: a ratio whose denominator is 0 counts as 0,
 as in the Medico 2021 scorer (an empty prediction of an empty truth scores 0 except accuracy).
-A prediction is resized (nearest) to its truth mask's size. Also prints the polyp
+A truth mask must have its image's size (one of another size or turned by 90 degrees is
+refused with one error line naming it: it would be scored against the wrong pixels). Also
+prints the polyp
 classification accuracy (prob >= 0.5 against 'the mask is not empty'), and beside the model
 two constant masks scored on the same images: a centred ellipse (radii r*W, r*H; r as chosen
 by 'rtseg tune --write', else 0.25) and the all-foreground mask, with a warning when the
@@ -56,14 +58,21 @@ def _progress(console):
     return progress_bar(console=console, transient=True, disable=not console.is_terminal)
 
 
-def _check_file_out(path: Optional[Path], what: str) -> None:
-    from rtseg.atomic import ensure_parent
+def _check_file_out(path: Optional[Path], what: str, *inputs: Optional[Path]) -> None:
+    """An output file: not a folder, its folder writable, none of ``inputs`` (images, masks,
+    then the model: nor an image inside an input folder, a truth mask, nor a model file)."""
+    from rtseg.atomic import ensure_parent, refuse_inputs
     from rtseg.errors import UserError
+    from rtseg.imageio import IMAGE_EXTENSIONS
 
     if path is None:
         return
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder, not a file")
+    from rtseg.model.bundle import BUNDLE_FILES
+
+    refuse_inputs(path, what, *inputs[:-1], folder_kinds=IMAGE_EXTENSIONS)
+    refuse_inputs(path, what, inputs[-1], folder_kinds=BUNDLE_FILES)
     ensure_parent(path)
 
 
@@ -138,7 +147,9 @@ def predict(
         print(f"error: interrupted by {stop.name} after {s.n_images} of {s.n_total} images: "
               f"{s.out} holds their {s.n_images} mask(s)"
               + (" and heat maps" if s.heatmaps else "")
-              + f" and {s.csv.name} with {s.n_images} row(s); the other images were not done",
+              + f" and {s.csv.name} with {s.n_csv_rows} row(s)"
+              + (" (an earlier run's rows kept)" if s.n_csv_rows > s.n_images else "")
+              + "; the other images were not done",
               file=sys.stderr)
         raise typer.Exit(stop.exit_code)
 
@@ -182,8 +193,8 @@ def eval_cmd(
 
     console = Console(stderr=True)
     reduction = check_reduction(reduction)
-    _check_file_out(json_out, "--json")
-    _check_file_out(figure, "--figure")
+    _check_file_out(json_out, "--json", images, masks, model)
+    _check_file_out(figure, "--figure", images, masks, model)
     if figure is not None:
         import cv2
 
@@ -280,20 +291,40 @@ def run(
     from rtseg.recipes.presets import (PAPER_TABLE1_NOTE, RunConfig, get_preset, holdout_split,
                                open_data, run_preset)
 
+    from rtseg.model.validate import check_input_size
+
+    check_input_size(size)  # before the split and the feature extraction (minutes)
+    from rtseg.atomic import removed_if_failed
+
     p = get_preset(preset)
     dev = resolve_device(device)
-    prepare_out_dir(out)
-    split = holdout_split(open_data(data), test_fraction, seeds, seed)
-    cfg = RunConfig(p, data, out, device=dev, epochs=epochs, batch=batch, size=size,
-                    n_seeds=seeds, clusters=clusters, target=target, test_fraction=test_fraction,
-                    val=val, seed=seed, init=init, cache=cache)
-    m = run_preset(cfg, split)
+    with removed_if_failed(out):  # a run that fails early leaves no empty --out folder
+        prepare_out_dir(out)
+        split = holdout_split(open_data(data), test_fraction, seeds, seed)
+        cfg = RunConfig(p, data, out, device=dev, epochs=epochs, batch=batch, size=size,
+                        n_seeds=seeds, clusters=clusters, target=target,
+                        test_fraction=test_fraction, val=val, seed=seed, init=init, cache=cache)
+        drop_stale_results(out)
+        m = run_preset(cfg, split)
     console = Console()
     console.print(scores_table([(p.name, m), ("paper", paper_row())],
                                f"{p.name}: {p.description} ({m['n_images']} held-out images)"))
     console.print(f"{PAPER_TABLE1_NOTE}; non-polyp specificity "
                   f"{m['non_polyp_specificity'] if m['non_polyp_specificity'] is not None else '-'}"
                   f"; outputs in {out}")
+
+
+RUN_RESULTS = ("metrics.json", "figure.png", "run.json")  # made from labels.csv and model/
+
+
+def drop_stale_results(out: Path) -> None:
+    """A rerun replaces labels.csv and model/ first: the scores of the earlier run go now, so a
+    rerun stopped half-way never leaves them beside labels and a model they do not describe."""
+    import contextlib
+
+    for name in RUN_RESULTS:
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
 
 
 def paper_row() -> dict:

@@ -52,6 +52,14 @@ def _check_out(path: Optional[Path], what: str) -> None:
     ensure_parent(path)
 
 
+def _refuse_inputs(path: Optional[Path], what: str, *inputs: Optional[Path]) -> None:
+    """An output that is an input (a CSV, an image, an image inside an input folder): refused."""
+    from rtseg.atomic import refuse_inputs
+    from rtseg.imageio import IMAGE_EXTENSIONS
+
+    refuse_inputs(path, what, *inputs, folder_kinds=IMAGE_EXTENSIONS)
+
+
 def _ray_mapper(workers: Optional[int], address: Optional[str]):
     """--workers / --address: a Ray back end for the features (None: this process's threads)."""
     if workers is None and address is None:
@@ -113,6 +121,7 @@ def features(
     _check_out(out, "--out")
     mapper = _ray_mapper(workers, address)
     paths = _expand_inputs(images)
+    _refuse_inputs(out, "--out", *images)
 
     t0 = time.perf_counter()
     feats, ok, skipped = image_features(paths, use_cache=cache, progress=True, mapper=mapper)
@@ -179,6 +188,8 @@ def propagate(
         raise UserError("--masks labels seed tiles: use it with --tiles")
     _check_out(out, "--out")
     _check_out(json_out, "--json")
+    for path, what in ((out, "--out"), (json_out, "--json")):
+        _refuse_inputs(path, what, truth, labeled, unlabeled, masks)
     mapper = _ray_mapper(workers, address)
     if json_out is not None and json_out.resolve() == out.resolve():
         raise UserError("--json and --out name the same file")

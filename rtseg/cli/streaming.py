@@ -53,8 +53,11 @@ def stream(
     segmentation head's map); the call is averaged across frames (--call-smoothing) and the
     frame's mask is drawn only while the call says polyp.
     """
+    from rtseg.atomic import refuse_inputs
     from rtseg.shutdown import loop_shutdown
 
+    refuse_inputs(save, "--save", source)  # the source video itself: never overwritten
+    refuse_inputs(json_out, "--json", source)
     # flag mode from the start (rtseg.cli.main): a signal during the imports is not lost, one
     # during the model load stops it at once (run_stream writes the stats with 0 frames)
     with loop_shutdown() as stop:
@@ -95,8 +98,12 @@ def bench(
     threads: int = typer.Option(0, help="CPU threads for the segmenters (0: their default)."),
 ) -> None:
     """Time each runtime backend and the pytorch-grad-cam baseline (paper's Table 2 layout)."""
+    from rtseg.atomic import refuse_inputs
     from rtseg.live.bench import parse_batches, run_bench
+    from rtseg.model.bundle import BUNDLE_FILES
 
+    refuse_inputs(json_out, "--json", source, model)  # the video, an .onnx / .engine model
+    refuse_inputs(json_out, "--json", model, folder_kinds=BUNDLE_FILES)  # in a bundle folder
     _threads(threads)
     run_bench(model=model, backend=backend, size=size, batches=parse_batches(batch),
               frames=frames, source=source, device=device, baseline=not no_baseline,

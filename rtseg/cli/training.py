@@ -76,7 +76,10 @@ def train_cmd(
                          resume=resume, layer=parse_layer(layer), threshold=threshold,
                          workers=workers, precise_bn=precise_bn, arch=arch,
                          pretrained=pretrained, active_area=active_area)
-    result = train(config, progress=True)
+    from rtseg.atomic import removed_if_failed
+
+    with removed_if_failed(out):  # a failed first epoch leaves no empty --out folder
+        result = train(config, progress=True)
     if result.val_accuracy is not None:
         how = (f"best epoch {result.best_epoch}: val accuracy {result.val_accuracy:.3f}, "
                f"val loss {result.val_loss:.4f}")

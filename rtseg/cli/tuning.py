@@ -45,8 +45,16 @@ def tune(
     from rtseg.evaluate.tune import apply_best
     from rtseg.evaluate.tune import tune as run_tune
 
-    from rtseg.atomic import check_out_file
+    from rtseg.atomic import check_out_file, refuse_inputs
+    from rtseg.errors import UserError
+    from rtseg.imageio import IMAGE_EXTENSIONS
+    from rtseg.model.bundle import BUNDLE_FILES
+
+    if top < 1:
+        raise UserError(f"--top must be at least 1, got {top}")
     check_out_file(json_out, "--json")  # before the (long) tuning run
+    refuse_inputs(json_out, "--json", images, masks, folder_kinds=IMAGE_EXTENSIONS)
+    refuse_inputs(json_out, "--json", model, folder_kinds=BUNDLE_FILES)
     dev = resolve_device(device)
     bundle = load_bundle(model, dev)
     pairs, missing = pair_images_masks(images, masks)

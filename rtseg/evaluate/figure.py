@@ -18,8 +18,6 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from rtseg.atomic import atomic_path
-from rtseg.errors import UserError
 
 COLUMNS = ("image", "ground truth", "heat map", "mask")
 
@@ -109,16 +107,10 @@ def figure_grid(rows: Sequence[FigureRow], cell: tuple[int, int] = (180, 240), g
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     """Write an RGB (or single-channel) uint8 image atomically; the file name's extension
     picks the format (``.png`` expected; any format OpenCV writes works)."""
-    path = Path(path)
+    from rtseg.imageio import write_image
+
     img = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    with atomic_path(path) as tmp:
-        try:
-            ok = cv2.imwrite(str(tmp), img)
-        except cv2.error:
-            ok = False
-        if not ok:
-            raise UserError(f"cannot write image {path} (use a .png file name)")
-    return path
+    return write_image(path, img)
 
 
 def write_figure(path: str | os.PathLike, rows: Sequence[FigureRow], **kwargs) -> Path:

@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from rtseg.atomic import atomic_open, atomic_path
+from rtseg.atomic import atomic_open
 from rtseg.errors import UserError
 from rtseg.model.thresholds import ThresholdPolicy
 
@@ -160,11 +160,9 @@ def iter_predictions(bundle, paths: Sequence[Path], layer: int | str | None = No
 
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     """A bool mask as a 0/255 single-channel PNG, atomically."""
-    import cv2
+    from rtseg.imageio import write_image
 
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), np.asarray(mask, bool).astype(np.uint8) * 255):
-            raise UserError(f"cannot write mask {path}")
+    write_image(path, np.asarray(mask, bool).astype(np.uint8) * 255, "mask")
 
 
 def write_predictions_csv(path: str | os.PathLike, rows: Sequence[tuple[str, float]]) -> None:
@@ -173,6 +171,18 @@ def write_predictions_csv(path: str | os.PathLike, rows: Sequence[tuple[str, flo
         w.writerow(("path", "prob"))
         for name, prob in rows:
             w.writerow((name, f"{prob:.6f}"))
+
+
+def merged_rows(path: Path, rows: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """``rows`` added to those already in the predictions CSV ``path`` (a run that stopped
+    early never leaves fewer rows than an earlier run wrote; a row of this run wins)."""
+    old: dict[str, float] = {}
+    with contextlib.suppress(OSError, ValueError, KeyError, csv.Error, UnicodeDecodeError):
+        with open(path, newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                old[r["path"]] = float(r["prob"])
+    new = dict(rows)
+    return [(k, new.pop(k, v)) for k, v in old.items()] + list(new.items())
 
 
 @dataclass
@@ -187,6 +197,7 @@ class PredictSummary:
     heatmaps: Path | None = None
     interrupted: bool = False  # stopped early (``stop()``): masks and the CSV cover n_images
     n_total: int = 0  # images found
+    n_csv_rows: int = 0  # rows in predictions.csv (interrupted: an earlier run's rows kept)
 
 
 def predict_folder(bundle, images_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -233,16 +244,21 @@ def predict_folder(bundle, images_dir: str | os.PathLike, out_dir: str | os.Path
     except BaseException:
         if created and not rows:
             _remove_empty_tree(out)
+        elif rows:  # a full disk, a crash: the masks finished keep their rows (best effort)
+            with contextlib.suppress(Exception):
+                write_predictions_csv(out / PREDICTIONS_CSV,
+                                      merged_rows(out / PREDICTIONS_CSV, rows))
         raise
     if skipped:
         names = ", ".join(str(p) for p in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         warnings.warn(f"skipped {len(skipped)} unreadable image(s): {names}{more}", stacklevel=2)
     csv_path = out / PREDICTIONS_CSV
-    write_predictions_csv(csv_path, rows)
+    csv_rows = merged_rows(csv_path, rows) if interrupted else rows
+    write_predictions_csv(csv_path, csv_rows)
     return PredictSummary(out, len(rows), sum(p >= 0.5 for _, p in rows), lay, str(policy),
                           csv_path, skipped, out / HEATMAP_DIR if heatmaps else None,
-                          interrupted, len(paths))
+                          interrupted, len(paths), len(csv_rows))
 
 
 def _remove_empty_tree(path: Path) -> None:

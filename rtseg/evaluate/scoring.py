@@ -88,7 +88,7 @@ def run_eval(bundle, pairs: Iterable, layer: int | str | None = None,
     ``progress(n)`` is called with the number of pairs handled since its last call.
     """
     from rtseg.evaluate.figure import FigureRow
-    from rtseg.imageio import read_mask
+    from rtseg.imageio import check_mask_size, read_mask
     from rtseg.evaluate.predict import iter_predictions, resolve_settings
 
     pairs = as_pairs(pairs)
@@ -113,6 +113,7 @@ def run_eval(bundle, pairs: Iterable, layer: int | str | None = None,
             if progress is not None:
                 progress(1)
             continue
+        check_mask_size(truth, pred.image.shape, mpath, pred.path)
         s = scorer.add(pred.mask, truth)
         if base is not None:
             base.add(truth)

@@ -24,7 +24,7 @@ import torch
 
 from rtseg.evaluate.baselines import DEFAULT_RADII, beats, choose_radius, rounded, score_baselines
 from rtseg.model.gradcam import multi_layer_cams
-from rtseg.imageio import read_image, read_mask
+from rtseg.imageio import check_mask_size, read_image, read_mask
 from rtseg.evaluate.metrics import image_scores
 from rtseg.model.arch import num_blocks
 from rtseg.model.postprocess import refine
@@ -103,8 +103,11 @@ def tune(bundle, pairs: Sequence[tuple], layers: Sequence[int | str] | None = No
         it = track(it, description="CAMs of all layers")
     for i in it:
         chunk = pairs[i:i + batch_size]
-        views, boxes = network_views([read_image(p[0]) for p in chunk], m)
+        images = [read_image(p[0]) for p in chunk]
         masks = [read_mask(p[1]) for p in chunk]
+        for img, mk, (ip, mp) in zip(images, masks, chunk):
+            check_mask_size(mk, img.shape, mp, ip)
+        views, boxes = network_views(images, m)
         truths += [_truth_at(mk[b.y0:b.y1, b.x0:b.x1], S) for mk, b in zip(masks, boxes)]
         full_truths += [_truth_at(mk, S) for mk in masks]
         x = images_to_input(views, m, crop=False).to(device)

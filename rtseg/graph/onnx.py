@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from rtseg.atomic import atomic_path, ensure_parent
+from rtseg.atomic import atomic_path, check_free_space, ensure_parent
 from rtseg.errors import UserError, first_line
 from rtseg.graph.metadata import META_LAYER, META_MANIFEST, META_PRECISION, META_VERSION, graph_manifest
 
@@ -142,6 +142,8 @@ def export_onnx(bundle, path: str | os.PathLike, layer=None, fp16: bool = False,
             src = cached_onnx(bundle, layer, fp16, cache=cdir)
     if src is None:
         proto = onnx_model_proto(bundle, layer, fp16)
+    if src is not None:
+        check_free_space(path, Path(src).stat().st_size)  # its size is known: say so now
     with atomic_path(path) as tmp:
         if src is not None:
             shutil.copyfile(src, tmp)

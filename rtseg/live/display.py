@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rtseg.atomic import ensure_parent
+from rtseg.atomic import LOW_SPACE, ensure_parent, failed_write, free_bytes
 from rtseg.errors import UserError
 
 WINDOW = "rtseg stream"
@@ -91,8 +91,18 @@ class Window:
             cv2.waitKey(1)
 
 
+MAX_VIDEO_SIDE = 8191  # mp4v (MPEG-4 part 2, as ffmpeg codes it): at most 8191 pixels a side
+SPACE_CHECK_EVERY = 25  # frames between free-space checks while writing
+
+
 class VideoSink:
-    """cv2.VideoWriter (mp4v) opened at the first frame; later frames resized to its size."""
+    """cv2.VideoWriter (mp4v) opened at the first frame; later frames resized to its size.
+
+    OpenCV never reports a failed frame write: a full disk would leave a file that decodes to
+    nothing under the final name. So the free space is checked every few frames and the file
+    is checked once released (:meth:`finish`): a problem raises ``UserError`` and the atomic
+    writer keeps the earlier file.
+    """
 
     def __init__(self, path: Path, fps: float, shown_as: str) -> None:
         self.path = path
@@ -105,22 +115,60 @@ class VideoSink:
     def write(self, img: np.ndarray) -> None:
         h, w = img.shape[:2]
         if self._vw is None:
-            self.size = (w, h)
-            self._vw = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
-                                       self.fps, self.size)
-            if not self._vw.isOpened():
-                self._vw = None
-                raise UserError(f"OpenCV cannot write video {self.shown_as} "
-                                "(use a .mp4 or .avi name)")
+            self._open(w, h)
         if (w, h) != self.size:
             img = cv2.resize(img, self.size, interpolation=cv2.INTER_AREA)
+        if self.frames % SPACE_CHECK_EVERY == 0:
+            self._check_space()
         self._vw.write(img)
         self.frames += 1
+
+    def _check_space(self) -> None:
+        """Free space for the next frames (twice the size of the last checks' frames, at least
+        LOW_SPACE): else stop now with the disk's line, before OpenCV fails silently."""
+        free = free_bytes(Path(self.path).parent)
+        if free is None:
+            return
+        try:
+            per_frame = os.path.getsize(self.path) / self.frames if self.frames else 0.0
+        except OSError:
+            per_frame = 0.0
+        if free < max(LOW_SPACE, 2 * SPACE_CHECK_EVERY * per_frame):
+            raise UserError(f"no space left on device writing {self.shown_as}")
+
+    def _open(self, w: int, h: int) -> None:
+        if max(w, h) > MAX_VIDEO_SIDE:
+            raise UserError(f"frames of {w}x{h} are too large for a video file (mp4v codes at "
+                            f"most {MAX_VIDEO_SIDE} pixels a side): {self.shown_as}")
+        self.size = (w, h)
+        self._vw = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
+                                   self.fps, self.size)
+        if not self._vw.isOpened():
+            self._vw = None
+            raise failed_write(self.shown_as, self.path,
+                               f"OpenCV cannot write {w}x{h} frames to video {self.shown_as} "
+                               "(use a .mp4 or .avi name)")
 
     def release(self) -> None:
         if self._vw is not None:
             self._vw.release()
             self._vw = None
+
+    def finish(self) -> None:
+        """Release, then check the file decodes: UserError (the disk's line when it is full)."""
+        self.release()
+        if self.frames and not video_decodes(self.path):
+            raise failed_write(self.shown_as, self.path,
+                               f"OpenCV wrote a video that does not decode: {self.shown_as}")
+
+
+def video_decodes(path: str | Path) -> bool:
+    """True when OpenCV opens ``path`` and reads its first frame."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return bool(cap.isOpened() and cap.read()[0])
+    finally:
+        cap.release()
 
 
 def check_json_path(path: str) -> Path:

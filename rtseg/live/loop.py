@@ -282,6 +282,8 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
                 if interrupted:
                     raise _NothingSaved
                 raise UserError(f"no frame could be read from {info.describe()}; nothing saved")
+            if sink is not None:
+                sink.finish()  # a full disk: UserError, the earlier video is kept
     except _NothingSaved:
         saved = None
     elapsed = time.perf_counter() - t_start

@@ -23,6 +23,8 @@ from rtseg.errors import UserError, brief
 from rtseg.model.arch import ARCHS, num_blocks
 from rtseg.model.manifest import MANIFEST, WEIGHTS, Manifest
 
+BUNDLE_FILES = (".json", ".pt", ".onnx", ".engine")  # kinds of file a bundle folder holds
+
 
 def build_model(arch: str = "efficientnet-b1", pretrained: bool = False, head: dict | None = None):
     """EfficientNet with one output logit ("polyp"), traceable activations, no download.

@@ -82,6 +82,10 @@ class Manifest:
         known = {f.name for f in dataclasses.fields(cls)}
         try:
             return cls(**{k: v for k, v in d.items() if k in known})
+        except UserError as exc:  # a field's own check (cam_layer for the arch, head...)
+            if source in str(exc):
+                raise
+            raise UserError(f"{source}: {exc}") from None
         except (TypeError, ValueError, KeyError) as exc:
             raise UserError(f"{source} is invalid: {exc}") from None
 

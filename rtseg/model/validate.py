@@ -46,6 +46,26 @@ def _check_triple(d: dict, source: str, name: str, positive: bool) -> None:
         _fail(source, name, what, v)
 
 
+def check_input_size(size: Any, option: str = "--size") -> int:
+    """A network input size option in the manifest's range (checked before any work)."""
+    lo, hi = INPUT_SIZE_RANGE
+    if not _is_int(size) or not lo <= size <= hi:
+        raise UserError(f"{option} must be {lo}..{hi} pixels (a model's input_size), "
+                        f"not {_show(size)}")
+    return size
+
+
+def _check_threshold(t: dict, source: str) -> None:
+    from rtseg.model.thresholds import KINDS
+
+    if t.get("kind") not in KINDS:
+        _fail(source, "threshold.kind", " or ".join(KINDS), t.get("kind"))
+    for key in ("lo", "hi"):
+        v = t.get(key)
+        if v is not None and (not _is_number(v) or not 0.0 <= v <= 1.0):
+            _fail(source, f"threshold.{key}", "a number in [0, 1]", v)
+
+
 def validate_manifest_dict(d: dict, source: str) -> None:
     """Raise :class:`UserError` (one line: the field and ``source``) for a malformed manifest.
 
@@ -73,6 +93,10 @@ def validate_manifest_dict(d: dict, source: str) -> None:
             _fail(source, "cam_layer", "a block index or 'head'", v)
     if "threshold" in d and not isinstance(d["threshold"], (str, dict)):
         _fail(source, "threshold", "a policy string ('above 0.5') or object", d["threshold"])
+    if isinstance(d.get("threshold"), dict):
+        _check_threshold(d["threshold"], source)
+    if d.get("head") is not None and not isinstance(d["head"], dict):
+        _fail(source, "head", "an object (the head's settings) or null", d["head"])
     if "class_names" in d:
         v = d["class_names"]
         if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(isinstance(x, str) for x in v):
@@ -95,4 +119,5 @@ def validate_manifest_dict(d: dict, source: str) -> None:
         _fail(source, "rtseg_version", "a string", d["rtseg_version"])
 
 
-__all__ = ["validate_manifest_dict", "INPUT_SIZE_RANGE", "MAX_CALL_SMOOTHING"]
+__all__ = ["validate_manifest_dict", "check_input_size", "INPUT_SIZE_RANGE",
+           "MAX_CALL_SMOOTHING"]

@@ -147,11 +147,16 @@ def read_truth_csv(path: str | os.PathLike) -> dict[str, str]:
                 raise UserError(f"truth CSV {path} needs the columns path,label (has: "
                                 f"{','.join(cols) or 'none'})")
             out: dict[str, str] = {}
+            line_of: dict[str, int] = {}
             for i, row in enumerate(reader, start=2):
                 row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
                 if row["label"] not in CLASS_NAMES:
                     raise UserError(f"truth CSV {path} line {i}: label must be polyp or "
                                     f"non_polyp, got {row['label']!r}")
+                if row["path"] in line_of:
+                    raise UserError(f"truth CSV {path} line {i}: {row['path']} is listed "
+                                    f"again (first on line {line_of[row['path']]})")
+                line_of[row["path"]] = i
                 out[row["path"]] = row["label"]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"cannot read truth CSV {path}: {exc}") from None

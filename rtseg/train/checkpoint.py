@@ -30,6 +30,9 @@ def load_init_state(path: Path, model) -> int:
     p = Path(path)
     if p.is_dir():
         p = p / WEIGHTS
+        if not p.is_file():
+            raise UserError(f"--init {path} is a folder without {WEIGHTS}: give a weights "
+                            "file or a model bundle folder")
     if not p.is_file():
         raise UserError(f"--init checkpoint not found: {path}")
     try:

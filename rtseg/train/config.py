@@ -12,13 +12,13 @@ from typing import Any
 from rtseg.errors import UserError
 from rtseg.model.arch import ARCHS, IMAGENET_MEAN, IMAGENET_STD, check_layer, num_blocks
 from rtseg.model.manifest import Manifest
+from rtseg.model.validate import check_input_size
 from rtseg.model.thresholds import ThresholdPolicy
 from rtseg.train.data import AugmentConfig
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "rtseg-train-checkpoint"
 CHECKPOINT_VERSION = 1
-MIN_SIZE = 32  # EfficientNet downsamples by 32
 
 
 @dataclass
@@ -86,8 +86,7 @@ class TrainConfig:
         for name in ("epochs", "batch"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"--{name} must be at least 1, not {getattr(self, name)}")
-        if self.size < MIN_SIZE:
-            raise UserError(f"--size must be at least {MIN_SIZE}, not {self.size}")
+        check_input_size(self.size)  # the manifest's range: never a huge allocation
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"--lr must be a positive number, not {self.lr}")
         if self.val < 0:

@@ -64,7 +64,7 @@ def read_labels_csv(path: str | os.PathLike, check_files: bool = True) -> list[L
 
     Checks: the file exists and is a CSV with ``path`` and ``label`` columns, at least one
     row, labels in {polyp, non_polyp}, well-formed tile references, no path given two
-    different labels, and (``check_files``) every image file exists.
+    different labels nor listed twice, and (``check_files``) every image file exists.
     """
     path = Path(path)
     if not path.exists():
@@ -92,6 +92,7 @@ def read_labels_csv(path: str | os.PathLike, check_files: bool = True) -> list[L
     bad_labels: list[str] = []
     bad_tiles: list[str] = []
     seen: dict[str, str] = {}
+    first_line_of: dict[str, int] = {}
     conflicts: list[str] = []
     for lineno, raw in enumerate(rows, start=2):
         row = {(k or "").strip().lower(): (v or "").strip() if isinstance(v, str) else ""
@@ -114,7 +115,11 @@ def read_labels_csv(path: str | os.PathLike, check_files: bool = True) -> list[L
         key = tile_ref(resolved, tile)
         if key in seen and seen[key] != label:
             conflicts.append(ref)
+        elif key in seen:
+            raise UserError(f"labels CSV {path} line {lineno}: {ref} is listed again (first "
+                            f"on line {first_line_of[key]}); each image once")
         seen[key] = label
+        first_line_of.setdefault(key, lineno)
         items.append(LabeledItem(ref, resolved, tile, label, row.get("source", ""),
                                  row.get("round", "")))
     if bad_labels:
