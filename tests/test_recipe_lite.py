@@ -181,15 +181,35 @@ def test_closeup_negatives_come_from_training_frames_only(data_folder, tmp_path,
     assert z1 and all(k.endswith("#z0") for k in z1)
 
 
+def assert_bundle_is_the_fit(f, out, data_folder, tmp_path):
+    """The written bundle computes the frame probabilities and maps that the recipe scored for
+    fit ``f`` from cached features (fp16 weights in the bundle: small tolerances)."""
+    import rtseg.recipes.lite as rl
+    import rtseg.recipes.lite_fit as rlf
+    from rtseg.imageio import read_image
+    from rtseg.runtime import create_segmenter
+
+    items = rl.load_all(data_folder)
+    store = rl.open_store(items, tmp_path / "cache")
+    its = items["kvasir"][:3] + items["pg_neg"][:3]
+    c = store.get([str(it.image) for it in its])
+    prob, maps = rlf.maps_of(f, c, rlf.SIZE, True, True)
+    seg = create_segmenter(out, backend="torch-eager", device="cpu")
+    got = [seg(np.ascontiguousarray(read_image(it.image)[None, ..., ::-1])) for it in its]
+    p = np.concatenate([o.prob for o in got])
+    assert np.abs(p - prob).max() < 3e-2, (p, prob)
+    assert np.array_equal(p > 0.5, prob > 0.5)
+    cam = np.concatenate([o.cam for o in got])
+    assert cam.shape == maps.shape and np.abs(cam - maps).mean() < 2e-2
+
+
 def test_fine_tuned_top_travels_into_the_bundle(data_folder, tmp_path, monkeypatch):
     """Variant top_epochs: the bundle's network (ImageNet backbone with the fine-tuned top
     installed) computes the frame probabilities and maps the recipe scored from cached features."""
     import rtseg.recipes.lite as rl
     import rtseg.recipes.lite_data as rld
     import rtseg.recipes.lite_fit as rlf
-    from rtseg.imageio import read_image
     from rtseg.model.bundle import build_model, load_bundle
-    from rtseg.runtime import create_segmenter
 
     monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
     v = rlf.Variant("top", agree=True, head_all_pg_neg=True, top_epochs=2, epochs=2, selftrain=False)
@@ -211,18 +231,7 @@ def test_fine_tuned_top_travels_into_the_bundle(data_folder, tmp_path, monkeypat
     assert np.allclose(w(b.model._blocks[20]._project_conv), w(f.top.blocks[5]._project_conv), atol=1e-3)
     assert np.allclose(w(b.model._blocks[14]._project_conv), w(imagenet._blocks[14]._project_conv),
                        atol=1e-3)  # the frozen part stays ImageNet's
-    items = rl.load_all(data_folder)
-    store = rl.open_store(items, tmp_path / "cache")
-    its = items["kvasir"][:3] + items["pg_neg"][:3]
-    c = store.get([str(it.image) for it in its])
-    prob, maps = rlf.maps_of(f, c, rlf.SIZE, True, True)
-    seg = create_segmenter(out, backend="torch-eager", device="cpu")
-    got = [seg(np.ascontiguousarray(read_image(it.image)[None, ..., ::-1])) for it in its]
-    p = np.concatenate([o.prob for o in got])
-    assert np.abs(p - prob).max() < 3e-2, (p, prob)  # fp16 weights in the bundle
-    assert np.array_equal(p > 0.5, prob > 0.5)
-    cam = np.concatenate([o.cam for o in got])
-    assert cam.shape == maps.shape and np.abs(cam - maps).mean() < 2e-2
+    assert_bundle_is_the_fit(f, out, data_folder, tmp_path)
 
 
 def test_clips_play_each_sequence_in_frame_order():
@@ -286,9 +295,7 @@ def test_end_to_end_fine_tuned_network_travels_into_the_bundle(data_folder, tmp_
     import rtseg.recipes.lite as rl
     import rtseg.recipes.lite_data as rld
     import rtseg.recipes.lite_fit as rlf
-    from rtseg.imageio import read_image
     from rtseg.model.bundle import build_model, load_bundle
-    from rtseg.runtime import create_segmenter
 
     monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
     v = rlf.Variant("ft", agree=True, head_all_pg_neg=True, finetune_steps=3, epochs=2, selftrain=False)
@@ -308,15 +315,4 @@ def test_end_to_end_fine_tuned_network_travels_into_the_bundle(data_folder, tmp_
     assert not np.allclose(w(f.top.blocks[7]._project_conv), w(imagenet._blocks[14]._project_conv))  # trained
     assert np.allclose(w(b.model._blocks[14]._project_conv), w(f.top.blocks[7]._project_conv), atol=1e-3)
     assert np.allclose(w(b.model._blocks[6]._project_conv), w(imagenet._blocks[6]._project_conv), atol=1e-3)
-    items = rl.load_all(data_folder)
-    store = rl.open_store(items, tmp_path / "cache")
-    its = items["kvasir"][:3] + items["pg_neg"][:3]
-    c = store.get([str(it.image) for it in its])
-    prob, maps = rlf.maps_of(f, c, rlf.SIZE, True, True)
-    seg = create_segmenter(out, backend="torch-eager", device="cpu")
-    got = [seg(np.ascontiguousarray(read_image(it.image)[None, ..., ::-1])) for it in its]
-    p = np.concatenate([o.prob for o in got])
-    assert np.abs(p - prob).max() < 3e-2, (p, prob)  # fp16 weights in the bundle
-    assert np.array_equal(p > 0.5, prob > 0.5)
-    cam = np.concatenate([o.cam for o in got])
-    assert cam.shape == maps.shape and np.abs(cam - maps).mean() < 2e-2
+    assert_bundle_is_the_fit(f, out, data_folder, tmp_path)
