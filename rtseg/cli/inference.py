@@ -33,7 +33,7 @@ precision; --reduction per-image (default: the Medico 2021 scorer's mean over im
 micro (pixels pooled over the set). Empty masks: a ratio whose denominator is 0 counts as 0,
 as in the Medico 2021 scorer (an empty prediction of an empty truth scores 0 except accuracy).
 A prediction is resized (nearest) to its truth mask's size. Also prints the polyp
-classification accuracy (prob >= 0.5 against 'the mask is not empty'), and beside the model
+classification accuracy (prob > 0.5 against 'the mask is not empty'), and beside the model
 two constant masks scored on the same images: a centred ellipse (radii r*W, r*H; r as chosen
 by 'rtseg tune --write', else 0.25) and the all-foreground mask, with a warning when the
 model does not beat them. --json writes the scores (keys accuracy, jaccard, dice, f1, recall,
@@ -130,7 +130,7 @@ def predict(
                                progress=lambda k: prog.advance(task, k),
                                stop=lambda: stop.requested)
     Console().print(
-        f"wrote {s.n_images} mask(s) to {s.out} ({s.n_polyp} with polyp prob >= 0.5; "
+        f"wrote {s.n_images} mask(s) to {s.out} ({s.n_polyp} with polyp prob > 0.5; "
         f"layer {s.layer}, threshold {s.threshold}, {dev})"
         + (f", heat maps in {s.heatmaps}" if s.heatmaps else "")
         + f"; probabilities in {s.csv} [{time.perf_counter() - t0:.1f} s]")

@@ -190,8 +190,7 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
     """Run the benchmark; print the table; return (and optionally write) the results."""
     from rtseg.atomic import check_out_file, write_json
     from rtseg.model.bundle import resolve_device
-    from rtseg.runtime.loader import (backends_here, create, default_model_available,
-        untrained_fallback_bundle)
+    from rtseg.runtime.loader import backends_here, check_model, create
     from rtseg.ui import make_console
 
     console = console or make_console()
@@ -216,12 +215,7 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
     else:
         backends = [backend]
 
-    keep = None
-    untrained = False
-    if model is None and not default_model_available():
-        model, keep = untrained_fallback_bundle(size or 224, calibrate=False,
-                                                say=lambda m: console.print(m, markup=False))
-        untrained = True
+    check_model(model)
 
     mode = "loop" if source else "model"
     frame_pool = None if source else generated_frames()
@@ -256,8 +250,7 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
                 bench_one(seg, "baseline", "baseline")
                 seg.close()
     finally:
-        if keep is not None:
-            keep.cleanup()
+        pass
 
     base = {r["batch"]: r["Med-time"] for r in rows if r["kind"] == "baseline"}
     for r in rows:
@@ -272,7 +265,7 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
         "device_name": device_name(dev), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "frame_size": [FRAME_HW[1], FRAME_HW[0]] if not source else None,
-        "untrained_model": untrained, "rows": rows, "paper": paper,
+        "rows": rows, "paper": paper,
     }
     print_bench(console, result)
     if json_path:
@@ -320,6 +313,4 @@ def print_bench(console, result: dict[str, Any]) -> None:
                   f"({result['torch_threads']} threads); "
                   f"{result['frames_per_row']} frames per row; the paper's rows ran on its own "
                   "hardware (Av-time derived from its fps)", markup=False)
-    if result["untrained_model"]:
-        console.print("note: no trained model given or shipped: timed an untrained network "
-                      "(speed does not depend on the weights)", markup=False)
+

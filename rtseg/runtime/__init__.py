@@ -131,10 +131,9 @@ def create_segmenter(model=None, backend: str = "auto", device: str = "auto",
         fp16 = False if kind in ("bundle", "bundle-object") else fp16
     seg = _build(chosen, model, kind, dev, fp16, layer, options, resolve_bundle)
     seg.backend = chosen
-    if getattr(seg.manifest, "active_area", False):
-        from rtseg.runtime.active import ActiveAreaSegmenter
+    from rtseg.runtime.active import ViewSegmenter
 
-        seg = ActiveAreaSegmenter(seg)
+    seg = ViewSegmenter(seg)  # the frame's active area, resized once on the CPU
     if backend == "auto":
         log.info("backend auto -> %s", seg.describe())
     return seg
