@@ -28,7 +28,9 @@ def test_bench_model_rows_and_json(bundle_dir, tmp_path, capsys):
     assert code == 0, err
     r = json.loads(js.read_text())
     rows = {x["label"]: x for x in r["rows"]}
-    assert set(rows) == {"torch b1", "torch b2", "baseline b1", "baseline b2"}
+    hd = [f"torch b{b} 1920x1080{s}" for b in (1, 2) for s in ("", " in-graph resize")]
+    assert set(rows) == {"torch b1", "torch b2", "baseline b1", "baseline b2", *hd}
+    assert rows["torch b1 1920x1080"]["frame"] == "1920x1080" and rows["torch b1"]["frame"] == "384x288"
     for x in rows.values():
         for k in TABLE2_FIELDS:
             assert x[k] > 0

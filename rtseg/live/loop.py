@@ -54,7 +54,7 @@ class StreamConfig(FrameOptions):
     max_frames: int | None = None
     json: str | None = None
     loop: bool = False
-    queue_size: int = 4  # decoded frames waiting (files; a live source keeps only the newest)
+    queue_size: int = 2  # decoded frames waiting (files; a live source keeps only the newest)
     reconnect_retries: int = 3  # live sources: reopen attempts after a failure
     reconnect_delay: float = 0.5  # seconds before the first attempt (doubling)
     log_every: float = 5.0  # seconds between progress lines; 0 = none

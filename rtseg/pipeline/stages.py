@@ -25,7 +25,7 @@ class InferenceStage:
     seconds)`` is called in this thread after each batch."""
 
     def __init__(self, reader, runner, batch: int = 1, limit: int | None = None,
-                 queue_size: int = 2, on_batch: Callable | None = None) -> None:
+                 queue_size: int = 1, on_batch: Callable | None = None) -> None:
         self.reader, self.runner = reader, runner
         self.batch, self.limit = max(1, int(batch)), limit
         self.on_batch = on_batch
