@@ -123,3 +123,22 @@ def test_one_call_rule():
 
     assert is_polyp(0.5000001) and not is_polyp(0.5) and not is_polyp(np.float32(0.5))
     assert list(is_polyp(np.array([0.2, 0.5, 0.7]))) == [False, False, True]
+
+
+def test_batch_workers_run_the_same_view_as_every_segmenter(calibrated_bundle, onnx_cache):
+    """rtseg batch's workers build their ONNX segmenter themselves: it must sit behind the same
+    view (they once ran the whole frame, margins and all, through the graph)."""
+    from rtseg.batch.run import build_segmenter
+    from rtseg.graph.onnx import cached_onnx
+    from rtseg.runtime import create_segmenter
+    from rtseg.runtime.active import ViewSegmenter
+
+    path = cached_onnx(calibrated_bundle, 14, cache=onnx_cache)
+    payload = {"files": {path.name: path.read_bytes()}, "entry": path.name,
+               "backend": "onnxruntime", "device": "cpu", "layer": None}
+    worker = build_segmenter(payload, threads=1)
+    assert isinstance(worker, ViewSegmenter)
+    frames = np.stack(_frames()[:2])
+    a, b = worker(frames), create_segmenter(str(path), "onnxruntime", "cpu")(frames)
+    np.testing.assert_array_equal(a.prob, b.prob)
+    np.testing.assert_array_equal(a.cam, b.cam)
