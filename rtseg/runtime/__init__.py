@@ -17,7 +17,9 @@
 - ``fp16``: None = the backend's default (fp16 on CUDA, fp32 on CPU, where fp16 only costs);
 - ``layer``: CAM layer (None = the manifest's; an exported file computes one layer).
 
-See :mod:`rtseg.runtime.base` for the call convention. Bad input raises UserError.
+Every segmenter returned sits behind :class:`rtseg.runtime.active.ViewSegmenter` (the frame's
+active area, resized once on the CPU). See :mod:`rtseg.runtime.base` for the call convention.
+Bad input raises UserError.
 """
 
 from __future__ import annotations
