@@ -142,3 +142,14 @@ def test_batch_workers_run_the_same_view_as_every_segmenter(calibrated_bundle, o
     a, b = worker(frames), create_segmenter(str(path), "onnxruntime", "cpu")(frames)
     np.testing.assert_array_equal(a.prob, b.prob)
     np.testing.assert_array_equal(a.cam, b.cam)
+
+
+def test_a_missing_default_model_is_one_error_line(monkeypatch, capsys):
+    """No stand-in network: without the shipped model (and no --model) every command stops."""
+    from helpers import run_cli
+
+    monkeypatch.setattr("rtseg.runtime.loader.default_model_available", lambda: False)
+    for args in (["stream", "--headless", "--max-frames", "1"], ["bench", "--frames", "1"]):
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and err.startswith("error: the default model is missing"), err
+        assert err.strip().count("\n") == 0
