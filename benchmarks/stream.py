@@ -10,9 +10,15 @@ overlay, headless, no video written), and reports:
   looped): growth from the first frame to the end, and from frame 1000 on (after allocator
   warm-up). Target: < 50 MB over 10,000 frames.
 
+With ``--sizes`` it instead times ``rtseg stream --headless`` on a 384 x 288 and a 1920 x 1080
+clip of the same frames against the segmenter alone (``rtseg bench``), this checkout and
+``--old-root`` interleaved (:mod:`stream_sizes`).
+
 Example::
 
     python benchmarks/stream.py ../shared/data --frames 428 --long 10000 --json stream_bench.json
+    python benchmarks/stream.py ../shared/data --sizes --old-root /tmp/old-main --reps 3 \
+        --backend onnxruntime --json sizes.json
 """
 
 from __future__ import annotations
@@ -119,11 +125,9 @@ def run(args: argparse.Namespace) -> dict:
                 console.print(f"clip saved to {args.save_clip}", markup=False)
                 if args.clip_only:
                     return {"clip": str(args.save_clip), "clip_frames": n_clip}
-        seg, untrained = load_segmenter(args.model, args.backend, args.device,
-                                        say=lambda m: console.print(m, markup=False),
-                                        threads=args.threads)
-        console.print(f"segmenter: {seg.describe()}, input {seg.manifest.input_size}"
-                      + (" (UNTRAINED: speed only)" if untrained else ""), markup=False)
+        seg = load_segmenter(args.model, args.backend, args.device,
+                             say=lambda m: console.print(m, markup=False), threads=args.threads)
+        console.print(f"segmenter: {seg.describe()}, input {seg.manifest.input_size}", markup=False)
 
         def stream(n_frames: int, sampler=None) -> dict:
             cfg = StreamConfig(source=str(clip), headless=True, max_frames=n_frames, loop=True,
@@ -189,7 +193,7 @@ def run(args: argparse.Namespace) -> dict:
 
     result = {"data_dir": args.data_dir, "clip": args.clip, "clip_frames": n_clip, "clip_size": list(CLIP_WH),
               "backend": seg.name, "device": seg.device, "input_size": seg.manifest.input_size,
-              "untrained_model": untrained, "batch": args.batch,
+              "batch": args.batch,
               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
               "runs": runs, "memory": mem,
               "targets": {"fps": TARGET_FPS, "rss_growth_mb": TARGET_RSS_MB}}
@@ -197,6 +201,26 @@ def run(args: argparse.Namespace) -> dict:
         write_json(args.json, result)
         console.print(f"wrote {args.json}", markup=False)
     return result
+
+
+def _sizes(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from rtseg.atomic import ensure_parent, write_json
+    from stream_sizes import run_sizes
+
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    try:
+        if args.json:
+            ensure_parent(args.json)
+        frames = [p for _, p in cvc_frames(Path(args.data_dir))]
+        result = run_sizes(args, frames, console)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        write_json(args.json, result)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,7 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU threads: torch intra-op and the segmenter's (0: default)")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--sizes", action="store_true",
+                    help="384x288 and 1920x1080 clips vs the segmenter alone (see the doc)")
+    ap.add_argument("--old-root", default=None,
+                    help="with --sizes: also time this older checkout, interleaved")
+    ap.add_argument("--reps", type=int, default=3, help="with --sizes: repetitions")
     args = ap.parse_args(argv)
+    if args.sizes:
+        if not args.data_dir:
+            ap.error("--sizes needs DATA_DIR")
+        return _sizes(args)
     if not args.clip and not args.data_dir:
         ap.error("give DATA_DIR (to build the clip) or --clip FILE")
     if args.clip_only and not args.save_clip:

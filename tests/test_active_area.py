@@ -1,11 +1,11 @@
-"""The endoscope's active area: detection, inset blanking, mapping back, the stream cache."""
+"""The endoscope's active area: detection, inset blanking, mapping back, the network's view."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from rtseg.model.active_area import Box, BoxCache, crop, detect_box, inset_box, paste, prepare
+from rtseg.model.active_area import Box, crop, detect_box, inset_box, paste, prepare
 
 
 def _video_frame(h=360, w=640, black=16, fov=(184, 0, 636, 360), inset=True, text=True, seed=0):
@@ -72,37 +72,52 @@ def test_prepare_off_is_the_identity():
     assert view is img and box == Box(0, 0, 640, 360)
 
 
-def test_box_cache_detects_once_then_every_n_frames_and_on_size_change(monkeypatch):
-    import rtseg.model.active_area as aa
-
-    calls = []
-    real = aa.detect_box
-    monkeypatch.setattr(aa, "detect_box", lambda f: calls.append(f.shape) or real(f))
-    cache = BoxCache(every=3)
-    f = _video_frame()
-    for _ in range(7):
-        cache(f)
-    assert len(calls) == 3  # frames 1, 4, 7
-    cache(_video_frame(h=288, w=384, fov=(40, 10, 344, 278)))
-    assert len(calls) == 4
-
-
-def test_warmup_does_not_leave_its_box_for_the_stream():
-    """The warm-up's noise frames are lit everywhere: the first real frame must find its own box."""
+def test_every_frame_finds_its_own_box_however_the_view_moves():
+    """A stream's frame is cut to its own active area, as ``rtseg predict`` cuts the same frame:
+    a box held over from earlier frames made the two disagree (by up to 0.37 in probability on
+    a 1080p clip whose field of view moved)."""
     from rtseg.model.manifest import Manifest
-    from rtseg.runtime.active import ActiveAreaSegmenter
+    from rtseg.runtime.active import ViewSegmenter
     from rtseg.runtime.base import Segmenter, SegOutput
+
+    seen = []
 
     class Inner(Segmenter):
         name, device = "fake", "cpu"
-        manifest = Manifest(input_size=16)
+        manifest = Manifest(input_size=16, active_area=True)
 
         def __call__(self, frames):
+            seen.append(frames.shape)
             z = np.zeros((len(frames), 16, 16), np.float32)
             return SegOutput(np.zeros(len(frames), np.float32), z, z.astype(np.uint8))
 
-    seg = ActiveAreaSegmenter(Inner())
-    f = _video_frame()
-    seg.warmup(*f.shape[:2])
-    b = seg(f[None]).boxes[0]
-    assert b == detect_box(f) and b.x0 > 150  # the octagon, not the noise frame's whole area
+    seg = ViewSegmenter(Inner())
+    a, b = _video_frame(), _video_frame(fov=(40, 0, 400, 360), inset=False)
+    seg.warmup(*a.shape[:2])  # noise frames first: lit everywhere
+    boxes = seg(np.stack([a, b, a])).boxes
+    assert boxes == [detect_box(a), detect_box(b), detect_box(a)]
+    assert boxes[0].x0 > 150 and boxes[1].x1 < 420
+    assert seen[-1] == (3, 16, 16, 3)  # the graph gets the S x S views, whatever the frame size
+
+
+def test_network_view_is_the_crop_resized_once():
+    from rtseg.model.active_area import network_view
+
+    img = _video_frame()
+    view, box = network_view(img, 32)
+    assert box == detect_box(img) and view.shape == (32, 32, 3) and view.dtype == np.uint8
+    want = cv2.resize(crop(img, box), (32, 32), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(view, want)
+    whole, full = network_view(img, 32, active_area=False)
+    assert full == Box(0, 0, 640, 360) and whole.shape == (32, 32, 3)
+
+
+def test_fast_detection_matches_the_numpy_definition():
+    """detect_box's channel max and 2nd percentile (OpenCV, a histogram) are numpy's exactly."""
+    from rtseg.model.active_area import _percentile_u8
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        v = rng.integers(0, 256, (rng.integers(1, 40), rng.integers(1, 40)), dtype=np.uint8)
+        for q in (0, 2, 50, 97.5, 100):
+            assert abs(_percentile_u8(v, q) - np.percentile(v, q)) < 1e-9

@@ -28,7 +28,9 @@ def test_bench_model_rows_and_json(bundle_dir, tmp_path, capsys):
     assert code == 0, err
     r = json.loads(js.read_text())
     rows = {x["label"]: x for x in r["rows"]}
-    assert set(rows) == {"torch b1", "torch b2", "baseline b1", "baseline b2"}
+    hd = [f"torch b{b} 1920x1080{s}" for b in (1, 2) for s in ("", " in-graph resize")]
+    assert set(rows) == {"torch b1", "torch b2", "baseline b1", "baseline b2", *hd}
+    assert rows["torch b1 1920x1080"]["frame"] == "1920x1080" and rows["torch b1"]["frame"] == "384x288"
     for x in rows.values():
         for k in TABLE2_FIELDS:
             assert x[k] > 0
@@ -70,7 +72,7 @@ def test_baseline_matches_the_eager_cam_and_computes_weight_grads(bundle_dir):
     frames = np.stack(list(clip_frames(2, (72, 96))))
     base = PytorchGradCamBaseline(load_bundle(bundle_dir))
     eager = create_segmenter(bundle_dir, "torch", "cpu")
-    b, e = base(frames), eager(frames)
+    b, e = base(eager.views(frames)[0]), eager(frames)  # the same S x S views
     assert b.cam.shape == e.cam.shape == (2, 64, 64) and b.mask.dtype == np.uint8
     assert b.cam.min() >= 0 and b.cam.max() <= 1.0 + 1e-6
     np.testing.assert_allclose(b.prob, e.prob, rtol=1e-4, atol=1e-6)

@@ -40,7 +40,10 @@ def frames():
 
 @pytest.fixture(scope="module")
 def reference(calibrated_bundle, frames):
-    seg = EagerSegmenter(calibrated_bundle, "cpu", 14)
+    from rtseg.runtime.active import ViewSegmenter
+
+    # the eager reference behind the view every created segmenter has (the frame resized once)
+    seg = ViewSegmenter(EagerSegmenter(calibrated_bundle, "cpu", 14))
     try:
         return seg(frames)
     finally:
@@ -80,8 +83,10 @@ def test_onnx_file_and_auto_logs(onnx_file, frames, reference, caplog):
 
 
 def test_bundle_object_and_layer(calibrated_bundle, frames):
+    from rtseg.runtime.active import ViewSegmenter
+
     seg = create_segmenter(calibrated_bundle, "torch-fused", "cpu", layer="head")
-    ref = EagerSegmenter(calibrated_bundle, "cpu", "head")
+    ref = ViewSegmenter(EagerSegmenter(calibrated_bundle, "cpu", "head"))
     close(seg(frames), ref(frames))
     ref.close()
 

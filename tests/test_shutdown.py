@@ -147,7 +147,7 @@ def test_stream_signal_while_the_model_loads_stops_at_once(video, tmp_path, monk
 
 def test_stream_cli_ctrl_c_exits_130_with_the_summary(video, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("rtseg.live.loop.load_segmenter",
-                        lambda *a, **k: (KillSeg(signal.SIGINT, at=6), False))
+                        lambda *a, **k: KillSeg(signal.SIGINT, at=6))
     js = tmp_path / "s.json"
     code, out, err = run_cli(["stream", "--source", video, "--headless", "--json", js,
                               "--log-every", "0"], capsys)
@@ -249,9 +249,9 @@ def test_predict_signal_while_the_model_loads_writes_nothing(images, tmp_path, c
 
 def test_eval_sigterm_is_one_line_and_writes_nothing(bundle_dir, images, tmp_path, capsys,
                                                      monkeypatch):
-    import rtseg.model.cam as C
+    from rtseg.pipeline.runner import Runner
 
-    real, calls = C.cam_images, []
+    real, calls = Runner.__call__, []
 
     def cams_then_kill(*a, **k):
         calls.append(1)
@@ -259,7 +259,7 @@ def test_eval_sigterm_is_one_line_and_writes_nothing(bundle_dir, images, tmp_pat
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*a, **k)
 
-    monkeypatch.setattr(C, "cam_images", cams_then_kill)
+    monkeypatch.setattr(Runner, "__call__", cams_then_kill)
     js = tmp_path / "m.json"
     code, _, err = run_cli(["eval", "--model", bundle_dir, "--images", images[0], "--masks",
                             images[1], "--json", js, "--batch", "2", "--device", "cpu"], capsys)

@@ -21,6 +21,7 @@ from rtseg.live.loop import StreamConfig, run_stream
 from rtseg.live.smoothing import CallSmoother, CamSmoother
 from rtseg.synthetic import clip_frames, write_video
 from rtseg.model.thresholds import ThresholdPolicy
+from rtseg.model.cam import cam_to_mask
 
 N_FRAMES = 30
 SIZE = (64, 96)  # (H, W) of the generated clips
@@ -86,7 +87,9 @@ def test_video_headless_save_and_json(bundle_dir, video, tmp_path, capsys):
     assert {"decode", "infer", "overlay", "write"} <= set(s["stages_ms"])
     assert s["backend"] == "torch-eager" and s["device"] == "cpu"
     assert s["source"] == str(video) and s["model_input_size"] == 64
-    assert s["untrained_model"] is False
+    lat = s["latency_ms"]  # capture -> overlay ready, every frame
+    assert lat["count"] == N_FRAMES and 0 < lat["median"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert "latency capture -> overlay ready" in stdout
     assert "Av-fps" in stdout and "Mi-time" in stdout
     assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
 
@@ -221,15 +224,11 @@ def test_smoother_is_an_ema_across_batches():
         state = c.copy() if state is None else a * state + (1 - a) * c
         expect.append(state)
     expect = np.stack(expect)
-    sm = CamSmoother(a, policy)
-    got_c, got_m = zip(*(sm(cams[i:j], (cams[i:j] > 0.5).astype(np.uint8))
-                         for i, j in ((0, 3), (3, 4), (4, 7))))
+    sm = CamSmoother(a)
+    got_c = [sm(cams[i:j]) for i, j in ((0, 3), (3, 4), (4, 7))]
     np.testing.assert_allclose(np.concatenate(got_c), expect, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(np.concatenate(got_m), (expect > 0.5).astype(np.uint8))
-    raw = (cams > 0.5).astype(np.uint8)
-    assert not np.array_equal(np.concatenate(got_m), raw)  # smoothing changed the masks
-    c0, m0 = CamSmoother(0.0, policy)(cams, raw)  # a = 0: the segmenter's own output
-    assert c0 is cams and m0 is raw
+    assert not np.array_equal(policy.apply(expect), policy.apply(cams))  # smoothing changes masks
+    assert CamSmoother(0.0)(cams) is cams  # a = 0: the segmenter's own map
 
 
 @pytest.fixture
@@ -259,34 +258,39 @@ def test_smooth_option_changes_the_loop_masks(video, drawn_masks):
                                 max_frames=6), segmenter=seg)
         seq[a] = np.stack(drawn)
     live = cams[3:9]  # the frames after the 3 warm-up calls
-    np.testing.assert_array_equal(seq[0.0], (live > 0.5).astype(np.uint8))
+    policy, hw = FakeSeg().manifest.threshold, seq[0.0].shape[1:]
+    np.testing.assert_array_equal(seq[0.0], [cam_to_mask(c, policy, hw) for c in live])
     state, expect = None, []
     for c in live:
         state = c.copy() if state is None else 0.7 * state + 0.3 * c
-        expect.append(state > 0.5)
+        expect.append(cam_to_mask(state, policy, hw))  # the runner's one mask, at frame size
     np.testing.assert_array_equal(seq[0.7], np.stack(expect).astype(np.uint8))
     assert not np.array_equal(seq[0.7], seq[0.0])
 
 
-def test_call_smoother_is_an_ema_of_the_call_and_gates_the_mask():
-    """p_t = a p_(t-1) + (1 - a) p_new across batches; the frame's own mask only where p_t > 0.5."""
+def test_call_smoother_is_an_ema_of_the_call_and_the_runner_gates_the_mask():
+    """p_t = a p_(t-1) + (1 - a) p_new across batches; the frame's own mask only where p_t is
+    called polyp (the runner)."""
+    from rtseg.pipeline.runner import Runner
+
     probs = np.array([0.0, 0.9, 0.0, 0.0, 0.9, 0.9, 0.9, 0.2, 0.9], np.float32)
-    masks = np.ones((len(probs), 4, 4), np.uint8) * (probs > 0.5).astype(np.uint8)[:, None, None]
     a, state, expect = 0.6, None, []
     for p in probs:
         state = p if state is None else a * state + (1 - a) * p
         expect.append(state)
     sm = CallSmoother(a)
-    got = [sm(probs[i:j], masks[i:j]) for i, j in ((0, 2), (2, 3), (3, 9))]
-    p_got = np.concatenate([g[0] for g in got])
-    m_got = np.concatenate([g[1] for g in got])
+    p_got = np.concatenate([sm(probs[i:j]) for i, j in ((0, 2), (2, 3), (3, 9))])
     np.testing.assert_allclose(p_got, expect, rtol=1e-6)
+    assert CallSmoother(0.0)(probs) is probs  # a = 0: every frame alone
+    cams = np.ones((len(probs), 16, 16), np.float32) * probs[:, None, None]  # prob = mean
+    runner = Runner(FakeSeg(cams=cams), call_smoothing=a)
+    frames = [np.zeros((8, 8, 3), np.uint8)] * len(probs)
+    got = runner(frames[:2]) + runner(frames[2:3]) + runner(frames[3:])
     called = np.asarray(expect) > 0.5
-    np.testing.assert_array_equal(m_got, masks * called[:, None, None])
-    assert not called[1] and m_got[1].sum() == 0  # a one-frame spike after a clean frame: no mask
-    assert called[7] and m_got[7].sum() == 0  # called, but the frame's own rule said no: no mask
-    p0, m0 = CallSmoother(0.0)(probs, masks)  # a = 0: every frame alone
-    assert p0 is probs and m0 is masks
+    assert [r.called for r in got] == list(called)
+    assert not called[1] and got[1].mask.sum() == 0  # a one-frame spike after a clean frame: no mask
+    assert called[7] and got[7].mask.sum() == 0  # called, but the frame's own map says no: no mask
+    assert all(r.mask.all() for r, c, p in zip(got, called, probs) if c and p > 0.5)
 
 
 def _spike_cams(n: int) -> np.ndarray:
@@ -340,8 +344,9 @@ def test_manifest_postprocess_runs_on_the_loop_masks(video, drawn_masks):
     drawn = drawn_masks
     run_stream(StreamConfig(source=str(video), headless=True, quiet=True, max_frames=2),
                segmenter=seg)
-    expect = np.zeros((16, 16), np.uint8)
-    expect[8:14, 8:14] = 1
+    hw = drawn[0].shape
+    expect = cam_to_mask(cam, seg.manifest.threshold, hw, ("largest",))
+    assert 0 < expect.sum() < cam_to_mask(cam, seg.manifest.threshold, hw).sum()  # a blob went
     for m in drawn:
         np.testing.assert_array_equal(m, expect)
 

@@ -4,10 +4,10 @@ Modules (none imports ray at import time; ``rtseg --help`` stays fast):
 
 - :mod:`.inputs` what to do: the input (folder, file or glob) -> work units (one per video,
   one per chunk of an image folder), their output folders and signatures;
-- :mod:`.work` how one unit is done, without Ray: the stream loop's own pieces
-  (:func:`rtseg.live.capture.open_source`, :class:`~rtseg.live.reader.FrameReader`, the segmenter,
-  :class:`~rtseg.live.smoothing.VideoFilters`, :func:`~rtseg.live.loop.refine_masks`,
-  :class:`~rtseg.live.overlay.Overlay`, :class:`~rtseg.live.display.VideoSink`), the per-frame table,
+- :mod:`.work` how one unit is done, without Ray: the stream's own pipeline
+  (:func:`rtseg.live.capture.open_source`, :class:`~rtseg.live.reader.FrameReader`,
+  :class:`rtseg.pipeline.runner.Runner`, :class:`~rtseg.live.overlay.Overlay`,
+  :class:`~rtseg.live.display.VideoSink`), the per-frame table,
   mask PNGs, the staging folder and the done-marker;
 - :mod:`.run` the driver: resume, Ray Data actor pool, progress bar, manifest, totals;
 - :mod:`.raysession` starting (or joining) Ray, shared with the feature extraction;

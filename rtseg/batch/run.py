@@ -35,12 +35,13 @@ from typing import Any
 from rtseg.batch.inputs import MANIFEST, WORK_DIR, digest, discover, plan_units, read_done
 from rtseg.batch.state import RunState, known_failures, merge_folders
 from rtseg.errors import UserError
+from rtseg.pipeline.options import FrameOptions
 
 TABLES = ("parquet", "csv")
 
 
 @dataclass
-class BatchConfig:
+class BatchConfig(FrameOptions):
     input: str
     out: str
     model: str | None = None
@@ -52,32 +53,18 @@ class BatchConfig:
     save_video: bool = False
     save_masks: bool = False
     table: str = "parquet"
-    batch: int = 1
-    smooth: float = 0.0
-    call_smoothing: float | None = None  # None: the model's (manifest ``call_smoothing``)
-    alpha: float = 0.4
-    heatmap: bool = False
-    layer: int | str | None = None
     chunk: int = 256  # images per work unit
     progress: bool = True
     quiet: bool = False
 
     def check(self) -> None:
+        super().check()  # batch, smooth, call smoothing, alpha
         if self.workers is not None and self.workers < 1:
             raise UserError(f"--workers must be at least 1, got {self.workers}")
         if self.threads < 1:
             raise UserError(f"--threads must be at least 1, got {self.threads}")
         if self.table not in TABLES:
             raise UserError(f"--table must be parquet or csv, got {self.table!r}")
-        if not 1 <= self.batch <= 256:
-            raise UserError(f"--batch must be 1..256, got {self.batch}")
-        if not 0.0 <= self.smooth < 1.0:
-            raise UserError(f"--smooth must be in [0, 1), got {self.smooth}")
-        from rtseg.live.smoothing import check_call_smoothing
-
-        check_call_smoothing(self.call_smoothing)
-        if not 0.0 <= self.alpha <= 1.0:
-            raise UserError(f"--alpha must be in [0, 1], got {self.alpha}")
         if self.chunk < 1:
             raise UserError(f"--chunk must be at least 1, got {self.chunk}")
 
@@ -151,14 +138,10 @@ def prepare_model(cfg: BatchConfig, say=print) -> dict:
     import hashlib
 
     from rtseg.model.bundle import default_bundle_path
-    from rtseg.runtime.loader import (default_model_available, load_segmenter,
-        untrained_fallback_bundle)
+    from rtseg.runtime.loader import load_segmenter
 
-    model, keep, untrained = cfg.model, None, False
-    if model is None and not default_model_available():
-        model, keep = untrained_fallback_bundle(say=say)
-        untrained = True
-    seg, _ = load_segmenter(model, cfg.backend, cfg.device, None, cfg.layer, say=say, threads=1)
+    model = cfg.model
+    seg = load_segmenter(model, cfg.backend, cfg.device, None, cfg.layer, say=say, threads=1)
     path = getattr(seg, "path", None)
     if model is not None and Path(model).is_file():  # --model an .onnx / .engine file
         path = Path(model)
@@ -175,10 +158,10 @@ def prepare_model(cfg: BatchConfig, say=print) -> dict:
     payload = {"files": files, "entry": entry, "backend": getattr(seg, "backend", cfg.backend),
                # "auto" as the driver resolved it (a GPU cluster: --device cuda)
                "device": seg.device if cfg.device == "auto" else cfg.device,
-               "layer": layer, "untrained": untrained,
+               "layer": layer,
                "sha256": h.hexdigest(), "describe": seg.describe(),
                "input_size": int(seg.manifest.input_size), "spec": cfg.model or "default model"}
-    del seg, keep
+    del seg
     return payload
 
 
@@ -195,9 +178,11 @@ def build_segmenter(payload: dict, threads: int = 1):
         if payload["backend"] == "onnxruntime" and payload["device"] == "cpu":
             # the runtime's own ONNX segmenter, without create_segmenter's device probe (which
             # imports torch: seconds per worker start on a busy machine)
+            from rtseg.runtime.active import ViewSegmenter
             from rtseg.runtime.onnx_backend import OnnxSegmenter
 
-            return OnnxSegmenter(target, "cpu", False, threads=threads)
+            # behind the same active-area view as every segmenter create_segmenter returns
+            return ViewSegmenter(OnnxSegmenter(target, "cpu", False, threads=threads))
         return create(str(target), payload["backend"], payload["device"], None, payload["layer"],
                       threads)
     finally:
@@ -225,7 +210,7 @@ class UnitWorker:
 
         seg = build_segmenter(payload, threads)
         report = (lambda n: counter.add.remote(n)) if counter is not None else None
-        self.ctx = UnitContext(seg, options, payload["untrained"], report)
+        self.ctx = UnitContext(seg, options, report)
 
     def __call__(self, row: dict) -> dict:
         from rtseg.batch.work import process_unit

@@ -1,13 +1,11 @@
 """One work unit of ``rtseg batch``, without Ray: a video, or a chunk of an image folder.
 
-Per frame this is the loop of ``rtseg stream`` (:mod:`rtseg.live.loop`) with its own pieces, so
-the outputs are the stream's: :func:`rtseg.live.capture.open_source` and
-:class:`~rtseg.live.reader.FrameReader` (decode thread, frame indices counting corrupt frames),
-the segmenter on ``batch`` frames, :class:`~rtseg.live.smoothing.VideoFilters` (``--smooth``, ``--call-smoothing``),
-:func:`~rtseg.live.loop.refine_masks` (the manifest's mask clean-up), the mask at frame size by
-:meth:`rtseg.live.overlay.Overlay.resize_mask` (nearest), :meth:`~rtseg.live.overlay.Overlay.draw` and
-:class:`~rtseg.live.display.VideoSink` for ``--save-video`` (without the live fps text, which is a
-timing and not an output).
+Per frame this is the pipeline of ``rtseg stream``, so the outputs are the stream's:
+:func:`rtseg.live.capture.open_source` and :class:`~rtseg.live.reader.FrameReader` (decode thread,
+frame indices counting corrupt frames), :class:`rtseg.pipeline.runner.Runner` on ``batch`` frames
+(the segmenter, ``--smooth``, ``--call-smoothing``, the mask at frame size, its largest box),
+:meth:`~rtseg.live.overlay.Overlay.draw` and :class:`~rtseg.live.display.VideoSink` for
+``--save-video`` (without the live fps text, which is a timing and not an output).
 
 Per-frame table columns (:data:`COLUMNS`): ``frame`` (index in the source), ``time_s``
 (frame / fps), ``prob`` (polyp probability; on videos after the call's moving average, the
@@ -41,6 +39,8 @@ import numpy as np
 from rtseg.atomic import atomic_path, write_json
 from rtseg.batch.inputs import DONE, MASKS_DIR, WORK_DIR
 from rtseg.errors import UserError, first_line
+from rtseg.model.call import is_polyp
+from rtseg.pipeline.runner import mask_stats  # noqa: F401 - the per-frame table's numbers
 
 COLUMNS = ("frame", "time_s", "prob", "mask_pixels", "mask_area", "bbox_x", "bbox_y", "bbox_w",
            "bbox_h")
@@ -55,19 +55,6 @@ REPORT_EVERY = 0.5  # seconds between progress reports to the driver
 
 def table_name(stem: str, fmt: str) -> str:
     return f"{stem}.{'parquet' if fmt == 'parquet' else 'csv'}"
-
-
-def mask_stats(mask: np.ndarray) -> tuple[int, int, int, int, int]:
-    """(pixels, x, y, w, h of the largest 8-connected component) of a uint8 0/1 mask."""
-    import cv2
-
-    pixels = int(cv2.countNonZero(mask))
-    if pixels == 0:
-        return 0, -1, -1, -1, -1
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    i = 1 + int(np.argmax(stats[1:n, cv2.CC_STAT_AREA]))
-    x, y, w, h = (int(v) for v in stats[i, :4])
-    return pixels, x, y, w, h
 
 
 def write_table(path: Path, columns: tuple[str, ...], rows: dict, fmt: str) -> None:
@@ -136,19 +123,16 @@ def publish_dir(staging: Path, final: Path, out: Path) -> None:
 class UnitContext:
     """A segmenter and the options; ``report(frames)`` is called as frames are done."""
 
-    def __init__(self, seg, options: dict, untrained: bool = False,
-                 report: Callable[[int], None] | None = None) -> None:
+    def __init__(self, seg, options: dict, report: Callable[[int], None] | None = None) -> None:
         self.seg = seg
         self.options = options
-        self.untrained = untrained
         self.report = report or (lambda n: None)
 
     def overlay(self, labels=()):
         from rtseg.live.overlay import Overlay
 
         o = self.options
-        return Overlay(o.get("alpha", 0.4), heatmap=o.get("heatmap", False), labels=labels,
-                       warning="UNTRAINED" if self.untrained else None)
+        return Overlay(o.get("alpha", 0.4), heatmap=o.get("heatmap", False), labels=labels)
 
 
 class _Reporter:
@@ -204,32 +188,13 @@ def process_unit(unit: dict, ctx: UnitContext) -> dict:
     return res
 
 
-def _segment(ctx: UnitContext, filters, post, frames: np.ndarray):
-    """The stream loop's per-batch step: segmenter, filters across frames, mask clean-up; returns
-    (prob, cams, masks, boxes): ``boxes[i]`` is where frame i's S x S maps lie in the frame
-    (a segmenter that crops to the active area says so in ``SegOutput.boxes``), or None."""
-    from rtseg.live.loop import refine_masks
-
-    out = ctx.seg(frames)
-    prob, cams, masks = filters(out.prob, out.cam, out.mask)
-    if post:
-        masks = refine_masks(masks, post)
-    boxes = getattr(out, "boxes", None) or [None] * len(frames)
-    return prob, cams, masks, boxes
-
-
-def _kw(box) -> dict:
-    """``box=`` for the overlay only where the segmenter gave one (as the stream loop does)."""
-    return {} if box is None else {"box": box}
-
-
 def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
     from rtseg.live.capture import open_source
     from rtseg.live.reader import FrameReader
     from rtseg.evaluate.predict import write_mask
     from rtseg.live.display import VideoSink
-    from rtseg.live.smoothing import VideoFilters
     from rtseg.model.manifest import resolve_call_smoothing
+    from rtseg.pipeline.runner import Runner
 
     o = ctx.options
     try:
@@ -239,9 +204,8 @@ def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
     info = source.info
     fps = float(info.fps)
     overlay = ctx.overlay([info.label] if info.label else [])
-    filters = VideoFilters(o.get("smooth", 0.0), resolve_call_smoothing(ctx.seg.manifest, o.get("call_smoothing")),
-                           ctx.seg.manifest.threshold)
-    post = tuple(getattr(ctx.seg.manifest, "postprocess", ()) or ())
+    runner = Runner(ctx.seg, o.get("smooth", 0.0),
+                    resolve_call_smoothing(ctx.seg.manifest, o.get("call_smoothing")))
     rows = {c: array(TYPECODES[c]) for c in COLUMNS}
     save_video, save_masks = o.get("save_video", False), o.get("save_masks", False)
     heatmap = o.get("heatmap", False)
@@ -257,21 +221,18 @@ def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
             batch = reader.get_batch(int(o.get("batch", 1)))
             if batch is None:
                 break
-            frames = batch[0].image[None] if len(batch) == 1 else np.stack([f.image for f in batch])
-            probs, cams, masks, boxes = _segment(ctx, filters, post, frames)
-            for i, fr in enumerate(batch):
-                h, w = fr.image.shape[:2]
+            for r in runner([f.image for f in batch], [f.index for f in batch]):
+                h, w = r.mask.shape
                 wh = wh or [w, h]
-                m = overlay.resize_mask(masks[i], h, w, **_kw(boxes[i]))
-                pixels, x, y, bw, bh = mask_stats(m)
+                pixels, x, y, bw, bh = r.largest_box()
                 if save_masks:
-                    write_mask(staging / MASKS_DIR / f"{fr.index:06d}.png", m)
-                for c, v in zip(COLUMNS, (fr.index, fr.index / fps, float(probs[i]), pixels,
+                    write_mask(staging / MASKS_DIR / f"{r.index:06d}.png", r.mask)
+                for c, v in zip(COLUMNS, (r.index, r.index / fps, r.prob, pixels,
                                           pixels / float(h * w), x, y, bw, bh)):
                     rows[c].append(v)
                 if sink is not None:
-                    sink.write(overlay.draw(fr.image, masks[i], cams[i] if heatmap else None,
-                                            float(probs[i]), None, **_kw(boxes[i])))
+                    sink.write(overlay.draw(r.image, r.mask, r.cam if heatmap else None, r.prob,
+                                            None, box=r.box))
             rep.add(len(batch))
     finally:
         reader.stop()
@@ -293,34 +254,31 @@ def _video(unit: dict, ctx: UnitContext, staging: Path) -> dict:
     if save_masks:
         outputs["masks"] = MASKS_DIR
     return {"frames": n, "unreadable": counts.unreadable, "fps": fps, "frame_wh": wh,
-            "polyp_frames": int(sum(p >= 0.5 for p in rows["prob"])), "outputs": outputs}
+            "polyp_frames": int(sum(is_polyp(float(p)) for p in rows["prob"])), "outputs": outputs}
 
 
 def _images(unit: dict, ctx: UnitContext, staging: Path) -> dict:
-    from rtseg.live.capture import _read_bgr
+    from rtseg.imageio import try_read_image
     from rtseg.evaluate.predict import write_mask
-    from rtseg.live.smoothing import VideoFilters
+    from rtseg.pipeline.runner import Runner
 
     o = ctx.options
-    filters = VideoFilters(0.0, 0.0, ctx.seg.manifest.threshold)  # stills: no smoothing
-    post = tuple(getattr(ctx.seg.manifest, "postprocess", ()) or ())
-    overlay = ctx.overlay()
+    runner = Runner(ctx.seg)  # stills: no smoothing
     rows: dict[str, list] = {c: [] for c in IMAGE_COLUMNS}
     failed: list[dict] = []
     (staging / MASKS_DIR).mkdir()
     rep = _Reporter(ctx.report)
     try:
         for path, name in zip(unit["files"], unit["names"]):
-            img = _read_bgr(Path(path))
+            img = try_read_image(Path(path))
             if img is None:
                 failed.append({"source": path, "reason": "not a readable image"})
                 continue
-            probs, cams, masks, boxes = _segment(ctx, filters, post, img[None])
+            r = runner([np.ascontiguousarray(img[..., ::-1])])[0]  # BGR, as rtseg predict reads it
             h, w = img.shape[:2]
-            m = overlay.resize_mask(masks[0], h, w, **_kw(boxes[0]))
-            pixels, x, y, bw, bh = mask_stats(m)
-            write_mask(staging / MASKS_DIR / name, m)
-            for c, v in zip(IMAGE_COLUMNS, (path, name, w, h, float(probs[0]), pixels,
+            pixels, x, y, bw, bh = r.largest_box()
+            write_mask(staging / MASKS_DIR / name, r.mask)
+            for c, v in zip(IMAGE_COLUMNS, (path, name, w, h, r.prob, pixels,
                                             pixels / float(h * w), x, y, bw, bh)):
                 rows[c].append(v)
             rep.add(1)

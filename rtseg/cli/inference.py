@@ -35,7 +35,7 @@ as in the Medico 2021 scorer (an empty prediction of an empty truth scores 0 exc
 A truth mask must have its image's size (one of another size or turned by 90 degrees is
 refused with one error line naming it: it would be scored against the wrong pixels). Also
 prints the polyp
-classification accuracy (prob >= 0.5 against 'the mask is not empty'), and beside the model
+classification accuracy (prob > 0.5 against 'the mask is not empty'), and beside the model
 two constant masks scored on the same images: a centred ellipse (radii r*W, r*H; r as chosen
 by 'rtseg tune --write', else 0.25) and the all-foreground mask, with a warning when the
 model does not beat them. --json writes the scores (keys accuracy, jaccard, dice, f1, recall,
@@ -139,7 +139,7 @@ def predict(
                                progress=lambda k: prog.advance(task, k),
                                stop=lambda: stop.requested)
     Console().print(
-        f"wrote {s.n_images} mask(s) to {s.out} ({s.n_polyp} with polyp prob >= 0.5; "
+        f"wrote {s.n_images} mask(s) to {s.out} ({s.n_polyp} with polyp prob > 0.5; "
         f"layer {s.layer}, threshold {s.threshold}, {dev})"
         + (f", heat maps in {s.heatmaps}" if s.heatmaps else "")
         + f"; probabilities in {s.csv} [{time.perf_counter() - t0:.1f} s]")

@@ -87,7 +87,7 @@ def bench(
         None, "--model", "-m", help=f"Bundle folder, .onnx or .engine. Default: {SHIPPED_MODEL}."),
     backend: str = typer.Option("all", help="all, torch, onnxruntime or tensorrt."),
     size: Optional[int] = typer.Option(
-        None, help="Model input size when no trained model is given (default 224)."),
+        None, help="Expected model input size (checked against the model's)."),
     batch: str = typer.Option("1,8", help="Batch sizes, comma-separated."),
     frames: int = typer.Option(200, help="Frames timed per row (after warm-up)."),
     source: Optional[str] = typer.Option(

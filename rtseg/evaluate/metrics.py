@@ -203,11 +203,13 @@ def score(preds: Iterable, truths: Iterable, reduction: str = DEFAULT_REDUCTION,
     return s.result()
 
 
-def classification_accuracy(probs: Sequence[float], is_polyp: Sequence[bool],
-                            threshold: float = 0.5) -> float | None:
-    """Share of images whose ``prob >= threshold`` agrees with ``is_polyp``; None if empty."""
+def classification_accuracy(probs: Sequence[float], truth: Sequence[bool]) -> float | None:
+    """Share of images whose call (:func:`rtseg.model.call.is_polyp`) agrees with ``truth``
+    (the image shows a polyp); None if empty."""
+    from rtseg.model.call import is_polyp
+
     p = np.asarray(probs, dtype=np.float64)
-    t = np.asarray(is_polyp, dtype=bool)
+    t = np.asarray(truth, dtype=bool)
     if p.size == 0:
         return None
-    return float(((p >= threshold) == t).mean())
+    return float((is_polyp(p) == t).mean())

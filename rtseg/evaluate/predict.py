@@ -9,9 +9,10 @@ For every image below ``images_dir`` (recursive, natural order):
 - ``OUT/predictions.csv``: ``path,prob`` (the polyp probability of each image; ``path`` as found
   below ``images_dir``).
 
-CAMs come from :func:`rtseg.model.cam.cam_images` (batched; the manifest's tiles mode is handled
-there) and masks from :func:`rtseg.model.cam.cam_to_mask`, with the manifest's CAM layer and
-threshold policy unless ``layer`` / ``threshold`` override them. Every file is written
+Probabilities, CAMs and masks come from the one frame pipeline (:class:`rtseg.pipeline.runner.Runner`,
+the same as ``rtseg stream`` and ``rtseg batch``; the manifest's tiles mode is handled by the
+segmenter), with the manifest's CAM layer and threshold policy unless ``layer`` / ``threshold``
+override them. Every file is written
 atomically. Unreadable images are skipped with one warning.
 """
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from rtseg.atomic import atomic_open
 from rtseg.errors import UserError
+from rtseg.model.call import is_polyp
 from rtseg.model.thresholds import ThresholdPolicy
 
 PREDICTIONS_CSV = "predictions.csv"
@@ -115,47 +117,62 @@ class ImagePrediction:
     mask: np.ndarray  # bool [H, W]
 
 
+def predict_segmenter(bundle, layer: int | str | None = None):
+    """The segmenter ``rtseg predict`` and ``rtseg eval`` run: the bundle in fp32 on its device
+    (the eager reference on CPU), behind the same active-area view as every other command."""
+    from rtseg.runtime import create_segmenter
+
+    device = str(next(bundle.model.parameters()).device)
+    return create_segmenter(bundle, "torch", device, False, layer)
+
+
 def iter_predictions(bundle, paths: Sequence[Path], layer: int | str | None = None,
                      threshold: str | ThresholdPolicy | None = None, batch_size: int = 16,
-                     skipped: list[Path] | None = None) -> Iterator[ImagePrediction]:
-    """Predict ``paths`` ``batch_size`` images at a time (memory stays bounded).
+                     skipped: list[Path] | None = None, segmenter=None) -> Iterator[ImagePrediction]:
+    """Predict ``paths`` ``batch_size`` images at a time (memory stays bounded), through the
+    one frame pipeline (:class:`rtseg.pipeline.runner.Runner`, no smoothing: stills).
 
-    Unreadable images are left out and appended to ``skipped`` (if given).
+    Unreadable images are left out and appended to ``skipped`` (if given). ``segmenter``: run
+    this one (its layer) instead of :func:`predict_segmenter`.
     """
-    from rtseg.model.cam import cam_images, cam_to_mask, place_cam
     from rtseg.imageio import try_read_image
+    from rtseg.model.cam import place_cam
+    from rtseg.pipeline.runner import Runner
 
     if batch_size < 1:
         raise UserError(f"batch size must be at least 1, not {batch_size}")
     lay, policy = resolve_settings(bundle, layer, threshold)
+    seg = segmenter if segmenter is not None else predict_segmenter(bundle, lay)
+    runner = Runner(seg, policy=policy, steps=bundle.manifest.postprocess)
     tiny: list[Path] = []
-    for i in range(0, len(paths), batch_size):
-        chunk, images = [], []
-        for p in paths[i:i + batch_size]:
-            img = try_read_image(p)
-            if img is None:
-                if skipped is not None:
-                    skipped.append(Path(p))
+    try:
+        for i in range(0, len(paths), batch_size):
+            chunk, images = [], []
+            for p in paths[i:i + batch_size]:
+                img = try_read_image(p)
+                if img is None:
+                    if skipped is not None:
+                        skipped.append(Path(p))
+                    continue
+                chunk.append(Path(p))
+                images.append(img)
+                if min(img.shape[:2]) < TINY_IMAGE and len(tiny) < 1000:
+                    tiny.append(Path(p))
+            if not images:
                 continue
-            chunk.append(Path(p))
-            images.append(img)
-            if min(img.shape[:2]) < TINY_IMAGE and len(tiny) < 1000:
-                tiny.append(Path(p))
-        if not images:
-            continue
-        res = cam_images(bundle, images, layer=lay, batch_size=batch_size)
-        boxes = res.boxes or [None] * len(images)
-        for p, img, prob, cam, box in zip(chunk, images, res.prob, res.cams, boxes):
-            mask = cam_to_mask(cam, policy, img.shape[:2], bundle.manifest.postprocess, box)
-            if box is not None and not box.covers(img.shape[:2]):
-                cam = place_cam(cam, img.shape[:2], box)  # the heat map in image coordinates
-            yield ImagePrediction(p, img, float(prob), cam, mask)
-        if tiny:
-            names = ", ".join(str(t) for t in tiny[:3]) + (" ..." if len(tiny) > 3 else "")
-            warnings.warn(f"{len(tiny)} image(s) smaller than {TINY_IMAGE} px on a side, upscaled "
-                          f"to {bundle.manifest.input_size}: their probability and mask mean "
-                          f"little ({names})", stacklevel=2)
-            tiny = []
+            results = runner([np.ascontiguousarray(im[..., ::-1]) for im in images])  # BGR, as frames
+            for p, img, r in zip(chunk, images, results):
+                cam = r.cam if r.box.covers(img.shape[:2]) else place_cam(r.cam, img.shape[:2], r.box)
+                yield ImagePrediction(p, img, r.prob, cam, r.mask.astype(bool))
+            if tiny:
+                names = ", ".join(str(t) for t in tiny[:3]) + (" ..." if len(tiny) > 3 else "")
+                warnings.warn(f"{len(tiny)} image(s) smaller than {TINY_IMAGE} px on a side, upscaled "
+                              f"to {bundle.manifest.input_size}: their probability and mask mean "
+                              f"little ({names})", stacklevel=2)
+                tiny = []
+    finally:
+        if segmenter is None:
+            seg.close()
 
 
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
@@ -189,7 +206,7 @@ def merged_rows(path: Path, rows: Sequence[tuple[str, float]]) -> list[tuple[str
 class PredictSummary:
     out: Path
     n_images: int
-    n_polyp: int  # images with prob >= 0.5
+    n_polyp: int  # images called polyp (rtseg.model.call.is_polyp)
     layer: int | str
     threshold: str
     csv: Path
@@ -205,13 +222,14 @@ def predict_folder(bundle, images_dir: str | os.PathLike, out_dir: str | os.Path
                    threshold: str | ThresholdPolicy | None = None, heatmaps: bool = False,
                    batch_size: int = 16,
                    progress: Callable[[int], None] | None = None,
-                   stop: Callable[[], bool] | None = None) -> PredictSummary:
+                   stop: Callable[[], bool] | None = None, segmenter=None) -> PredictSummary:
     """Write a mask per image (and heat maps) plus ``predictions.csv`` into ``out_dir``.
 
     ``progress(n)`` is called with the number of images handled since its last call. When
     ``stop()`` turns true (a signal), no further image is started: ``predictions.csv`` is
     written for the images done so far (their masks are complete) and the summary says
-    ``interrupted``. A run that fails before writing anything removes the ``out_dir`` it created.
+    ``interrupted``. ``segmenter``: run this one (see :func:`iter_predictions`). A run that fails
+    before writing anything removes the ``out_dir`` it created.
     """
     from rtseg.evaluate.figure import heatmap_overlay, write_png
     from rtseg.imageio import list_images
@@ -226,7 +244,7 @@ def predict_folder(bundle, images_dir: str | os.PathLike, out_dir: str | os.Path
     rows: list[tuple[str, float]] = []
     interrupted = False
     try:
-        for pred in iter_predictions(bundle, paths, lay, policy, batch_size, skipped):
+        for pred in iter_predictions(bundle, paths, lay, policy, batch_size, skipped, segmenter):
             if stop is not None and stop():
                 interrupted = True
                 break
@@ -256,7 +274,7 @@ def predict_folder(bundle, images_dir: str | os.PathLike, out_dir: str | os.Path
     csv_path = out / PREDICTIONS_CSV
     csv_rows = merged_rows(csv_path, rows) if interrupted else rows
     write_predictions_csv(csv_path, csv_rows)
-    return PredictSummary(out, len(rows), sum(p >= 0.5 for _, p in rows), lay, str(policy),
+    return PredictSummary(out, len(rows), sum(is_polyp(p) for _, p in rows), lay, str(policy),
                           csv_path, skipped, out / HEATMAP_DIR if heatmaps else None,
                           interrupted, len(paths), len(csv_rows))
 

@@ -10,7 +10,7 @@ The result (:func:`evaluate`) is a dict whose first keys are exactly
 ``accuracy, jaccard, dice, f1, recall, precision, n_images`` (the Medico 2021 scorer's
 columns, then the count), followed by ``reduction, zero_division, classification_accuracy,
 n_polyp_images, n_missing_masks, missing_masks, n_unreadable, model, layer, threshold,
-per_image``. ``classification_accuracy`` scores the polyp probability (``prob >= 0.5``) against
+per_image``. ``classification_accuracy`` scores the polyp probability (called polyp: ``prob > 0.5``) against
 "the truth mask is not empty" (every image with a non-empty mask is a polyp image).
 
 After those come ``baselines`` and ``beats_baselines`` (unless ``baselines=False``): the

@@ -4,8 +4,11 @@ Rows in the layout of the paper's Table 2 (Av-time, Mi-time, Ma-time [ms]; Av-fp
 Ma-fps), plus the median, next to the paper's reported figures (reference rows) and the speed-up
 over the baseline at the same batch size (ratio of median frame times).
 
-Without ``--source`` the segmenter alone is timed on generated 384 x 288 frames (one call per
-batch; frame time = call time / batch). With ``--source`` the whole loop (decode, inference,
+Without ``--source`` the segmenter alone is timed on generated 384 x 288 frames and on generated
+1920 x 1080 frames with black side margins (a 1080p endoscopy feed; one call per batch; frame
+time = call time / batch). Each 1080p row comes with the same segmenter timed the way rtseg
+did it before the frame was resized on the CPU (``in-graph resize``: the active area cut out
+at full resolution and resized inside the graph), measured in the same run. With ``--source`` the whole loop (decode, inference,
 overlay) runs headless through :func:`rtseg.live.loop.run_stream`. Warm-up runs are excluded.
 
 :class:`PytorchGradCamBaseline` is the reference: Grad-CAM computed as the pytorch-grad-cam
@@ -30,6 +33,7 @@ from rtseg.live.stats import TABLE2_FIELDS, RunningStats, table2
 from rtseg.runtime.base import Segmenter, SegOutput, check_frames
 
 FRAME_HW = (288, 384)  # generated frames: CVC-ClinicDB size
+HD_HW = (1080, 1920)  # ... and a 1080p feed: the 4:3 view scaled to 1080 rows, black margins
 # The paper's Table 2 (MediaEval 2021 Medico, real-time task): reported frame rates.
 PAPER_FPS = (("paper, Table 2 run A", 9.34), ("paper, Table 2 run B", 11.00))
 BACKEND_CHOICES = ("all", "torch", "torch-eager", "torch-fused", "onnxruntime", "tensorrt")
@@ -136,6 +140,47 @@ def generated_frames(n: int = 16) -> list[np.ndarray]:
     return list(clip_frames(n, FRAME_HW, seed=0))
 
 
+def hd_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``frames`` scaled to 1080 rows and centred in 1920 x 1080 black frames."""
+    h, w = HD_HW
+    vw = round(FRAME_HW[1] * h / FRAME_HW[0])
+    out = []
+    for f in frames:
+        big = np.zeros((h, w, 3), np.uint8)
+        x0 = (w - vw) // 2
+        big[:, x0:x0 + vw] = cv2.resize(f, (vw, h), interpolation=cv2.INTER_LINEAR)
+        out.append(big)
+    return out
+
+
+class InGraphResize(Segmenter):
+    """``seg`` fed the way rtseg did before the CPU resize: the active area (found once per
+    frame size, as the stream's old box cache did) cut out at full resolution and handed to the
+    graph, which resized it itself."""
+
+    def __init__(self, seg) -> None:
+        self.seg = seg
+        self.inner = getattr(seg, "inner", seg)
+        self.manifest, self.device, self.name = seg.manifest, seg.device, seg.name
+        self._boxes: dict = {}
+
+    def __call__(self, frames: np.ndarray) -> SegOutput:
+        from rtseg.model.active_area import Box, crop, detect_box
+
+        frames = check_frames(frames)
+        key = frames.shape[1:3]
+        if key not in self._boxes:
+            self._boxes[key] = detect_box(frames[0]) if getattr(self.manifest, "active_area", False) \
+                else Box.full(key)
+        box = self._boxes[key]
+        views = np.stack([crop(f, box) for f in frames])
+        return self.inner(views)
+
+    def warmup(self, height: int, width: int, batch: int = 1, runs: int = 3) -> None:
+        super().warmup(height, width, batch, runs)
+        self._boxes.clear()  # the warm-up's noise frames are lit everywhere: not the feed's box
+
+
 def time_model(seg, frames: Sequence[np.ndarray], batch: int, n_frames: int,
                warmup: int = 3) -> dict[str, Any]:
     """Time ``seg`` alone: ceil(n_frames / batch) calls; per-frame time = call time / batch."""
@@ -190,8 +235,7 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
     """Run the benchmark; print the table; return (and optionally write) the results."""
     from rtseg.atomic import check_out_file, write_json
     from rtseg.model.bundle import resolve_device
-    from rtseg.runtime.loader import (backends_here, create, default_model_available,
-        untrained_fallback_bundle)
+    from rtseg.runtime.loader import backends_here, check_model, create
     from rtseg.ui import make_console
 
     console = console or make_console()
@@ -216,52 +260,52 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
     else:
         backends = [backend]
 
-    keep = None
-    untrained = False
-    if model is None and not default_model_available():
-        model, keep = untrained_fallback_bundle(size or 224, calibrate=False,
-                                                say=lambda m: console.print(m, markup=False))
-        untrained = True
+    check_model(model)
 
     mode = "loop" if source else "model"
     frame_pool = None if source else generated_frames()
     rows: list[dict[str, Any]] = []
 
+    hd_pool = None if source else hd_frames(frame_pool)
+
     def bench_one(seg, label: str, kind: str) -> None:
         if size is not None and seg.manifest.input_size != size:
-            raise UserError(f"the model's input size is {seg.manifest.input_size}; --size "
-                            f"{size} applies only when no trained model is given")
+            raise UserError(f"the model's input size is {seg.manifest.input_size}, not --size {size}")
         for b in batches:
             console.print(f"timing {label} batch {b} ({mode}) ...", markup=False)
             r = time_loop(seg, source, b, frames) if source else time_model(seg, frame_pool, b, frames)
-            rows.append({"label": f"{label} b{b}", "kind": kind, "backend": seg.name,
-                         "device": seg.device, "batch": b, "mode": mode,
-                         "input_size": seg.manifest.input_size, **r})
+            row = {"kind": kind, "backend": seg.name, "device": seg.device, "batch": b,
+                   "mode": mode, "input_size": seg.manifest.input_size}
+            frame = None if source else "x".join(map(str, FRAME_HW[::-1]))
+            rows.append({"label": f"{label} b{b}", **row, "frame": frame, **r})
+            if source or kind == "baseline":
+                continue
+            hd = "x".join(map(str, HD_HW[::-1]))
+            for suffix, s in (("", seg), (" in-graph resize", InGraphResize(seg))):
+                console.print(f"timing {label} batch {b} {hd}{suffix} ...", markup=False)
+                rows.append({"label": f"{label} b{b} {hd}{suffix}", **row, "frame": hd,
+                             **time_model(s, hd_pool, b, frames)})
 
-    try:
-        for name in backends:
-            seg = create(model, name, dev, threads=threads)
-            bench_one(seg, name, "backend")
-            _close(seg)
-            del seg
-        if baseline:
-            from pathlib import Path
+    for name in backends:
+        seg = create(model, name, dev, threads=threads)
+        bench_one(seg, name, "backend")
+        _close(seg)
+        del seg
+    if baseline:
+        from pathlib import Path
 
-            from rtseg.model.bundle import resolve_bundle
+        from rtseg.model.bundle import resolve_bundle
 
-            if model is not None and not Path(model).is_dir():
-                console.print("baseline skipped: it needs a bundle folder (torch weights)")
-            else:
-                seg = PytorchGradCamBaseline(resolve_bundle(model, "cpu"), dev)
-                bench_one(seg, "baseline", "baseline")
-                seg.close()
-    finally:
-        if keep is not None:
-            keep.cleanup()
+        if model is not None and not Path(model).is_dir():
+            console.print("baseline skipped: it needs a bundle folder (torch weights)")
+        else:
+            seg = PytorchGradCamBaseline(resolve_bundle(model, "cpu"), dev)
+            bench_one(seg, "baseline", "baseline")
+            seg.close()
 
-    base = {r["batch"]: r["Med-time"] for r in rows if r["kind"] == "baseline"}
+    base = {(r["batch"], r.get("frame")): r["Med-time"] for r in rows if r["kind"] == "baseline"}
     for r in rows:
-        b = base.get(r["batch"])
+        b = base.get((r["batch"], r.get("frame")))
         r["x_baseline"] = (b / r["Med-time"]) if b and r["Med-time"] else None
     paper = [{"label": lab, "kind": "paper", "Av-fps": fps, "Av-time": 1000.0 / fps}
              for lab, fps in PAPER_FPS]
@@ -272,7 +316,8 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
         "device_name": device_name(dev), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "frame_size": [FRAME_HW[1], FRAME_HW[0]] if not source else None,
-        "untrained_model": untrained, "rows": rows, "paper": paper,
+        "hd_frame_size": [HD_HW[1], HD_HW[0]] if not source else None,
+        "rows": rows, "paper": paper,
     }
     print_bench(console, result)
     if json_path:
@@ -293,10 +338,12 @@ def print_bench(console, result: dict[str, Any]) -> None:
     from rich.table import Table
 
     what = ("whole loop on " + str(result["source"])) if result["mode"] == "loop" else \
-        f"segmenter alone on generated {result['frame_size'][0]}x{result['frame_size'][1]} frames"
+        (f"segmenter alone on generated {result['frame_size'][0]}x{result['frame_size'][1]} "
+         "frames and 1920x1080 ones with black margins")
     t = Table(title=f"rtseg bench: {what}\n(Table 2 layout, times in ms per frame; warm-up "
                     "excluded; x baseline = ratio of median times)")
     t.add_column("run", no_wrap=True)
+    t.add_column("frame", justify="right")
     t.add_column("S", justify="right")
     for k in TABLE2_FIELDS[:3]:
         t.add_column(k, justify="right")
@@ -309,17 +356,16 @@ def print_bench(console, result: dict[str, Any]) -> None:
         return "-" if v is None else f"{v:.{d}f}"
 
     for r in result["rows"]:
-        t.add_row(r["label"], str(r["input_size"]), *(f(r[k]) for k in TABLE2_FIELDS[:3]),
+        t.add_row(r["label"], r.get("frame") or "-", str(r["input_size"]),
+                  *(f(r[k]) for k in TABLE2_FIELDS[:3]),
                   f(r["Med-time"]), *(f(r[k]) for k in TABLE2_FIELDS[3:]),
                   f(r.get("x_baseline")) + ("x" if r.get("x_baseline") else ""))
     for r in result["paper"]:
-        t.add_row(r["label"], "-", f(r["Av-time"]), "-", "-", "-", f(r["Av-fps"]), "-", "-", "-",
+        t.add_row(r["label"], "-", "-", f(r["Av-time"]), "-", "-", "-", f(r["Av-fps"]), "-", "-", "-",
                   style="dim")
     console.print(t)
     console.print(f"device: {result['device']} ({result['device_name']}); torch {result['torch']} "
                   f"({result['torch_threads']} threads); "
                   f"{result['frames_per_row']} frames per row; the paper's rows ran on its own "
                   "hardware (Av-time derived from its fps)", markup=False)
-    if result["untrained_model"]:
-        console.print("note: no trained model given or shipped: timed an untrained network "
-                      "(speed does not depend on the weights)", markup=False)
+

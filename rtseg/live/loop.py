@@ -1,13 +1,13 @@
 """``rtseg stream``: the live loop (capture -> segmenter -> overlay -> window / video file).
 
-Threads: a daemon thread decodes the source into a small bounded queue
-(:class:`rtseg.live.reader.FrameReader`: drop-oldest for cameras/URLs, blocking for files); the
-calling thread runs everything else in order, per frame or per ``batch`` frames: segmenter
-(preprocessing + forward + Grad-CAM + threshold, in the runtime backend), the filters across
-frames (:mod:`rtseg.live.smoothing`: the call's moving average at the model's ``call_smoothing``,
-optional CAM smoothing), overlay, video writer, window. OpenCV's GUI must run on the main thread, and the
-segmenter already uses every core for its own maths, so more pipeline threads would not buy
-throughput on CPU; decoding is the one stage that overlaps (OpenCV releases the GIL).
+Three stages overlap (:mod:`rtseg.pipeline.stages`): a thread decodes the source into a bounded
+queue (:class:`rtseg.live.reader.FrameReader`: a live source keeps only its newest frame when the
+rest falls behind, the others counted as dropped; a file blocks, nothing dropped); a thread runs
+the one frame pipeline (:class:`rtseg.pipeline.runner.Runner`: the segmenter on the frame's
+active area resized once on the CPU, the call's and the map's filters, the mask at frame size);
+this thread draws the overlay, writes the video and shows the window (OpenCV's GUI must run on
+the main thread). The frame rate is the slowest stage's. Each frame's latency is counted from
+its decode to its overlay being ready.
 
 Statistics (:class:`rtseg.live.stats.StreamStats`) are running aggregates and fixed-size
 reservoirs, so memory stays flat however long the run. Warm-up happens before the clock starts.
@@ -23,45 +23,38 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-import numpy as np
-
 from rtseg.atomic import atomic_path, write_json
 from rtseg.live.capture import FrameSource, open_source
 from rtseg.live.reader import FrameReader
 from rtseg.errors import UserError
 from rtseg.live.display import VideoSink, Window, check_json_path, check_save_path, gui_problem
 from rtseg.live.report import print_report
-from rtseg.live.smoothing import VideoFilters, check_call_smoothing
 from rtseg.live.stats import StreamStats
 from rtseg.live.overlay import Overlay
 from rtseg.model.manifest import resolve_call_smoothing
+from rtseg.model.call import is_polyp
+from rtseg.pipeline.options import FrameOptions
+from rtseg.pipeline.runner import Runner
+from rtseg.pipeline.stages import InferenceStage
 from rtseg.runtime.loader import load_segmenter
 from rtseg.ui import make_console
 from rtseg.shutdown import STOP, Interrupted, Shutdown
 
-UNTRAINED_LABEL = "UNTRAINED MODEL - NOT FOR CLINICAL USE"
-
 
 @dataclass
-class StreamConfig:
+class StreamConfig(FrameOptions):
     source: str | None = None
     model: str | None = None
     backend: str = "auto"
     device: str = "auto"
     fp16: bool | None = None  # None: the backend's default
     threads: int = 0  # CPU threads for the segmenter (torch intra-op / onnxruntime); 0 = default
-    layer: int | str | None = None
     headless: bool = False
     save: str | None = None
     max_frames: int | None = None
     json: str | None = None
-    alpha: float = 0.4
-    smooth: float = 0.0
-    call_smoothing: float | None = None  # None: the model's (manifest ``call_smoothing``)
-    heatmap: bool = False
-    batch: int = 1
     loop: bool = False
-    queue_size: int = 4
+    queue_size: int = 2  # decoded frames waiting (files; a live source keeps only the newest)
     reconnect_retries: int = 3  # live sources: reopen attempts after a failure
     reconnect_delay: float = 0.5  # seconds before the first attempt (doubling)
     log_every: float = 5.0  # seconds between progress lines; 0 = none
@@ -69,13 +62,7 @@ class StreamConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # copied into the stats JSON
 
     def check(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise UserError(f"--alpha must be in [0, 1], got {self.alpha}")
-        if not 0.0 <= self.smooth < 1.0:
-            raise UserError(f"--smooth must be in [0, 1), got {self.smooth}")
-        check_call_smoothing(self.call_smoothing)
-        if self.batch < 1 or self.batch > 256:
-            raise UserError(f"--batch must be 1..256, got {self.batch}")
+        super().check()  # batch, smooth, call smoothing, alpha
         if self.max_frames is not None and self.max_frames < 1:
             raise UserError(f"--max-frames must be at least 1, got {self.max_frames}")
         if not self.log_every >= 0:  # also rejects NaN
@@ -84,13 +71,6 @@ class StreamConfig:
         if self.source is not None and not str(self.source).strip():
             raise UserError("--source is empty (an unset variable?); leave it out for the "
                             "synthetic demo clip")
-
-
-def refine_masks(masks: np.ndarray, steps) -> np.ndarray:
-    """The manifest's post-processing steps (rtseg.model.postprocess) on masks [B, S, S] -> uint8."""
-    from rtseg.model.postprocess import refine
-
-    return refine(masks, steps).astype(np.uint8)
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -154,11 +134,10 @@ def run_stream(cfg: StreamConfig, segmenter=None, console=None,
     with (shutdown if shutdown is not None else Shutdown("flag")) as shutdown:
         source = open_source(cfg.source)
         try:
-            untrained = False
             if segmenter is None and not shutdown.requested:
                 shutdown.on_signal = _abort_loading  # loading takes seconds: stop it at once
                 try:
-                    segmenter, untrained = load_segmenter(
+                    segmenter = load_segmenter(
                         cfg.model, cfg.backend, cfg.device, cfg.fp16, cfg.layer,
                         say=lambda m: console.print(m, markup=False), threads=cfg.threads)
                 except STOP as exc:
@@ -167,129 +146,157 @@ def run_stream(cfg: StreamConfig, segmenter=None, console=None,
                     shutdown.on_signal = None
             if segmenter is None:  # a signal before the model was loaded: stats, 0 frames
                 segmenter = _NotLoaded()
-            return _run(cfg, source, segmenter, untrained, save_path, console, say, on_frame,
-                        shutdown)
+            return _run(cfg, source, segmenter, save_path, console, say, on_frame, shutdown)
         finally:
             source.close()
 
 
-def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path: Path | None,
+def _run(cfg: StreamConfig, source: FrameSource, seg, save_path: Path | None,
          console, say, on_frame, shutdown: Shutdown | None = None) -> StreamResult:
     shutdown = shutdown if shutdown is not None else Shutdown("flag")  # never entered: a flag
     info = source.info
-    labels = [info.label] if info.label else []
-    overlay = Overlay(cfg.alpha, heatmap=cfg.heatmap, labels=labels,
-                      warning="UNTRAINED" if untrained else None)
+    overlay = Overlay(cfg.alpha, heatmap=cfg.heatmap, labels=[info.label] if info.label else [])
     call_a = resolve_call_smoothing(seg.manifest, cfg.call_smoothing)
-    filters = VideoFilters(cfg.smooth, call_a, seg.manifest.threshold)
-    post = tuple(getattr(seg.manifest, "postprocess", ()) or ())  # the manifest's mask clean-up
-    stages = ("decode", "wait", "infer", "overlay") + (("write",) if save_path else ()) + \
+    stages = ("decode", "infer", "wait", "overlay") + (("write",) if save_path else ()) + \
         (() if cfg.headless else ("display",))
     stats = StreamStats(stages)
     h, w = info.size or (288, 384)
     say(f"[bold]rtseg stream[/]: {info.describe()} ({w}x{h} @ {info.fps:g} fps) -> "
-        f"{seg.describe()}, input {seg.manifest.input_size}, batch {cfg.batch}"
-        + (" [bold red]UNTRAINED[/]" if untrained else ""))
+        f"{seg.describe()}, input {seg.manifest.input_size}, batch {cfg.batch}")
     if not shutdown.requested:
         seg.warmup(h, w, cfg.batch)
-
-    window = None if cfg.headless else Window()
-    reader = FrameReader(source, cfg.queue_size, limit=cfg.max_frames, loop=cfg.loop,
-                         retries=cfg.reconnect_retries, retry_delay=cfg.reconnect_delay,
+    runner = Runner(seg, cfg.smooth, call_a) if not isinstance(seg, _NotLoaded) else None
+    # a live source keeps only its newest frame: inference never works on a stale picture
+    reader = FrameReader(source, 1 if info.live else cfg.queue_size, limit=cfg.max_frames,
+                         loop=cfg.loop, retries=cfg.reconnect_retries,
+                         retry_delay=cfg.reconnect_delay,
                          on_decode=lambda dt: stats.add_stage("decode", dt))
-    shutdown.on_signal = lambda signum: reader.request_stop()  # a blocked read returns at once
-    processed = called = 0  # frames, and those called polyp (the label drawn: after the call's filter)
-    interrupted = quit_ = False
-    ema_dt = None
+    stage = InferenceStage(reader, runner, cfg.batch, cfg.max_frames,
+                           on_batch=lambda res, dt: stats.add_stage("infer", dt, len(res)))
+
+    def stop_now(signum) -> None:  # a blocked read returns at once, no new batch starts
+        reader.request_stop()
+        stage.request_stop()
+
+    shutdown.on_signal = stop_now
+    window = None if cfg.headless else Window()
+    run = _Run(cfg, stats, overlay, window)
     sink = None
-    t_start = time.perf_counter()
-    next_log = t_start + cfg.log_every if cfg.log_every > 0 else float("inf")
     saved = save_path
     try:
         with contextlib.ExitStack() as stack:
             if save_path is not None:
                 tmp = stack.enter_context(atomic_path(save_path))
-                sink = VideoSink(tmp, info.fps, str(save_path))
+                sink = run.sink = VideoSink(tmp, info.fps, str(save_path))
                 stack.callback(sink.release)  # runs before the rename
-            reader.start()
+            started = runner is not None and not shutdown.requested
             try:
-                t_prev = time.perf_counter()
-                while not quit_ and not shutdown.requested:
-                    t0 = time.perf_counter()
-                    want = (cfg.batch if cfg.max_frames is None
-                            else min(cfg.batch, cfg.max_frames - processed))
-                    batch = reader.get_batch(want)
-                    if batch is None:
-                        break
-                    n = len(batch)
-                    t1 = time.perf_counter()
-                    stats.add_stage("wait", t1 - t0, n)
-                    frames = batch[0].image[None] if n == 1 else np.stack([f.image for f in batch])
-                    out = seg(frames)
-                    probs, cams, masks = filters(out.prob, out.cam, out.mask)
-                    if post:
-                        masks = refine_masks(masks, post)
-                    t2 = time.perf_counter()
-                    stats.add_stage("infer", t2 - t1, n)
-                    for i, fr in enumerate(batch):
-                        ta = time.perf_counter()
-                        fps_now = 1.0 / ema_dt if ema_dt else None
-                        vis = overlay.draw(fr.image, masks[i], cams[i] if cfg.heatmap else None,
-                                           float(probs[i]), fps_now,
-                                           box=out.boxes[i] if out.boxes else None)
-                        tb = time.perf_counter()
-                        stats.add_stage("overlay", tb - ta)
-                        if sink is not None:
-                            sink.write(vis)
-                            tc = time.perf_counter()
-                            stats.add_stage("write", tc - tb)
-                            tb = tc
-                        if window is not None:
-                            action = window.show(vis)
-                            stats.add_stage("display", time.perf_counter() - tb)
-                            if action == "pause":
-                                tp = time.perf_counter()
-                                if not window.wait_unpause(lambda: shutdown.requested):
-                                    action = "quit"
-                                t_prev += time.perf_counter() - tp  # paused time is not frame time
-                            if action == "quit":
-                                quit_ = True
-                    t_now = time.perf_counter()
-                    dt = (t_now - t_prev) / n
-                    stats.add_frames(t_now - t_prev, n)
-                    ema_dt = dt if ema_dt is None else 0.9 * ema_dt + 0.1 * dt
-                    t_prev = t_now
-                    processed += n
-                    called += int((np.asarray(probs) > 0.5).sum())
-                    if on_frame is not None:
-                        on_frame(processed)
-                    if cfg.max_frames is not None and processed >= cfg.max_frames:
-                        break
-                    if t_now >= next_log:
-                        next_log = t_now + cfg.log_every
-                        _log_progress(say, stats, reader, processed)
+                if started:
+                    reader.start()
+                    stage.start()
+                    run.consume(stage, shutdown, reader, say, on_frame)
             except STOP as exc:  # a KeyboardInterrupt, or a second signal
                 shutdown.request(getattr(exc, "signum", None) or signal.SIGINT)
             finally:
-                reader.stop()
+                if started:
+                    stage.request_stop()
+                    reader.stop()
+                    stage.stop()
                 if window is not None:
                     window.close()
-            interrupted = shutdown.requested
-            if interrupted:
+            if shutdown.requested:
                 say(f"[yellow]interrupted ({shutdown.name}): finishing the video file and the "
                     "statistics[/]")
             if sink is not None and sink.frames == 0:
-                if interrupted:
+                if shutdown.requested:
                     raise _NothingSaved
                 raise UserError(f"no frame could be read from {info.describe()}; nothing saved")
             if sink is not None:
                 sink.finish()  # a full disk: UserError, the earlier video is kept
     except _NothingSaved:
         saved = None
-    elapsed = time.perf_counter() - t_start
+    return _finish(cfg, info, seg, run, reader, shutdown, call_a, saved, console)
+
+
+class _Run:
+    """The consumer stage: overlay, video file, window, statistics (this thread)."""
+
+    def __init__(self, cfg: StreamConfig, stats: StreamStats, overlay: Overlay, window) -> None:
+        self.cfg, self.stats, self.overlay, self.window = cfg, stats, overlay, window
+        self.sink = None
+        self.processed = self.called = 0
+        self.t_start = time.perf_counter()
+
+    def consume(self, stage: InferenceStage, shutdown: Shutdown, reader: FrameReader, say,
+                on_frame) -> None:
+        cfg, stats = self.cfg, self.stats
+        next_log = time.perf_counter() + cfg.log_every if cfg.log_every > 0 else float("inf")
+        ema_dt = None
+        self.t_start = t_prev = time.perf_counter()
+        while True:  # after a signal: the frames already segmented, then the end
+            t0 = time.perf_counter()
+            batch = stage.get()
+            if batch is None:
+                break
+            stats.add_stage("wait", time.perf_counter() - t0, len(batch))
+            quit_ = False
+            for r in batch:
+                quit_, paused = self.show(r, 1.0 / ema_dt if ema_dt else None, shutdown)
+                t_prev += paused  # paused time is not frame time
+                if quit_:
+                    break
+            t_now = time.perf_counter()
+            n = len(batch)
+            stats.add_frames(t_now - t_prev, n)
+            dt = (t_now - t_prev) / n
+            ema_dt = dt if ema_dt is None else 0.9 * ema_dt + 0.1 * dt
+            t_prev = t_now
+            self.processed += n
+            self.called += sum(is_polyp(r.prob) for r in batch)
+            if on_frame is not None:
+                on_frame(self.processed)
+            if quit_:
+                break
+            if t_now >= next_log:
+                next_log = t_now + cfg.log_every
+                _log_progress(say, stats, reader, self.processed)
+
+    def show(self, r, fps_now, shutdown: Shutdown) -> tuple[bool, float]:
+        """Draw, write and show one result: (quit?, seconds paused)."""
+        stats = self.stats
+        ta = time.perf_counter()
+        vis = self.overlay.draw(r.image, r.mask, r.cam if self.cfg.heatmap else None, r.prob,
+                                fps_now, box=r.box)
+        tb = time.perf_counter()
+        stats.add_stage("overlay", tb - ta)
+        if r.t_capture is not None:
+            stats.add_latency(tb - r.t_capture)
+        if self.sink is not None:
+            self.sink.write(vis)
+            tc = time.perf_counter()
+            stats.add_stage("write", tc - tb)
+            tb = tc
+        if self.window is None:
+            return False, 0.0
+        action = self.window.show(vis)
+        stats.add_stage("display", time.perf_counter() - tb)
+        paused = 0.0
+        if action == "pause":
+            tp = time.perf_counter()
+            if not self.window.wait_unpause(lambda: shutdown.requested):
+                action = "quit"
+            paused = time.perf_counter() - tp
+        return action == "quit", paused
+
+
+def _finish(cfg: StreamConfig, info, seg, run: _Run, reader: FrameReader, shutdown: Shutdown,
+            call_a: float, saved: Path | None, console) -> StreamResult:
+    elapsed = time.perf_counter() - run.t_start
     counts = reader.snapshot()
-    if processed == 0 and not interrupted:
+    interrupted = shutdown.requested
+    if run.processed == 0 and not interrupted:
         raise UserError(f"no frame could be read from {info.describe()}")
+    sink = run.sink
     result = {
         "source": info.spec or "synthetic-demo",
         "source_kind": info.kind,
@@ -299,13 +306,12 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
         "backend_choice": getattr(seg, "backend", seg.name),
         "device": seg.device,
         "model_input_size": seg.manifest.input_size,
-        "untrained_model": untrained,
         "batch": cfg.batch,
         "smooth": cfg.smooth,
         "call_smoothing": call_a,
         "frames_read": counts.read,
-        "frames_processed": processed,
-        "frames_called_polyp": called,
+        "frames_processed": run.processed,
+        "frames_called_polyp": run.called,
         "frames_dropped": counts.dropped,
         "frames_unreadable": counts.unreadable,
         "frames_written": sink.frames if sink is not None else 0,
@@ -315,7 +321,7 @@ def _run(cfg: StreamConfig, source: FrameSource, seg, untrained: bool, save_path
         "interrupted": interrupted,
         "signal": shutdown.name if interrupted else None,
         "elapsed_s": elapsed,
-        **stats.to_dict(),
+        **run.stats.to_dict(),
         "saved": str(saved) if saved is not None else None,
         **cfg.extra,
     }

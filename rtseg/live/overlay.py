@@ -1,6 +1,7 @@
 """Drawing the segmentation on a video frame, vectorised (OpenCV calls, no per-pixel Python).
 
-Per frame: the S x S mask is resized to the frame once (nearest neighbour); the mask colour is
+Per frame: the mask comes at the frame's size (the pipeline's runner made it there, once; an
+S x S mask is resized here, nearest neighbour); the mask colour is
 alpha-blended only inside the mask's bounding box (``cv2.addWeighted`` + ``cv2.copyTo``); the
 mask's outer contour is drawn on top. With ``heatmap`` the CAM is resized (bilinear) and its JET
 colour map blended over the whole frame instead of the flat fill (the contour stays). The
@@ -16,6 +17,7 @@ import cv2
 import numpy as np
 
 from rtseg.model.active_area import paste
+from rtseg.model.call import is_polyp
 
 MASK_COLOUR = (0, 255, 0)  # BGR
 CONTOUR_COLOUR = (0, 255, 255)
@@ -66,10 +68,12 @@ class Overlay:
 
     def draw(self, frame: np.ndarray, mask: np.ndarray, cam: np.ndarray | None = None,
              prob: float | None = None, fps: float | None = None, box=None) -> np.ndarray:
-        """Overlay ``mask`` (S x S, 0/1) and optionally ``cam`` on a BGR ``frame``, in place
-        (``box``: where in the frame the S x S maps lie; None = the whole frame)."""
+        """Overlay ``mask`` (uint8 0/1 at the frame's size, or S x S) and optionally ``cam`` on a
+        BGR ``frame``, in place (``box``: where in the frame the S x S maps lie; None = the whole
+        frame)."""
         h, w = frame.shape[:2]
-        m = self.resize_mask(mask, h, w, box)
+        self._buffers(h, w)
+        m = mask if mask.shape == (h, w) and mask.dtype == np.uint8 else self.resize_mask(mask, h, w, box)
         x, y, bw, bh = cv2.boundingRect(m)  # zero-size box for an empty mask
         if self.heatmap and cam is not None:
             if box is None or box.covers((h, w)):
@@ -98,7 +102,7 @@ class Overlay:
         thick = max(1, round(h / 300))
         lines: list[tuple[str, tuple[int, int, int]]] = []
         if prob is not None:
-            lines.append((f"polyp {prob:.2f}", (0, 0, 255) if prob >= 0.5 else (255, 255, 255)))
+            lines.append((f"polyp {prob:.2f}", (0, 0, 255) if is_polyp(prob) else (255, 255, 255)))
         if fps is not None:
             lines.append((f"{fps:5.1f} fps", (255, 255, 255)))
         y = 4

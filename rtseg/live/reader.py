@@ -19,6 +19,7 @@ from rtseg.live.capture import FrameSource
 class Frame:
     index: int  # position in the source (0-based, counting every frame read)
     image: np.ndarray  # BGR uint8 [H, W, 3]
+    t: float | None = None  # time.perf_counter() when it was decoded (latency is counted from it)
 
 
 @dataclass
@@ -115,7 +116,7 @@ class FrameReader:
                     with self._lock:
                         c.read += 1
                     got_this_pass += 1
-                    if not self._put(Frame(index, r.frame)):
+                    if not self._put(Frame(index, r.frame, time.perf_counter())):
                         break
                     index += 1
                 elif r.status == "bad":

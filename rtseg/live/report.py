@@ -37,6 +37,11 @@ def print_report(console, result: dict[str, Any]) -> None:
     for k, v in result["stages_ms"].items():
         st.add_row(k, *(f"{v[c]:.2f}" for c in ("avg", "median", "min", "max")))
     console.print(st)
+    lat = result.get("latency_ms") or {}
+    if lat.get("count"):
+        console.print(f"latency capture -> overlay ready [ms]: median {lat['median']:.1f}, "
+                      f"p95 {lat['p95']:.1f}, p99 {lat['p99']:.1f} (Av-fps {t2['Av-fps']:.1f})",
+                      markup=False)
     console.print(
         f"frames read {result['frames_read']}, processed {result['frames_processed']}, "
         f"dropped {result['frames_dropped']}, unreadable {result['frames_unreadable']}"
@@ -46,5 +51,3 @@ def print_report(console, result: dict[str, Any]) -> None:
         + (" | source lost" if result["source_lost"] else "")
         + (f" | interrupted ({result.get('signal') or 'SIGINT'})" if result["interrupted"] else ""),
         markup=False)
-    if result["untrained_model"]:
-        console.print("[bold red]UNTRAINED model: the masks above mean nothing[/]")

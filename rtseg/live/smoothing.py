@@ -1,12 +1,13 @@
-"""Causal filters across the frames of a video (the live loop and ``rtseg batch`` on videos).
+"""Causal filters across the frames of a video, run by :class:`rtseg.pipeline.runner.Runner`
+(so ``rtseg stream`` and ``rtseg batch`` on videos filter alike).
 
 - :class:`CallSmoother`: the frame's call. The polyp probability is averaged over the frames
   seen so far (``p_t = a * p_{t-1} + (1 - a) * p_new``), the frame is called polyp when the
-  average exceeds 0.5, and the frame's own mask is shown only then. One frame's false alarm in a
+  average is (:func:`rtseg.model.call.is_polyp`), and the frame's own mask is shown only then. One frame's false alarm in a
   polyp-free stretch no longer flashes a mask, and a polyp the network misses for one frame
   keeps its call. ``a`` is the manifest's ``call_smoothing`` (chosen by cross-validation when
   the model is built) unless the caller overrides it; ``a = 0``: every frame alone.
-- :class:`CamSmoother`: the map itself averaged across frames and thresholded again
+- :class:`CamSmoother`: the map itself averaged across frames (the runner thresholds it)
   (``--smooth``; off by default: on moving polyps it lags, lowering Dice, see docs/results.md).
 
 Both keep one state across batches, in frame order; a still image is a one-frame clip, which
@@ -29,43 +30,38 @@ def check_call_smoothing(a: float | None, option: str = "--call-smoothing") -> N
 
 
 class CallSmoother:
-    """Moving average of the frame's polyp probability; the mask is kept only where it says polyp."""
+    """Moving average of the frame's polyp probability (the runner keeps the mask only on the
+    frames it calls polyp)."""
 
     def __init__(self, a: float) -> None:
         self.a = float(a)
         self.state: float | None = None
 
-    def __call__(self, prob: np.ndarray, mask: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Batch in frame order: prob [B], mask [B, H, W] (or None) -> (averaged prob [B], mask)."""
+    def __call__(self, prob: np.ndarray) -> np.ndarray:
+        """Batch in frame order: prob [B] -> averaged prob [B]."""
         if self.a <= 0.0:
-            return prob, mask
+            return prob
         out = np.empty(len(prob), dtype=np.float32)
         for i, p in enumerate(np.asarray(prob, dtype=np.float64)):
             self.state = float(p) if self.state is None else self.a * self.state + (1.0 - self.a) * float(p)
             out[i] = self.state
-        if mask is not None:
-            keep = (out > 0.5).reshape((-1,) + (1,) * (mask.ndim - 1))
-            mask = (mask * keep).astype(mask.dtype, copy=False)
-        return out, mask
+        return out
 
 
 class CamSmoother:
-    """Exponential moving average of the CAM across frames, re-thresholded by ``policy``.
+    """Exponential moving average of the CAM across frames.
 
-    ``cam_t = a * cam_{t-1} + (1 - a) * cam_new``; ``a = 0`` passes the segmenter's mask through.
-    The manifest's mask post-processing (if any) runs after this, in the loop.
+    ``cam_t = a * cam_{t-1} + (1 - a) * cam_new``; ``a = 0`` passes the segmenter's map through.
     """
 
-    def __init__(self, a: float, policy) -> None:
+    def __init__(self, a: float) -> None:
         self.a = float(a)
-        self.policy = policy
         self.state: np.ndarray | None = None
 
-    def __call__(self, cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Batch [B, S, S] in frame order -> (smoothed cams, masks uint8)."""
+    def __call__(self, cam: np.ndarray) -> np.ndarray:
+        """Batch [B, S, S] in frame order -> smoothed cams."""
         if self.a <= 0.0:
-            return cam, mask
+            return cam
         out = np.empty_like(cam, dtype=np.float32)
         for i in range(cam.shape[0]):
             if self.state is None or self.state.shape != cam[i].shape:
@@ -74,20 +70,4 @@ class CamSmoother:
                 self.state *= self.a
                 self.state += (1.0 - self.a) * cam[i]
             out[i] = self.state
-        return out, np.asarray(self.policy.apply(out), dtype=np.uint8)
-
-
-class VideoFilters:
-    """The loop's per-batch filters in their order: the map (``smooth``), then the call
-    (``call_smoothing``); (prob, cam, mask) in, (prob, cam, mask) out. One place for the live
-    loop and ``rtseg batch``."""
-
-    def __init__(self, smooth: float, call_smoothing: float, policy) -> None:
-        self.cam = CamSmoother(smooth, policy)
-        self.call = CallSmoother(call_smoothing)
-
-    def __call__(self, prob: np.ndarray, cam: np.ndarray, mask: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cam, mask = self.cam(cam, mask)
-        prob, mask = self.call(prob, mask)
-        return prob, cam, mask
+        return out

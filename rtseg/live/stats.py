@@ -69,6 +69,13 @@ class RunningStats:
         k = len(r) // 2
         return r[k] if len(r) % 2 else 0.5 * (r[k - 1] + r[k])
 
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile (0-100) of the reservoir (every sample while it is not full)."""
+        if not self._res:
+            return 0.0
+        r = sorted(self._res)
+        return r[min(len(r) - 1, max(0, int(round(q / 100.0 * (len(r) - 1)))))]
+
     def to_dict(self, scale: float = 1000.0) -> dict[str, float | int]:
         """Summary in ms (``scale`` = 1000)."""
         if not self.count:
@@ -110,6 +117,7 @@ class StreamStats:
         self._lock = threading.Lock()
         self.stages: dict[str, RunningStats] = {s: RunningStats(seed=i + 1) for i, s in enumerate(stages)}
         self.frame = RunningStats(seed=0)
+        self.latency = RunningStats(seed=len(stages) + 100)  # capture -> overlay ready, per frame
         self.frames = 0
         self.wall = 0.0  # seconds of loop time counted (pauses excluded)
         self._win_n = 0
@@ -133,6 +141,18 @@ class StreamStats:
             yield
         finally:
             self.add_stage(name, time.perf_counter() - t0, n)
+
+    def add_latency(self, seconds: float) -> None:
+        with self._lock:
+            self.latency.add(seconds)
+
+    def latency_ms(self) -> dict[str, float | int]:
+        """Per-frame latency from capture to overlay ready: count, median, p95, p99, max [ms]."""
+        with self._lock:
+            lat = self.latency
+            return {"count": lat.count, "median": lat.median * 1000.0,
+                    "p95": lat.percentile(95) * 1000.0, "p99": lat.percentile(99) * 1000.0,
+                    "max": lat.max * 1000.0}
 
     def add_frames(self, seconds: float, n: int = 1) -> None:
         """``n`` frames done in ``seconds`` of loop time."""
@@ -167,4 +187,4 @@ class StreamStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {"table2": self.table2(), "frames_timed": self.frames, "loop_seconds": self.wall,
-                "stages_ms": self.stage_summary()}
+                "stages_ms": self.stage_summary(), "latency_ms": self.latency_ms()}

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from rtseg.model.call import is_polyp
 from rtseg.model.gradcam import GradCAM
 
 
@@ -25,7 +26,7 @@ def cam_images(bundle, images: Sequence[np.ndarray], layer: int | str | None = N
 
     In tiles mode (``manifest.tiles``, the paper's Run 1) every image is split into 2 x 2
     tiles, each tile gets its own CAM, and the four are put back together; a tile the
-    classifier calls non-polyp (prob < 0.5) contributes zeros. The image's prob is the
+    classifier calls non-polyp (not :func:`~rtseg.model.call.is_polyp`) contributes zeros. The image's prob is the
     largest tile prob.
     """
     from rtseg.model.preprocess import images_to_input, network_views
@@ -52,7 +53,7 @@ def cam_images(bundle, images: Sequence[np.ndarray], layer: int | str | None = N
     out_p, out_c = [], []
     for k in range(len(images)):
         tp, tc = prob[4 * k:4 * k + 4], cams[4 * k:4 * k + 4]
-        tc = [c if p >= 0.5 else np.zeros_like(c) for p, c in zip(tp, tc)]
+        tc = [c if is_polyp(p) else np.zeros_like(c) for p, c in zip(tp, tc)]
         out_c.append(np.block([[tc[0], tc[1]], [tc[2], tc[3]]]).astype(np.float32))
         out_p.append(tp.max())
     return CamResult(np.asarray(out_p, np.float32), out_c, boxes)
@@ -75,14 +76,23 @@ def place_cam(cam: np.ndarray, hw: tuple[int, int], box=None) -> np.ndarray:
 
 
 def cam_to_mask(cam: np.ndarray, policy, hw: tuple[int, int], steps=(), box=None) -> np.ndarray:
-    """Resize a CAM to (H, W) (into ``box``, its active area, if given), threshold it with
-    ``policy`` and apply the post-processing ``steps`` (a manifest's ``postprocess``): bool [H, W]."""
+    """THE mask of a CAM at an image's (H, W): the CAM resized bilinearly into ``box`` (its
+    active area; None = the whole image), thresholded there with ``policy`` (outside the field
+    of view nothing is a polyp, whatever the policy; ``otsu`` sees the field of view only), then
+    the post-processing ``steps`` (a manifest's ``postprocess``): bool [H, W]. Every command's
+    mask is this one (:class:`rtseg.pipeline.runner.Runner`)."""
+    import cv2
+
     from rtseg.model.postprocess import refine
 
-    full = place_cam(cam, hw, box)
-    mask = np.asarray(policy.apply(np.clip(full, 0.0, 1.0)), dtype=bool)
-    if box is not None:
-        inside = np.zeros(hw, bool)
-        inside[box.y0:box.y1, box.x0:box.x1] = True
-        mask &= inside  # outside the field of view nothing is a polyp, whatever the policy
-    return refine(mask, steps)
+    h, w = int(hw[0]), int(hw[1])
+    if box is None or box.covers((h, w)):
+        y0, y1, x0, x1 = 0, h, 0, w
+    else:
+        y0, y1, x0, x1 = box.y0, box.y1, box.x0, box.x1
+    mask = np.zeros((h, w), bool)
+    if y1 > y0 and x1 > x0:
+        part = cv2.resize(np.asarray(cam, np.float32), (x1 - x0, y1 - y0),
+                          interpolation=cv2.INTER_LINEAR)
+        mask[y0:y1, x0:x1] = np.asarray(policy.apply(np.clip(part, 0.0, 1.0)), dtype=bool)
+    return refine(mask, steps) if steps else mask

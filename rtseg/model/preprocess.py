@@ -5,7 +5,8 @@ Training, eager inference, Grad-CAM and the fused exported graph all call
 preprocessing cannot drift between training and inference.
 
 Before these steps, images are cut to the endoscope's active area when the manifest says so
-(:func:`network_views`, :mod:`rtseg.model.active_area`; the segmenters do it once per stream).
+(:func:`network_views`, :mod:`rtseg.model.active_area`; the segmenters do it per frame and
+resize the cut-out once on the CPU, :func:`rtseg.model.active_area.network_view`).
 
 Steps: uint8 [B, H, W, 3] (RGB, or BGR with ``bgr=True``) -> float [B, 3, H, W] / 255 ->
 bilinear resize to S x S (``align_corners=False``, no antialias: exactly what ONNX ``Resize``

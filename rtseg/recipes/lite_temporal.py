@@ -15,6 +15,7 @@ import numpy as np
 
 from rtseg.imageio import natural_key
 from rtseg.live.smoothing import MAX_CALL_SMOOTHING, CallSmoother
+from rtseg.model.call import is_polyp
 from rtseg.recipes.layout import Item
 
 #: the factors searched (0: every frame alone; at most MAX_CALL_SMOOTHING, a 5-frame time constant)
@@ -33,7 +34,7 @@ def clips(items: list[Item]) -> list[list[Item]]:
 
 def clip_calls(p: np.ndarray, a: float) -> np.ndarray:
     """A clip's frame probabilities in order -> called polyp per frame, as the live loop calls them."""
-    return CallSmoother(a)(p)[0] > 0.5
+    return is_polyp(CallSmoother(a)(p))
 
 
 def stream_calls(probs: list[tuple[list[Item], np.ndarray]], a: float) -> dict[str, bool]:

@@ -17,7 +17,9 @@
 - ``fp16``: None = the backend's default (fp16 on CUDA, fp32 on CPU, where fp16 only costs);
 - ``layer``: CAM layer (None = the manifest's; an exported file computes one layer).
 
-See :mod:`rtseg.runtime.base` for the call convention. Bad input raises UserError.
+Every segmenter returned sits behind :class:`rtseg.runtime.active.ViewSegmenter` (the frame's
+active area, resized once on the CPU). See :mod:`rtseg.runtime.base` for the call convention.
+Bad input raises UserError.
 """
 
 from __future__ import annotations
@@ -131,10 +133,9 @@ def create_segmenter(model=None, backend: str = "auto", device: str = "auto",
         fp16 = False if kind in ("bundle", "bundle-object") else fp16
     seg = _build(chosen, model, kind, dev, fp16, layer, options, resolve_bundle)
     seg.backend = chosen
-    if getattr(seg.manifest, "active_area", False):
-        from rtseg.runtime.active import ActiveAreaSegmenter
+    from rtseg.runtime.active import ViewSegmenter
 
-        seg = ActiveAreaSegmenter(seg)
+    seg = ViewSegmenter(seg)  # the frame's active area, resized once on the CPU
     if backend == "auto":
         log.info("backend auto -> %s", seg.describe())
     return seg

@@ -1,7 +1,9 @@
 """The segmenter interface shared by every runtime backend.
 
-A segmenter is called on a batch of BGR uint8 frames ``[B, H, W, 3]`` (any H, W: resizing is
-part of the model) and returns :class:`SegOutput`: the polyp probability, the CAM in [0, 1]
+A segmenter is called on a batch of BGR uint8 frames ``[B, H, W, 3]`` (any H, W: the
+:class:`~rtseg.runtime.active.ViewSegmenter` every created segmenter sits behind cuts each frame
+to its active area and resizes it to S x S on the CPU; a backend's graph still resizes whatever
+it is given) and returns :class:`SegOutput`: the polyp probability, the CAM in [0, 1]
 and the thresholded mask, at the model's input size S x S. Preprocessing, CAM layer and
 threshold policy come from the bundle's manifest (embedded in exported graphs).
 """
