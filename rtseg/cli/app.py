@@ -3,13 +3,14 @@
 import typer
 
 #: what every command's --model option falls back to (rtseg/assets/default_model)
-SHIPPED_MODEL = "the shipped model (ImageNet EfficientNet-Lite1, frozen, + segmentation head)"
+SHIPPED_MODEL = "the shipped model (ImageNet EfficientNet-Lite1 + segmentation head, fine-tuned end to end)"
 
 app = typer.Typer(
     name="rtseg",
     help="Real-time polyp segmentation in colonoscopy video. The shipped model: an ImageNet "
-    "EfficientNet-Lite1 (frozen) with a polyp classifier and a segmentation head that refines its "
-    "Grad-CAM, trained from image labels and 100 seed masks; one fused ONNX graph per frame. "
+    "EfficientNet-Lite1 with a polyp classifier and a segmentation head that refines its Grad-CAM, "
+    "fine-tuned end to end through augmented views from image labels and 100 seed masks; one fused "
+    "ONNX graph per frame. "
     "A research tool, not a medical device.",
     no_args_is_help=True,
     add_completion=False,

@@ -16,8 +16,9 @@ a path may name a 2x2 tile as IMAGE#t0..IMAGE#t3; relative paths resolve against
 folder. --val images are held out (stratified, seeded) and measured every epoch; the best epoch
 (validation accuracy, then loss) is saved as OUT/weights.pt + OUT/manifest.json, and
 OUT/checkpoint.pt after every epoch (continue with --resume). The default --arch is the
-paper's efficientnet-b1 from scratch; the shipped model (ImageNet EfficientNet-Lite1, frozen,
-+ segmentation head) is built by python -m rtseg.recipes.lite build, not by this command.
+paper's efficientnet-b1 from scratch; the shipped model (ImageNet EfficientNet-Lite1 +
+segmentation head, fine-tuned end to end) is built by python -m rtseg.recipes.lite build, not by
+this command.
 
 [bold]Example:[/] rtseg train --labels runs/labels.csv --out runs/model --epochs 25
 """

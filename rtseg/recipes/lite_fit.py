@@ -107,7 +107,7 @@ VARIANTS = {
     "finetune": Variant("finetune", agree=True, head_all_pg_neg=True, call_smoothing=True, bkai=True,
                         finetune_steps=240),
 }
-DEFAULT_VARIANT = "agree-allneg-video"  # the shipped model's (rtseg.recipes.lite build)
+DEFAULT_VARIANT = "finetune"  # the shipped model's (rtseg.recipes.lite build)
 TOP_FROM = 14  # the top fine-tuned by top_epochs starts after this block (a head feature block)
 # the operating points searched by the inner cross-validation (t: classifier logit; h: head max)
 OP_SHIFTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
