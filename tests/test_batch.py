@@ -452,3 +452,23 @@ def _children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 kids.append(int(name))
     return kids
+
+
+def test_a_batch_prints_no_ray_restart_notice(ray_up, cache_env, archive, model, tmp_path, capfd):
+    """Ray's C++ core worker prints one ERROR line per restartable actor pool; rtseg keeps the
+    restarts (a crash on one file must not lose the next) and drops that line, nothing else."""
+    import os
+
+    from rtseg.batch import BatchConfig, run_batch
+    from rtseg.batch.raysession import without_ray_restart_notice
+
+    with without_ray_restart_notice():
+        os.write(2, b"[2026-12-06 12:00:00,000 E 1 2] core_worker.cc:123: Actor constructor arguments "
+                    b"in the object store and max_restarts > 0\nkept line\n")
+    err = capfd.readouterr().err
+    assert "kept line" in err and "core_worker" not in err
+    cfg = BatchConfig(input=str(archive / "stills"), out=str(tmp_path / "out"), model=str(model), workers=2,
+                      quiet=True)
+    run_batch(cfg)
+    err = capfd.readouterr().err
+    assert "core_worker" not in err, err

@@ -16,11 +16,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
+import sys
 import threading
 from typing import Iterator
 
 from rtseg.errors import UserError, first_line
+
 
 LOCAL_OBJECT_STORE = 256 * 1024 * 1024  # results are small; the model travels once per worker
 
@@ -183,3 +186,36 @@ def ray_session(workers: int, threads: int = 1, address: str | None = None) -> I
         if started:
             with contextlib.suppress(Exception):
                 ray.shutdown()
+
+
+#: the one line Ray's C++ core worker prints at ERROR level for every Ray Data actor pool that may
+#: restart (Ray Data keeps its map function in the object store; rtseg wants the restarts: a
+#: worker that crashes on one file must not take the next files with it)
+RESTART_NOTICE = re.compile(rb"core_worker\.cc.*(max_restarts|object store)")
+
+
+@contextlib.contextmanager
+def without_ray_restart_notice():
+    """While the block runs, the process's stderr (fd 2, where Ray's C++ code writes) goes
+    through a pipe that drops :data:`RESTART_NOTICE` lines and passes every other byte on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+
+    def pump() -> None:
+        with os.fdopen(r, "rb", buffering=0) as fh:
+            for line in iter(fh.readline, b""):
+                if not RESTART_NOTICE.search(line):
+                    os.write(saved, line)
+
+    th = threading.Thread(target=pump, name="rtseg-stderr", daemon=True)
+    th.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer here closes: the pump ends
+        th.join(timeout=2)
+        os.close(saved)

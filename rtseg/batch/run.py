@@ -304,7 +304,7 @@ def run_batch(cfg: BatchConfig, console=None) -> dict:
 
 
 def _dispatch(cfg: BatchConfig, state: RunState, todo: list[dict], console, say) -> None:
-    from rtseg.batch.raysession import import_ray, ray_session
+    from rtseg.batch.raysession import import_ray, ray_session, without_ray_restart_notice
 
     import_ray()
     local_workers = cfg.workers or cpu_cores()
@@ -347,7 +347,7 @@ def _dispatch(cfg: BatchConfig, state: RunState, todo: list[dict], console, say)
         total_files = sum(1 if u["kind"] == "video" else len(u["files"]) for u in todo)
         stop = threading.Event()
         progress = _progress(console, cfg.progress and not cfg.quiet)
-        with progress:
+        with progress, without_ray_restart_notice():
             task = progress.add_task("batch", total=total_files, frames=0, fps=0.0)
             state.t_work = time.time()
 
