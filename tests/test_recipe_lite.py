@@ -70,7 +70,11 @@ def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, mon
                                          "agree-allneg-video": rlf.Variant("agree-allneg-video", agree=True,
                                                                            head_all_pg_neg=True, epochs=2,
                                                                            call_smoothing=True),
-                                         "cam-only": rlf.Variant("cam-only", head=False, selftrain=False)})
+                                         "cam-only": rlf.Variant("cam-only", head=False, selftrain=False),
+                                         rlf.DEFAULT_VARIANT: rlf.Variant(rlf.DEFAULT_VARIANT, agree=True,
+                                                                          head_all_pg_neg=True, epochs=2,
+                                                                          call_smoothing=True, bkai=True,
+                                                                          finetune_steps=2)})
     res = rl.cross_validate(data_folder, 2, ["default", "cam-only"], tmp_path / "cache")
     for name in ("default", "cam-only"):
         assert len(res["per_fold"][name]) == 2

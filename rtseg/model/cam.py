@@ -38,8 +38,15 @@ def cam_images(bundle, images: Sequence[np.ndarray], layer: int | str | None = N
     layer = resolve_layer(m, layer)
     dev = device or next(bundle.model.parameters()).device
     tiles = m.tiles
-    views, boxes = network_views(images, m)
-    inputs = [t for im in views for t in split_tiles(im)] if tiles else list(views)
+    if tiles:  # tiles of the full-resolution view, each resized once (as the segmenters do)
+        from rtseg.model.active_area import prepare, resize_view
+
+        pairs = [prepare(im, bool(m.active_area)) for im in images]
+        boxes = [b for _, b in pairs]
+        inputs = [resize_view(t, m.input_size) for v, _ in pairs for t in split_tiles(v)]
+    else:
+        views, boxes = network_views(images, m)
+        inputs = list(views)
     probs, cams = [], []
     with GradCAM(bundle.model, layer, m.arch) as cam:
         for i in range(0, len(inputs), batch_size):

@@ -66,10 +66,12 @@ def network_views(images: Sequence[np.ndarray], manifest) -> tuple[list[np.ndarr
 
     With the manifest's ``active_area`` each image is cropped to the endoscope's field of view
     (fixed overlays blanked, :mod:`rtseg.model.active_area`); else the whole image (box = image).
+    The view is resized to the input size exactly as every segmenter does it
+    (:func:`rtseg.model.active_area.network_view`), so training and inference see the same pixels.
     """
-    from rtseg.model.active_area import prepare
+    from rtseg.model.active_area import network_view
 
-    pairs = [prepare(im, bool(getattr(manifest, "active_area", False))) for im in images]
+    pairs = [network_view(im, manifest.input_size, bool(getattr(manifest, "active_area", False))) for im in images]
     return [v for v, _ in pairs], [b for _, b in pairs]
 
 

@@ -19,6 +19,9 @@ from rtseg.train.probe import Cached, extract
 
 SEEDS = {"kvasir": 70, "cvc": 30}
 CLOSEUPS = 5  # close-up views per polyp-free frame: its centre, then its four quadrants
+#: how network views are made (part of a cached feature file's name): "cpu-resize" = each view
+#: resized once on the CPU as the segmenters do (rtseg.model.active_area.network_view)
+VIEWS_VERSION = "cpu-resize"
 
 
 def ordered(items: list[Item]) -> list[Item]:
@@ -66,7 +69,7 @@ class FeatureStore:
         keys = [k for k in keys if k not in self.index]
         if not keys:
             return
-        f = self.cache / f"{label}.npz" if self.cache else None
+        f = self.cache / f"{label}.{VIEWS_VERSION}.npz" if self.cache else None
         if f is not None and f.is_file():
             try:
                 z = np.load(f, allow_pickle=True)
