@@ -58,7 +58,7 @@ def organisation_references(text: str) -> list[tuple[int, str, str]]:
     ("an idea tried for #" + "6.", True),
     ("run once with the device " + "tool", True),
     ("a path may name a tile as IMAGE#t0", False),
-    ('parse_tile_path("a/odd#1.jpg")', False),
+    ('parse_tile_path("a/odd#' + '1.jpg")', False),
     ("colour = '#ff00" + "aa'  # BGR", False),
     ('@pytest.fixture(scope="' + _WORD + '")', False),
     ("ort.InferenceSession(path)", False),

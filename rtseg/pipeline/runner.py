@@ -84,9 +84,9 @@ class Runner:
         out = []
         for i, img in enumerate(images):
             ta = time.perf_counter()
-            keep = not gate or is_polyp(float(prob[i]))
-            mask = cam_to_mask(cam[i], self.policy, img.shape[:2], self.steps, boxes[i])
-            mask = mask.view(np.uint8) if keep else np.zeros(img.shape[:2], np.uint8)
+            keep = not gate or is_polyp(float(prob[i]))  # a frame the averaged call drops: no mask to make
+            mask = (cam_to_mask(cam[i], self.policy, img.shape[:2], self.steps, boxes[i]).view(np.uint8)
+                    if keep else np.zeros(img.shape[:2], np.uint8))
             out.append(FrameResult(indices[i] if indices is not None else i, img, float(prob[i]),
                                    cam[i], boxes[i], mask,
                                    t_capture[i] if t_capture is not None else None,

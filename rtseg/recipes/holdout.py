@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtseg.model.call import is_polyp
 from rtseg.recipes.layout import Item
 from rtseg.recipes.lite_fit import SIZE, Fit, Variant, clip_probs, maps_of
 
@@ -63,26 +64,20 @@ def score_hospital(store, f: Fit, test: dict[str, list[Item]], v: Variant) -> di
     polyp = [it for s in ("kvasir", "cvc", "pg_pos", "bkai") for it in test.get(s, [])]
     if polyp:
         masked = [it for it in polyp if it.mask is not None]
-        if masked:
-            out["polyp"] = polyp_scores(store, f, masked, v, shown)
-        unmasked = [it for it in polyp if it.mask is None]
-        if unmasked:  # frames without a mask: their call only
-            prob, _ = maps_of(f, store.get([str(it.image) for it in unmasked]), SIZE, False, v.agree)
-            called = prob > 0.5
-            n_m = len(masked)
-            rate = (out["polyp"]["called_polyp"] * n_m + called.sum()) / (n_m + len(unmasked)) if masked \
-                else float(called.mean())
-            stream = (out["polyp"]["stream_called_polyp"] * n_m + called.sum()) / (n_m + len(unmasked)) \
-                if masked else float(called.mean())
-            out.setdefault("polyp", {}).update({"n": len(polyp), "n_masked": n_m,
-                                                "called_polyp": round(float(rate), 4),
-                                                "stream_called_polyp": round(float(stream), 4)})
+        out["polyp"] = polyp_scores(store, f, masked, v, shown) if masked else {}
+        # the call over every polyp frame, masked or not (BKAI-IGH has no masks)
+        prob, _ = maps_of(f, store.get([str(it.image) for it in polyp]), SIZE, False, v.agree)
+        called = is_polyp(prob)
+        out["polyp"].update({"n": len(polyp), "n_masked": len(masked),
+                             "called_polyp": round(float(np.mean(called)), 4),
+                             "stream_called_polyp": round(float(np.mean(
+                                 [shown.get(str(it.image), z) for it, z in zip(polyp, called)])), 4)})
     neg = test.get("pg_neg", [])
     if neg:
         prob, _ = maps_of(f, store.get([str(it.image) for it in neg]), SIZE, False, v.agree)
         groups = np.array([it.group for it in neg])
         sok = np.array([not shown[str(it.image)] for it in neg])
-        out["polyp_free"] = {"n": len(neg), "called_non_polyp": round(float((prob <= 0.5).mean()), 4),
+        out["polyp_free"] = {"n": len(neg), "called_non_polyp": round(float((~is_polyp(prob)).mean()), 4),
                              "stream_called_non_polyp": round(float(sok.mean()), 4),
                              "stream_per_sequence": {g: round(float(sok[groups == g].mean()), 4)
                                                      for g in sorted(set(groups))}}

@@ -111,7 +111,6 @@ def batches(groups: list[list[Sample]], cfg: FinetuneConfig, aug: AugmentConfig,
         for g, n in groups:
             for i in rng.integers(0, len(g), n):
                 s = g[i]
-                h, w = s.view.shape[:2]
                 t = s.target if s.target is not None else np.zeros((TARGET, TARGET), np.float32)
                 wt = s.weight if s.weight is not None else np.ones((TARGET, TARGET), np.float32)
                 img, (t2, w2) = augment(s.view, [t, wt], rng, aug, fill=[0.0, 1.0])
