@@ -60,6 +60,7 @@ class Variant:
     bkai: bool = False  # BKAI-IGH NeoPolyp frames as image-level positives (and self-training images)
     finetune_steps: int = 0  # > 0: the network fine-tuned end to end through augmented views (steps)
     finetune_from: int = 6  # the blocks after this one are fine-tuned (a head feature block)
+    bg_tiles: int = 0  # > 0: background tiles per polyp frame (teacher-sure mucosa) as fine-tuning negatives
 
 
 VARIANTS = {
@@ -106,6 +107,10 @@ VARIANTS = {
     # through augmented views, the probe teaching the frames without a mask (rtseg.train.finetune)
     "finetune": Variant("finetune", agree=True, head_all_pg_neg=True, call_smoothing=True, bkai=True,
                         finetune_steps=240),
+    # finetune with up to two background tiles of every training polyp frame (where the teacher is
+    # sure of mucosa) as negatives: polyp-free tissue of every source's endoscope
+    "finetune-bg": Variant("finetune-bg", agree=True, head_all_pg_neg=True, call_smoothing=True, bkai=True,
+                           finetune_steps=240, bg_tiles=2),
 }
 DEFAULT_VARIANT = "finetune"  # the shipped model's (rtseg.recipes.lite build)
 TOP_FROM = 14  # the top fine-tuned by top_epochs starts after this block (a head feature block)

@@ -94,7 +94,8 @@ class Student(nn.Module):
 class FinetuneConfig:
     steps: int = 240
     batch: int = 16
-    shares: tuple[int, int, int] = (4, 8, 4)  # per batch: seed images, polyp frames without mask, polyp-free
+    # per batch: seed images, polyp frames without mask, polyp-free views (and any further group)
+    shares: tuple[int, ...] = (4, 8, 4)
     lr: float = 1e-4  # backbone blocks; the classifier and head learn 10x faster
     from_block: int = 6
     seed: int = 0
