@@ -220,3 +220,38 @@ def test_tune_cli_warns_when_a_constant_ellipse_wins(val_folder, tmp_path, capsy
     assert lines[0].startswith("warning: the model's best masks do not beat a constant centred "
                                "ellipse of radius 0.3 (Dice ")
     assert lines[0].endswith("vs 1.0000)") and f"{res['rows'][0]['dice']:.4f}" in lines[0]
+
+
+def _refine_whole(mask, steps):
+    out = mask.astype(bool)
+    for s in steps:
+        out = {"largest": largest_component, "fill": fill_holes}[s](out)
+    return out
+
+
+def test_refine_in_the_bounding_rectangle_equals_the_whole_frame():
+    """Clean-up inside the mask's bounding rectangle (the 1080p fast path) gives exactly the
+    whole-frame result: holes open to the rectangle's edge, ties between components, masks
+    touching the frame's edges, empty masks."""
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        h, w = int(rng.integers(20, 90)), int(rng.integers(20, 120))
+        m = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(0, 5))):
+            cv2.circle(m, (int(rng.integers(-5, w + 5)), int(rng.integers(-5, h + 5))),
+                       int(rng.integers(2, 15)), 1, -1)
+            cv2.circle(m, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(1, 5)), 0, -1)
+        if trial % 5 == 0:  # two equal squares: the first in raster order wins in both
+            m[:] = 0
+            m[2:6, w - 8:w - 4] = 1
+            m[h - 6:h - 2, 2:6] = 1
+        for steps in (("largest",), ("fill",), ("largest", "fill"), ("fill", "largest")):
+            assert np.array_equal(refine(m.astype(bool), steps), _refine_whole(m, steps)), (trial, steps)
+    # a notch open to the rectangle's edge is not a hole; a closed ring's inside is
+    u = np.zeros((30, 30), bool)
+    u[5:20, 5:20] = True
+    u[5:12, 10:14] = False  # opens at the rectangle's top edge
+    assert not refine(u, ("fill",))[6, 11]
+    ring = np.zeros((30, 30), bool)
+    cv2.circle(ring.view(np.uint8), (15, 15), 8, 1, 2)
+    assert refine(ring, ("fill",))[15, 15]

@@ -3,8 +3,11 @@
 - ``largest``: keep only the largest connected component (8-connectivity);
 - ``fill``: fill holes (background regions not connected to the image border).
 
-Steps run in the order given, on CPU with OpenCV, after the segmenter's thresholded mask
-(cheap at the model's input size, so the stream loop can afford them).
+Steps run in the order given, on CPU with OpenCV, after the segmenter's thresholded mask.
+They run inside the mask's bounding rectangle only: every component and every hole of a mask
+lies inside it, and background outside it reaches the image border in a straight line, so the
+result is the same as on the whole frame, at a fraction of the cost on a 1080p frame (where the
+mask is a few percent of the pixels).
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ def refine(mask: np.ndarray, steps: Sequence[str]) -> np.ndarray:
     if mask.ndim == 3:
         return np.stack([refine(m, steps) for m in mask])
     out = mask.astype(bool)
-    for s in steps:
-        out = _FUNCS[s](out)
+    x, y, w, h = cv2.boundingRect(out.view(np.uint8))
+    if w == 0 or h == 0:  # an empty mask stays empty under every step
+        return out
+    part = out[y:y + h, x:x + w]
+    for s in steps:  # each step keeps the mask inside its bounding rectangle
+        part = _FUNCS[s](part)
+    out[y:y + h, x:x + w] = part
     return out
