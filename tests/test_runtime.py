@@ -100,6 +100,19 @@ def test_onnxruntime_session_options(onnx_file):
     assert seg.providers == ["CPUExecutionProvider"]
 
 
+def test_overlapped_segmenter_does_not_spin(onnx_file):
+    """The live loop's segmenter shares two cores with decoding and drawing: its onnxruntime
+    threads must not spin-wait (the bench's segmenter alone keeps onnxruntime's default)."""
+    from rtseg.runtime.loader import create
+
+    key = "session.intra_op.allow_spinning"
+    shared = create(onnx_file, "onnxruntime", "cpu", overlapped=True).inner
+    assert shared.session.get_session_options().get_session_config_entry(key) == "0"
+    alone = create(onnx_file, "onnxruntime", "cpu").inner
+    with pytest.raises(Exception):  # not set: onnxruntime's default
+        alone.session.get_session_options().get_session_config_entry(key)
+
+
 # --- bad input: UserError, one line ----------------------------------------------------------
 def one_line(exc_info):
     msg = str(exc_info.value)

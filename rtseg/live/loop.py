@@ -139,7 +139,8 @@ def run_stream(cfg: StreamConfig, segmenter=None, console=None,
                 try:
                     segmenter = load_segmenter(
                         cfg.model, cfg.backend, cfg.device, cfg.fp16, cfg.layer,
-                        say=lambda m: console.print(m, markup=False), threads=cfg.threads)
+                        say=lambda m: console.print(m, markup=False), threads=cfg.threads,
+                        overlapped=True)  # decode and drawing run beside inference
                 except STOP as exc:
                     shutdown.request(getattr(exc, "signum", None) or signal.SIGINT)
                 finally:

@@ -28,18 +28,26 @@ def check_backend(backend: str, device: str = "auto") -> None:
 
 
 def create(model, backend: str = "auto", device: str = "auto", fp16: bool | None = None,
-           layer=None, threads: int = 0):
-    """``rtseg.runtime.create_segmenter``; ``threads`` (CPU threads, onnxruntime) when nonzero."""
-    options = {"threads": threads} if threads else {}
+           layer=None, threads: int = 0, overlapped: bool = False):
+    """``rtseg.runtime.create_segmenter``; ``threads`` (CPU threads, onnxruntime) when nonzero.
+
+    ``overlapped``: the segmenter shares the CPU with other stages running at the same time
+    (decode, drawing, recording): onnxruntime's intra-op threads then sleep between operators
+    instead of spin-waiting, which would take the cores those stages need."""
+    options: dict = {"threads": threads} if threads else {}
+    if overlapped:
+        options["spin"] = False
     return create_segmenter(model, backend, device, fp16, layer, **options)
 
 
 def load_segmenter(model: str | None, backend: str = "auto", device: str = "auto",
-                   fp16: bool | None = None, layer=None, say=print, threads: int = 0):
-    """The segmenter for ``model`` (None = the shipped default model)."""
+                   fp16: bool | None = None, layer=None, say=print, threads: int = 0,
+                   overlapped: bool = False):
+    """The segmenter for ``model`` (None = the shipped default model); ``overlapped``: see
+    :func:`create`."""
     check_backend(backend, device)
     check_model(model)
-    return create(model, backend, device, fp16, layer, threads)
+    return create(model, backend, device, fp16, layer, threads, overlapped)
 
 
 def check_model(model) -> None:
