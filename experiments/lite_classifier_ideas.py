@@ -35,10 +35,9 @@ import numpy as np
 
 from rtseg.atomic import write_text
 from rtseg.errors import run_script
-from rtseg.recipes import lite as R
 from rtseg.recipes.layout import group_folds
-from rtseg.recipes.lite_data import seeds_of, view_tiles
-from rtseg.recipes.lite_fit import DEFAULT_VARIANT, VARIANTS, fit
+from rtseg.recipes.distill.data import add_tiles, load_all, open_store, seeds_of, view_tiles
+from rtseg.recipes.distill.fit import DEFAULT_VARIANT, VARIANTS, fit
 from rtseg.train.probe import fit_classifier, head_cams, head_maps, logits_of
 
 POS = ("kvasir", "cvc", "pg_pos")
@@ -46,8 +45,8 @@ POS = ("kvasir", "cvc", "pg_pos")
 
 def folds(data: Path, cache: Path, k: int = 3):
     """(store, items, iterator of (fold, train, test, seeds))"""
-    items = R.load_all(data)
-    store = R.open_store(items, cache)
+    items = load_all(data)
+    store = open_store(items, cache)
     fold_of = {s: group_folds(i, k) for s, i in items.items()}
 
     def gen():
@@ -55,7 +54,7 @@ def folds(data: Path, cache: Path, k: int = 3):
             train = {s: [it for j, fl in enumerate(fs) if j != f for it in fl] for s, fs in fold_of.items()}
             test = {s: fs[f] for s, fs in fold_of.items()}
             seeds = seeds_of(train)
-            R.add_tiles(store, seeds)
+            add_tiles(store, seeds)
             yield f, train, test, seeds
     return store, items, gen()
 
@@ -135,7 +134,7 @@ def run_pooling(data: Path, cache: Path) -> dict:
 # --------------------------------------------------------------------------------------------
 def add_quadrants(store, items, cache: Path) -> dict[str, list[str]]:
     """Features of the lit 2 x 2 quadrants of every polyp image's active area (key ``image#qN``,
-    :func:`rtseg.recipes.lite_data.view_tiles`), cached; image -> its keys. The key list is kept
+    :func:`rtseg.recipes.distill.data.view_tiles`), cached; image -> its keys. The key list is kept
     beside the features (which quadrants are lit is known only after decoding)."""
     from rtseg.imageio import read_image
 
@@ -235,7 +234,7 @@ def run_top_finetune(data: Path, cache: Path, epochs: int = 12, from_block: int 
     import torch
 
     from rtseg.model.bundle import build_model
-    from rtseg.recipes.lite_fit import ARCH
+    from rtseg.recipes.distill.data import ARCH
     from rtseg.train.top import finetune_top, retop
 
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ from rtseg.synthetic import make_sample
 @pytest.fixture(scope="module")
 def setup():
     from rtseg.model.bundle import build_model
-    from rtseg.recipes.lite_fit import manifest
+    from rtseg.recipes.distill.data import manifest
     from rtseg.train.probe import extract
 
     torch.manual_seed(0)

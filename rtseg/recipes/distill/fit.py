@@ -1,8 +1,7 @@
-"""The default model's recipe (:mod:`rtseg.recipes.lite`), part 1: its settings and variants
-and one fit (classifier + head on a training selection, threshold and clean-up tuned on it);
-its data (items, in-domain negative views, cached features) are :mod:`rtseg.recipes.lite_data`.
-Part 2, :mod:`rtseg.recipes.lite`, scores held-out folds, cross-validates, builds the bundle and
-has the command line."""
+"""One fit of the recipe: its variants, the probe (classifier + head on a training selection),
+the end-to-end step (:mod:`rtseg.recipes.distill.finetune`), then the call smoothing, the mask
+threshold, clean-up and the constant ellipse's radius tuned on the same selection. Its data
+(items, in-domain negative views, cached features) are :mod:`rtseg.recipes.distill.data`."""
 
 from __future__ import annotations
 
@@ -16,18 +15,16 @@ from rtseg.recipes.layout import Item
 from rtseg.model.head import HeadConfig, SegHead
 from rtseg.imageio import read_image, read_mask
 from rtseg.evaluate.metrics import image_scores
-from rtseg.model.arch import LITE_MEAN, LITE_STD
+from rtseg.errors import UserError
 from rtseg.model.manifest import Manifest
 from rtseg.model.postprocess import refine
-from rtseg.recipes.lite_temporal import CALL_FACTORS, VIDEO_SOURCES, best_factor, call_rates, clips
-from rtseg.recipes.lite_data import (FeatureStore, add_closeups, add_tiles, closeup_keys, image_positives,
-                                     ordered, rest_of, seeds_of, tune_set_of)
+from rtseg.recipes.distill.call_smoothing import CALL_FACTORS, VIDEO_SOURCES, best_factor, call_rates, clips
+from rtseg.recipes.distill.data import (SIZE, FeatureStore, add_closeups, add_tiles, closeup_keys, image_positives,
+                                        manifest, ordered, rest_of, seeds_of, tune_set_of)
 from rtseg.train.probe import (TARGET, Cached, fit_classifier, fit_head, head_cams, head_maps, logits_of,
                                mask_target, pseudo_targets)
 from rtseg.train.top import Top, finetune_top, retop
 
-ARCH = "efficientnet-lite1"
-SIZE = 224
 THRESHOLDS = tuple(round(float(t), 2) for t in np.arange(0.10, 0.76, 0.05))
 STEPS = ((), ("largest",), ("largest", "fill"))
 RADII = tuple(round(r, 3) for r in np.arange(0.10, 0.501, 0.025))
@@ -98,7 +95,7 @@ VARIANTS = {
     # agree-allneg with the polyp-free frames' empty targets weighted x3 in the head's loss
     "agree-allneg-hw3": Variant("agree-allneg-hw3", agree=True, head_all_pg_neg=True, head_neg_weight=3.0),
     # agree-allneg whose call on video is averaged across frames (rtseg.live.smoothing.CallSmoother),
-    # the factor chosen by the inner CV (rtseg.recipes.lite_temporal); single images unchanged
+    # the factor chosen by the inner CV (:mod:`rtseg.recipes.distill.call_smoothing`); single images unchanged
     "agree-allneg-video": Variant("agree-allneg-video", agree=True, head_all_pg_neg=True, call_smoothing=True),
     # agree-allneg-video with BKAI-IGH NeoPolyp's frames as image-level positives: a fifth
     # hospital's endoscope, light modes and small polyps
@@ -112,7 +109,7 @@ VARIANTS = {
     "finetune-bg": Variant("finetune-bg", agree=True, head_all_pg_neg=True, call_smoothing=True, bkai=True,
                            finetune_steps=240, bg_tiles=2),
 }
-DEFAULT_VARIANT = "finetune"  # the shipped model's (rtseg.recipes.lite build)
+DEFAULT_VARIANT = "finetune"  # the shipped model's (rtseg build-model)
 TOP_FROM = 14  # the top fine-tuned by top_epochs starts after this block (a head feature block)
 # the operating points searched by the inner cross-validation (t: classifier logit; h: head max)
 OP_SHIFTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
@@ -120,10 +117,11 @@ OP_AGREE = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 POLYP_SOURCES = ("kvasir", "cvc", "pg_pos", "bkai")
 
 
-def manifest(gate: bool = True, head: bool = True, agree: bool = False, agree_at: float = 0.5) -> Manifest:
-    return Manifest(arch=ARCH, input_size=SIZE, mean=LITE_MEAN, std=LITE_STD, fov_mask=True,
-                    active_area=True, cam_layer="head", threshold="above 0.5",
-                    head=HeadConfig(gate=gate, agree=agree, agree_at=agree_at).to_dict() if head else None)
+def variant_named(name: str) -> Variant:
+    """The variant called ``name``; an unknown name is one error line, not a traceback."""
+    if name not in VARIANTS:
+        raise UserError(f"unknown variant {name!r}; known: {', '.join(sorted(VARIANTS))}")
+    return VARIANTS[name]
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,7 +228,7 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     head = fit_seg_head(store, train, v, m, (w, b), seeds, (neg_keys, n_pg_neg, zoom_keys), log) if v.head else None
     f = Fit(w, b, head, 0.5, (), 0.25, top=top)
     if v.finetune_steps and head is not None:
-        from rtseg.recipes.lite_finetune import finetuned
+        from rtseg.recipes.distill.finetune import finetuned
 
         f = finetuned(base, train, v, m, f, seeds, log)
     if not tune:
@@ -403,7 +401,7 @@ def clip_probs(f: Fit, store, items: list[Item], agree: bool) -> list[tuple[list
 
 def choose_call_smoothing(store, train: dict[str, list[Item]], v: Variant, m: Manifest, log=print,
                           inner: int = 2) -> tuple[float, dict]:
-    """The video call's smoothing factor (rtseg.recipes.lite_temporal) by an ``inner``-fold CV
+    """The video call's smoothing factor (:mod:`rtseg.recipes.distill.call_smoothing`) by an ``inner``-fold CV
     inside ``train`` (sequences never span two inner folds)."""
     tot = {a: np.zeros(4, dtype=np.int64) for a in CALL_FACTORS}
     for f, held in inner_fits(store, train, v, m, inner):

@@ -1,7 +1,12 @@
-"""The default model's recipe, its data: the items of a training selection, the in-domain
-negative views (tiles of the seed images outside their masks, close-ups of the polyp-free
-frames) and the frozen backbone's features of every image used, computed once and cached.
-Used by :mod:`rtseg.recipes.lite_fit` (one fit) and :mod:`rtseg.recipes.lite` (CV, build)."""
+"""The recipe's data: the network whose features are cached (:func:`manifest`), the data
+folder's items (:func:`load_all`), the items of a training selection (seeds, the rest, the
+tune set), the in-domain negative views (tiles of the seed images outside their masks,
+close-ups of the polyp-free frames) and the frozen backbone's features of every image used,
+computed once and cached (:class:`FeatureStore`, :func:`open_store`).
+
+The cache: ``CACHE/<label>.cpu-resize.npz`` per source label (``kvasir``, ``cvc``, ``pg_neg``,
+``pg_pos``, ``non_polyp``, ``bkai``) and per set of seed tiles (``tiles-<hash>``); a file is
+reused when it holds exactly the keys asked for."""
 
 from __future__ import annotations
 
@@ -13,15 +18,50 @@ import numpy as np
 
 from rtseg.imageio import read_image, read_mask
 from rtseg.model.active_area import Box
+from rtseg.model.arch import LITE_MEAN, LITE_STD
+from rtseg.model.head import HeadConfig
 from rtseg.model.manifest import Manifest
-from rtseg.recipes.layout import Item, _h
+from rtseg.recipes.layout import DataFolder, Item, _h
 from rtseg.train.probe import Cached, extract
+
+ARCH = "efficientnet-lite1"
+SIZE = 224
 
 SEEDS = {"kvasir": 70, "cvc": 30}
 CLOSEUPS = 5  # close-up views per polyp-free frame: its centre, then its four quadrants
 #: how network views are made (part of a cached feature file's name): "cpu-resize" = each view
 #: resized once on the CPU as the segmenters do (rtseg.model.active_area.network_view)
 VIEWS_VERSION = "cpu-resize"
+
+
+def manifest(gate: bool = True, head: bool = True, agree: bool = False, agree_at: float = 0.5) -> Manifest:
+    """The recipe's model settings (ImageNet EfficientNet-Lite1 at SIZE, active area, the head
+    fed by its Grad-CAM at "head")."""
+    return Manifest(arch=ARCH, input_size=SIZE, mean=LITE_MEAN, std=LITE_STD, fov_mask=True,
+                    active_area=True, cam_layer="head", threshold="above 0.5",
+                    head=HeadConfig(gate=gate, agree=agree, agree_at=agree_at).to_dict() if head else None)
+
+
+def load_all(data: Path, crops: int = 600) -> dict[str, list[Item]]:
+    """Every item of the data folder by source; the old non-polyp crops: the first ``crops``
+    (scored by the cross-validation, never trained on)."""
+    df = DataFolder.open(data)
+    return {"kvasir": df.kvasir, "cvc": df.cvc, "pg_neg": df.pg_neg, "pg_pos": df.pg_pos,
+            "non_polyp": ordered(df.non_polyp)[:crops], "bkai": df.bkai}
+
+
+def open_store(items: dict[str, list[Item]], cache: Path | None) -> "FeatureStore":
+    """The ImageNet network's features of every item (computed once; kept under ``cache``)."""
+    from rtseg.model.bundle import build_model
+
+    m = manifest()
+    model = build_model(ARCH, pretrained=True).eval()
+    store = FeatureStore(model, m, cache)
+    for src, its in items.items():
+        store.add([str(it.image) for it in its], read_image, src)
+    # seed-tile candidates: the first images of every source, in seed order, per fold
+    store.tile_keys = {}
+    return store
 
 
 def ordered(items: list[Item]) -> list[Item]:

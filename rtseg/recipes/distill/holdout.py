@@ -1,7 +1,7 @@
-"""Model selection that holds out whole hospitals: the default model's recipe fitted on all
-sources but one and scored on the one left out, for each source in turn.
+"""Model selection that holds out whole hospitals: the recipe fitted on all sources but one and
+scored on the one left out, for each source in turn.
 
-``python -m rtseg.recipes.holdout --data ../shared/data --variants agree-allneg-video --json holdout.json``
+``python -m rtseg.recipes.distill holdout --data ../shared/data --variants finetune --json holdout.json``
 
 The sources (:data:`HOSPITALS`): Kvasir-SEG, CVC-ClinicDB, PolypGen centre A (Paris), PolypGen
 centre B (Padova) and BKAI-IGH NeoPolyp (Hanoi). Everything fitted comes from the training
@@ -21,8 +21,6 @@ user would meet it:
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -30,7 +28,8 @@ import numpy as np
 
 from rtseg.model.call import is_polyp
 from rtseg.recipes.layout import Item
-from rtseg.recipes.lite_fit import SIZE, Fit, Variant, clip_probs, maps_of
+from rtseg.recipes.distill.data import SIZE
+from rtseg.recipes.distill.fit import Fit, Variant, clip_probs, maps_of
 
 HOSPITALS = ("pg-A", "pg-B", "kvasir", "cvc", "bkai")  # the PolypGen centres first: the most telling
 MASKED = ("kvasir", "cvc", "pg_pos")  # polyp sources whose held-out frames are scored with masks
@@ -55,8 +54,8 @@ def split(items: dict[str, list[Item]], hospital: str, root: Path
 
 def score_hospital(store, f: Fit, test: dict[str, list[Item]], v: Variant) -> dict:
     """The held-out source's scores (see the module's text)."""
-    from rtseg.recipes.lite import polyp_scores
-    from rtseg.recipes.lite_temporal import VIDEO_SOURCES, stream_calls
+    from rtseg.recipes.distill.call_smoothing import VIDEO_SOURCES, stream_calls
+    from rtseg.recipes.distill.cv import polyp_scores
 
     vid = {s: clip_probs(f, store, test[s], v.agree) for s in VIDEO_SOURCES if test.get(s)}
     shown = {k: z for p in vid.values() for k, z in stream_calls(p, f.call_smoothing).items()}
@@ -104,9 +103,10 @@ def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: lis
     """Every variant fitted and scored once per held-out hospital (one feature extraction);
     ``save(result so far)`` after each held-out source."""
     from rtseg.errors import UserError
-    from rtseg.recipes.lite import fit, load_all, lite_variant, open_store
+    from rtseg.recipes.distill.data import load_all, open_store
+    from rtseg.recipes.distill.fit import fit, variant_named
 
-    chosen = {name: lite_variant(name) for name in variants}  # checked before any work
+    chosen = {name: variant_named(name) for name in variants}  # checked before any work
     hospitals = hospitals or list(HOSPITALS)
     bad = [h for h in hospitals if h not in HOSPITALS]
     if bad:
@@ -167,32 +167,3 @@ def table(res: dict) -> None:
                       f"{p['stream_called_polyp']:.3f}" if p else "-",
                       f"{r['polyp_free']['stream_called_non_polyp']:.3f}" if "polyp_free" in r else "-")
         console.print(t)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from rtseg.atomic import write_json
-    from rtseg.errors import UserError
-    from rtseg.recipes.layout import recipe_parser
-    from rtseg.recipes.lite_fit import DEFAULT_VARIANT
-
-    ap = recipe_parser("python -m rtseg.recipes.holdout", __doc__, [])
-    ap.add_argument("--variants", default=DEFAULT_VARIANT, help="recipe variants, comma-separated")
-    ap.add_argument("--sources", default=None, help=f"the sources held out in turn (default: {','.join(HOSPITALS)})")
-    ap.add_argument("--cache", type=Path, default=Path("runs/lite_features"))
-    ap.add_argument("--json", type=Path, default=None, help="written after each held-out source")
-    a = ap.parse_args(argv)
-    try:
-        import torch
-
-        torch.set_flush_denormal(True)
-        res = hold_out(a.data, a.variants.split(","), a.cache, a.sources.split(",") if a.sources else None,
-                       log=lambda *x: print(*x, flush=True), save=(lambda r: write_json(a.json, r)) if a.json else None)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    table(res)
-    print(json.dumps(res["summary"], indent=2))
-
-
-if __name__ == "__main__":
-    main()

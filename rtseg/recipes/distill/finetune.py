@@ -1,8 +1,8 @@
-"""The default model's recipe, the end-to-end step: the probe's network (frozen ImageNet backbone,
+"""The recipe's end-to-end step: the probe's network (frozen ImageNet backbone,
 linear classifier, head) fine-tuned through augmented views (:mod:`rtseg.train.finetune`) on
 a training selection, with the probe as the teacher of the frames that have no mask.
 
-The result is a :class:`rtseg.recipes.lite_fit.Fit` whose ``top`` holds the fine-tuned blocks,
+The result is a :class:`rtseg.recipes.distill.fit.Fit` whose ``top`` holds the fine-tuned blocks,
 so the recipe's scoring, tuning and bundle see the fine-tuned network through the cached
 features of block ``from_block`` (:func:`rtseg.train.top.retop`)."""
 
@@ -13,7 +13,7 @@ import numpy as np
 from rtseg.imageio import read_image, read_mask
 from rtseg.model.active_area import Box, prepare
 from rtseg.recipes.layout import Item
-from rtseg.recipes.lite_data import grid_cells, image_positives, rest_of, seed_tiles
+from rtseg.recipes.distill.data import grid_cells, image_positives, rest_of, seed_tiles
 from rtseg.train.finetune import FinetuneConfig, Sample, finetune, small_view
 from rtseg.train.probe import TARGET, head_cams, head_maps, mask_target
 

@@ -22,11 +22,11 @@ def spied_fold(data_folder, tmp_path, monkeypatch):
     store's ``get`` records every key it is asked for (``store.get.__wrapped__`` is the real one)."""
     import functools
 
-    import rtseg.recipes.lite as rl
+    import rtseg.recipes.distill.data as rd
     from rtseg.recipes.layout import group_folds
 
-    items = rl.load_all(data_folder)
-    store = rl.open_store(items, tmp_path / "cache")
+    items = rd.load_all(data_folder)
+    store = rd.open_store(items, tmp_path / "cache")
     outer = {s: group_folds(its, 2) for s, its in items.items()}
     train = {s: fs[0] for s, fs in outer.items()}
     held = {str(it.image) for fs in outer.values() for it in fs[1]}
@@ -44,7 +44,7 @@ def spied_fold(data_folder, tmp_path, monkeypatch):
 
 def test_no_sequence_spans_two_folds(data_folder):
     from rtseg.recipes.layout import group_folds
-    from rtseg.recipes.lite import load_all
+    from rtseg.recipes.distill.data import load_all
 
     items = load_all(data_folder)
     assert len(items["pg_neg"]) == 8 and len(items["cvc"]) == 9
@@ -55,15 +55,17 @@ def test_no_sequence_spans_two_folds(data_folder):
 
 
 def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, monkeypatch):
-    import rtseg.recipes.lite as rl
-    import rtseg.recipes.lite_fit as rlf
+    import rtseg.recipes.distill.build as rb
+    import rtseg.recipes.distill.cv as rcv
+    import rtseg.recipes.distill.data as rd
+    import rtseg.recipes.distill.fit as rlf
     from rtseg.model.bundle import load_bundle
     from rtseg.runtime import create_segmenter
 
-    import rtseg.recipes.lite_data as rld
+    import rtseg.recipes.distill.data as rld
 
     monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})  # the one place the seed counts live
-    monkeypatch.setattr(rl, "VARIANTS", {"default": rlf.Variant(epochs=2),
+    monkeypatch.setattr(rlf, "VARIANTS", {"default": rlf.Variant(epochs=2),
                                          "agree": rlf.Variant("agree", agree=True, epochs=2),
                                          "agree-allneg": rlf.Variant("agree-allneg", agree=True,
                                                                      head_all_pg_neg=True, epochs=2),
@@ -75,7 +77,7 @@ def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, mon
                                                                           head_all_pg_neg=True, epochs=2,
                                                                           call_smoothing=True, bkai=True,
                                                                           finetune_steps=2)})
-    res = rl.cross_validate(data_folder, 2, ["default", "cam-only"], tmp_path / "cache")
+    res = rcv.cross_validate(data_folder, 2, ["default", "cam-only"], tmp_path / "cache")
     for name in ("default", "cam-only"):
         assert len(res["per_fold"][name]) == 2
         fold = res["per_fold"][name][0]
@@ -86,18 +88,18 @@ def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, mon
         assert fold["tune"]["threshold"] in rlf.THRESHOLDS
     # every polyp-free sequence is held out once, and the all-frames rate is their weighted mean
     s = res["summary"]["default"]
-    pg = rl.load_all(data_folder)["pg_neg"]
+    pg = rd.load_all(data_folder)["pg_neg"]
     per = s["pg_neg_called_non_polyp_per_sequence"]
     assert set(per) == {it.group for it in pg}
     n = {g: sum(it.group == g for it in pg) for g in per}
     assert abs(s["pg_neg_called_non_polyp_all_frames"] - sum(per[g] * n[g] for g in per) / len(pg)) < 1e-3
     assert 0.0 <= s["polyp_called_polyp_all_frames"] <= 1.0
     # the feature cache is reused: a new store reads it instead of decoding images again
-    store = rlf.FeatureStore(None, rlf.manifest(), tmp_path / "cache")
-    keys = [str(it.image) for it in rl.load_all(data_folder)["kvasir"]]
+    store = rld.FeatureStore(None, rld.manifest(), tmp_path / "cache")
+    keys = [str(it.image) for it in rd.load_all(data_folder)["kvasir"]]
     store.add(keys, lambda k: (_ for _ in ()).throw(AssertionError("decoded again")), "kvasir")
     assert store.get(keys[:2]).gap.shape == (2, 1280)
-    out = rl.build(data_folder, tmp_path / "bundle", tmp_path / "cache")
+    out = rb.build(data_folder, tmp_path / "bundle", tmp_path / "cache")
     b = load_bundle(out)
     assert b.manifest.arch == "efficientnet-lite1" and b.manifest.active_area and b.manifest.head
     assert b.manifest.head["agree"] is True  # the shipped variant
@@ -110,18 +112,18 @@ def test_cross_validation_and_build_on_generated_data(data_folder, tmp_path, mon
 
 def test_operating_point_is_chosen_inside_the_training_folds_and_travels_into_the_bundle(
         data_folder, tmp_path, monkeypatch):
-    import rtseg.recipes.lite as rl
-    import rtseg.recipes.lite_fit as rlf
+    import rtseg.recipes.distill.build as rb
+    import rtseg.recipes.distill.fit as rlf
     from rtseg.imageio import read_image
     from rtseg.model.bundle import load_bundle
     from rtseg.runtime import create_segmenter
 
-    import rtseg.recipes.lite_data as rld
+    import rtseg.recipes.distill.data as rld
 
     monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})  # the one place the seed counts live
     v = rlf.Variant("agree-allneg-op", agree=True, head_all_pg_neg=True, inner_op=True, epochs=2,
                     selftrain=False)
-    monkeypatch.setattr(rl, "VARIANTS", {"agree-allneg-op": v})
+    monkeypatch.setattr(rlf, "VARIANTS", {"agree-allneg-op": v})
     # the inner CV sees only the training selection handed to it: a fold of the outer split
     items, store, train, held, seen = spied_fold(data_folder, tmp_path, monkeypatch)
     real_get = store.get.__wrapped__
@@ -135,8 +137,8 @@ def test_operating_point_is_chosen_inside_the_training_folds_and_travels_into_th
     # bundle's frame probability is the recipe's
     monkeypatch.setattr(rlf, "choose_operating_point", lambda *a, **k: (1.5, 0.7, {"stub": 1}))
     fits = []
-    monkeypatch.setattr(rl, "fit", lambda *a, **k: fits.append(rlf.fit(*a, **k)) or fits[-1])
-    out = rl.build(data_folder, tmp_path / "bundle", tmp_path / "cache", "agree-allneg-op")
+    monkeypatch.setattr(rb, "fit", lambda *a, **k: fits.append(rlf.fit(*a, **k)) or fits[-1])
+    out = rb.build(data_folder, tmp_path / "bundle", tmp_path / "cache", "agree-allneg-op")
     f = fits[-1]
     assert (f.shift, f.agree_at) == (1.5, 0.7)
     b = load_bundle(out)
@@ -153,7 +155,7 @@ def test_operating_point_is_chosen_inside_the_training_folds_and_travels_into_th
 
 def test_closeup_views_zoom_into_the_active_area():
     from rtseg.model.active_area import prepare
-    from rtseg.recipes.lite_data import CLOSEUPS, closeup_views
+    from rtseg.recipes.distill.data import CLOSEUPS, closeup_views
 
     rng = np.random.default_rng(3)
     frame = np.zeros((180, 320, 3), np.uint8)  # 16:9 with black margins, as PolypGen
@@ -169,8 +171,8 @@ def test_closeup_views_zoom_into_the_active_area():
 
 
 def test_closeup_negatives_come_from_training_frames_only(data_folder, tmp_path, monkeypatch):
-    import rtseg.recipes.lite_data as rld
-    import rtseg.recipes.lite_fit as rlf
+    import rtseg.recipes.distill.data as rld
+    import rtseg.recipes.distill.fit as rlf
 
     monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
     _, store, train, held, seen = spied_fold(data_folder, tmp_path, monkeypatch)
@@ -188,13 +190,13 @@ def test_closeup_negatives_come_from_training_frames_only(data_folder, tmp_path,
 def assert_bundle_is_the_fit(f, out, data_folder, tmp_path):
     """The written bundle computes the frame probabilities and maps that the recipe scored for
     fit ``f`` from cached features (fp16 weights in the bundle: small tolerances)."""
-    import rtseg.recipes.lite as rl
-    import rtseg.recipes.lite_fit as rlf
+    import rtseg.recipes.distill.data as rd
+    import rtseg.recipes.distill.fit as rlf
     from rtseg.imageio import read_image
     from rtseg.runtime import create_segmenter
 
-    items = rl.load_all(data_folder)
-    store = rl.open_store(items, tmp_path / "cache")
+    items = rd.load_all(data_folder)
+    store = rd.open_store(items, tmp_path / "cache")
     its = items["kvasir"][:3] + items["pg_neg"][:3]
     c = store.get([str(it.image) for it in its])
     prob, maps = rlf.maps_of(f, c, rlf.SIZE, True, True)
@@ -210,22 +212,23 @@ def assert_bundle_is_the_fit(f, out, data_folder, tmp_path):
 def test_fine_tuned_top_travels_into_the_bundle(data_folder, tmp_path, monkeypatch):
     """Variant top_epochs: the bundle's network (ImageNet backbone with the fine-tuned top
     installed) computes the frame probabilities and maps the recipe scored from cached features."""
-    import rtseg.recipes.lite as rl
-    import rtseg.recipes.lite_data as rld
-    import rtseg.recipes.lite_fit as rlf
+    import rtseg.recipes.distill.build as rb
+    import rtseg.recipes.distill.data as rd
+    import rtseg.recipes.distill.data as rld
+    import rtseg.recipes.distill.fit as rlf
     from rtseg.model.bundle import build_model, load_bundle
 
     monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
     v = rlf.Variant("top", agree=True, head_all_pg_neg=True, top_epochs=2, epochs=2, selftrain=False)
-    monkeypatch.setattr(rl, "VARIANTS", {"top": v})
+    monkeypatch.setattr(rlf, "VARIANTS", {"top": v})
     fits = []
-    monkeypatch.setattr(rl, "fit", lambda *a, **k: fits.append(rlf.fit(*a, **k)) or fits[-1])
-    out = rl.build(data_folder, tmp_path / "bundle", tmp_path / "cache", "top")
+    monkeypatch.setattr(rb, "fit", lambda *a, **k: fits.append(rlf.fit(*a, **k)) or fits[-1])
+    out = rb.build(data_folder, tmp_path / "bundle", tmp_path / "cache", "top")
     f = fits[-1]
     assert f.top is not None and len(f.top.blocks) == 6
     b = load_bundle(out)
     assert "blocks 15-20" in b.manifest.training["backbone"]
-    imagenet = build_model(rl.ARCH, pretrained=True)
+    imagenet = build_model(rd.ARCH, pretrained=True)
 
     def w(module):
         return module.weight.detach().float().numpy()
@@ -242,7 +245,7 @@ def test_clips_play_each_sequence_in_frame_order():
     from pathlib import Path
 
     from rtseg.recipes.layout import Item
-    from rtseg.recipes.lite_temporal import clips
+    from rtseg.recipes.distill.call_smoothing import clips
 
     names = [("b", "B_seq2_seq2_img10.jpg"), ("a", "A_seq1_seq1_img2.jpg"), ("b", "B_seq2_seq2_img9.jpg"),
              ("a", "A_seq1_seq1_img11.jpg"), ("a", "A_seq1_seq1_img1.jpg")]
@@ -254,18 +257,19 @@ def test_clips_play_each_sequence_in_frame_order():
 
 def test_call_smoothing_is_chosen_inside_the_training_folds_scored_as_the_loop_and_built(
         data_folder, tmp_path, monkeypatch):
-    import rtseg.recipes.lite as rl
-    import rtseg.recipes.lite_fit as rlf
-    import rtseg.recipes.lite_temporal as rlt
+    import rtseg.recipes.distill.build as rb
+    import rtseg.recipes.distill.cv as rcv
+    import rtseg.recipes.distill.fit as rlf
+    import rtseg.recipes.distill.call_smoothing as rlt
     from rtseg.live.smoothing import CallSmoother
     from rtseg.model.bundle import load_bundle
     from rtseg.runtime import create_segmenter
 
-    import rtseg.recipes.lite_data as rld
+    import rtseg.recipes.distill.data as rld
 
     monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
     v = rlf.Variant("video", agree=True, head_all_pg_neg=True, call_smoothing=True, epochs=2, selftrain=False)
-    monkeypatch.setattr(rl, "VARIANTS", {"video": v})
+    monkeypatch.setattr(rlf, "VARIANTS", {"video": v})
     items, store, train, held, seen = spied_fold(data_folder, tmp_path, monkeypatch)
     a, info = rlf.choose_call_smoothing(store, train, v, store.m, log=lambda *_: None)
     assert a in rlt.CALL_FACTORS and set(info["table"]) == {str(x) for x in rlt.CALL_FACTORS}
@@ -275,11 +279,11 @@ def test_call_smoothing_is_chosen_inside_the_training_folds_scored_as_the_loop_a
     f = rlf.fit(store, train, v, store.m, log=lambda *_: None, tune=False)
     test = {s: [it for it in its if str(it.image) in held] for s, its in items.items()}
     f.call_smoothing = 0.0
-    sc0 = rl.score(store, f, test, v)
+    sc0 = rcv.score(store, f, test, v)
     assert sc0["cvc"]["stream"] == sc0["cvc"]["model"]  # a = 0: every frame alone
     assert sc0["pg_neg"]["stream_called_non_polyp"] == sc0["pg_neg"]["called_non_polyp"]
     f.call_smoothing = 0.8
-    sc = rl.score(store, f, test, v)
+    sc = rcv.score(store, f, test, v)
     ok = []
     for clip in rlt.clips(test["pg_neg"]):
         prob, _ = rlf.maps_of(f, store.get([str(it.image) for it in clip]), rlf.SIZE, False, True)
@@ -288,7 +292,7 @@ def test_call_smoothing_is_chosen_inside_the_training_folds_scored_as_the_loop_a
     assert sc["kvasir"]["stream"] == sc["kvasir"]["model"]  # single images are left as they are
     # build: the chosen factor goes into the bundle's manifest, which the runtime reads
     monkeypatch.setattr(rlf, "choose_call_smoothing", lambda *a_, **k: (0.7, {"stub": 1}))
-    out = rl.build(data_folder, tmp_path / "bundle", tmp_path / "cache", "video")
+    out = rb.build(data_folder, tmp_path / "bundle", tmp_path / "cache", "video")
     assert load_bundle(out).manifest.call_smoothing == 0.7
     assert create_segmenter(out, backend="torch-eager", device="cpu").manifest.call_smoothing == 0.7
 
@@ -296,22 +300,23 @@ def test_call_smoothing_is_chosen_inside_the_training_folds_scored_as_the_loop_a
 def test_end_to_end_fine_tuned_network_travels_into_the_bundle(data_folder, tmp_path, monkeypatch):
     """Variant finetune_steps: blocks 7-20, classifier and head trained through augmented views;
     the bundle computes the probabilities and maps the recipe scored from cached block-6 features."""
-    import rtseg.recipes.lite as rl
-    import rtseg.recipes.lite_data as rld
-    import rtseg.recipes.lite_fit as rlf
+    import rtseg.recipes.distill.build as rb
+    import rtseg.recipes.distill.data as rd
+    import rtseg.recipes.distill.data as rld
+    import rtseg.recipes.distill.fit as rlf
     from rtseg.model.bundle import build_model, load_bundle
 
     monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
     v = rlf.Variant("ft", agree=True, head_all_pg_neg=True, finetune_steps=3, epochs=2, selftrain=False)
-    monkeypatch.setattr(rl, "VARIANTS", {"ft": v})
+    monkeypatch.setattr(rlf, "VARIANTS", {"ft": v})
     fits = []
-    monkeypatch.setattr(rl, "fit", lambda *a, **k: fits.append(rlf.fit(*a, **k)) or fits[-1])
-    out = rl.build(data_folder, tmp_path / "bundle", tmp_path / "cache", "ft")
+    monkeypatch.setattr(rb, "fit", lambda *a, **k: fits.append(rlf.fit(*a, **k)) or fits[-1])
+    out = rb.build(data_folder, tmp_path / "bundle", tmp_path / "cache", "ft")
     f = fits[-1]
     assert f.top is not None and f.top.from_block == 6 and len(f.top.blocks) == 14
     b = load_bundle(out)
     assert "blocks 7-20" in b.manifest.training["backbone"] and "end to end" in b.manifest.training["backbone"]
-    imagenet = build_model(rl.ARCH, pretrained=True)
+    imagenet = build_model(rd.ARCH, pretrained=True)
 
     def w(module):
         return module.weight.detach().float().numpy()

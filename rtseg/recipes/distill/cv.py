@@ -1,65 +1,35 @@
-"""The default model's recipe: ImageNet EfficientNet-Lite1, frozen; classifier + segmentation head.
-
-``python -m rtseg.recipes.lite cv --data ../shared/data --folds 3 --json cv.json``
-    K-fold cross-validation that cannot leak: a CVC-ClinicDB or PolypGen sequence never spans
-    two folds; seeds, classifier, head, threshold, clean-up and the constant-ellipse radius are
-    chosen on the training folds only; the held-out fold is scored (full-frame Medico Dice /
-    Jaccard on Kvasir-SEG and CVC-ClinicDB, beside the constant baselines; polyp-free PolypGen
-    frames called non-polyp; polyp frames called polyp). Several variants (the ideas measured
-    one at a time) share one feature extraction.
-``python -m rtseg.recipes.holdout --data ../shared/data --variants agree-allneg-video --json holdout.json``
-    The model selection rule: each source (a hospital) held out in turn, everything fitted on
-    the others (:mod:`rtseg.recipes.holdout`).
-``python -m rtseg.recipes.lite classifier --data ../shared/data --folds 3 --json cls.json``
-    the classifier alone over its options (negatives used, regularisation): seconds per fit.
-``python -m rtseg.recipes.lite build --data ../shared/data --out rtseg/assets/default_model``
-    the same fit on all the data, written as a bundle (variant ``DEFAULT_VARIANT``, the shipped model).
-
-Labels used: image-level folder labels (Kvasir-SEG / CVC-ClinicDB / PolypGen positive =
-polyp; PolypGen negative, old crops = non-polyp; whole-image label propagation scores 0.9996+
-on these sources, see docs/paper.md), and the masks of 100 seed images only (70 Kvasir-SEG +
-30 CVC-ClinicDB, the paper's seed count): for the head's targets and for the Run-1-style
-in-domain negative tiles (3 x 3 tiles of the seed images' active area without mask pixels).
-Masks of other training images are used only to choose the threshold (as ``rtseg tune``).
-"""
+"""The recipe's cross-validation that cannot leak (``python -m rtseg.recipes.distill cv``): a
+CVC-ClinicDB or PolypGen sequence never spans two folds; everything fitted (seeds, classifier,
+head, fine-tuning, call smoothing, threshold, clean-up, the constant ellipse's radius) comes
+from the training folds only; the held-out fold is scored as the product shows it (full-frame
+Medico Dice / Jaccard on Kvasir-SEG and CVC-ClinicDB beside the constant baselines; polyp-free
+PolypGen frames called non-polyp, each frame alone and as the live loop shows video; polyp
+frames called polyp). Several variants share one feature extraction."""
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from rtseg.model.active_area import paste
 from rtseg.evaluate.baselines import ellipse_mask
-from rtseg.recipes.layout import DataFolder, Item, group_folds, recipe_parser
-from rtseg.errors import UserError
-from rtseg.imageio import read_image, read_mask
 from rtseg.evaluate.metrics import image_scores
-from rtseg.model.bundle import Bundle, build_model
+from rtseg.imageio import read_mask
+from rtseg.model.active_area import paste
 from rtseg.model.postprocess import refine
-from rtseg.train.probe import fit_classifier, logits_of, set_classifier
-# part 1 of the recipe (settings, variants, one fit; its data): rtseg.recipes.lite_fit, lite_data
-from rtseg.recipes.lite_data import FeatureStore, add_tiles, ordered, seeds_of
-from rtseg.recipes.lite_fit import (ARCH, DEFAULT_VARIANT, SIZE, VARIANTS, Fit, Variant, fit, flipped_of, manifest,
-                                    maps_of)
-
-
-def lite_variant(name: str) -> Variant:
-    """The variant called ``name``; an unknown name is one error line, not a traceback."""
-    if name not in VARIANTS:
-        raise UserError(f"unknown variant {name!r}; known: {', '.join(sorted(VARIANTS))}")
-    return VARIANTS[name]
+from rtseg.recipes.distill.data import SIZE, FeatureStore, add_tiles, load_all, open_store, seeds_of
+from rtseg.recipes.distill.fit import Fit, Variant, fit, flipped_of, maps_of, variant_named
+from rtseg.recipes.layout import Item, group_folds
+from rtseg.train.probe import fit_classifier, logits_of
 
 
 # --------------------------------------------------------------------------------------------
 # scoring a held-out fold
 # --------------------------------------------------------------------------------------------
 def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]], v: Variant) -> dict:
-    from rtseg.recipes.lite_fit import clip_probs
-    from rtseg.recipes.lite_temporal import flips, stream_calls
+    from rtseg.recipes.distill.call_smoothing import flips, stream_calls
+    from rtseg.recipes.distill.fit import clip_probs
 
     # the call as the live loop shows it on video (CallSmoother at f.call_smoothing): sequences
     # in frame order; single images are one-frame clips, which it leaves as they are
@@ -122,23 +92,6 @@ def polyp_scores(store: FeatureStore, f: Fit, items: list[Item], v: Variant, sho
     return out
 
 
-def load_all(data: Path, crops: int = 600) -> dict[str, list[Item]]:
-    df = DataFolder.open(data)
-    return {"kvasir": df.kvasir, "cvc": df.cvc, "pg_neg": df.pg_neg, "pg_pos": df.pg_pos,
-            "non_polyp": ordered(df.non_polyp)[:crops], "bkai": df.bkai}
-
-
-def open_store(items: dict[str, list[Item]], cache: Path | None) -> FeatureStore:
-    m = manifest()
-    model = build_model(ARCH, pretrained=True).eval()
-    store = FeatureStore(model, m, cache)
-    for src, its in items.items():
-        store.add([str(it.image) for it in its], read_image, src)
-    # seed-tile candidates: the first images of every source, in seed order, per fold
-    store.tile_keys = {}
-    return store
-
-
 def _mean_sd(vals: list[float]) -> str:
     return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
 
@@ -164,7 +117,7 @@ def stream_summary(rs: list[dict]) -> dict:
 
 
 def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | None) -> dict:
-    chosen = {name: lite_variant(name) for name in variants}  # checked before any work
+    chosen = {name: variant_named(name) for name in variants}  # checked before any work
     items = load_all(data)
     store = open_store(items, cache)
     fold_of = {src: group_folds(its, folds) for src, its in items.items()}
@@ -205,7 +158,7 @@ def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | No
         s.update(stream_summary(rs))
         s["crops_called_non_polyp"] = _mean_sd([r["non_polyp"]["called_non_polyp"] for r in rs])
         summary[name] = s
-    return {"folds": folds, "variants": {n: VARIANTS[n].__dict__ for n in variants},
+    return {"folds": folds, "variants": {n: chosen[n].__dict__ for n in variants},
             "per_fold": results, "summary": summary}
 
 
@@ -252,84 +205,3 @@ def classifier_cv(data: Path, folds: int, cache: Path | None,
               f"pg_pos {r['pg_pos']:.3f} | called non-polyp: pg_neg {r['pg_neg']:.3f} crops {r['non_polyp']:.3f}"
               f" | PolypGen AUC {r['pg_auc']:.3f}")
     return {"folds": folds, "per_fold": rows, "summary": summary}
-
-
-def bundle_of(f: Fit, v: Variant, variant: str) -> Bundle:
-    """A fit as a model bundle: the network (with the fit's top, classifier and head) and its
-    manifest (threshold, clean-up, frame rule, training summary)."""
-    from rtseg.model.thresholds import ThresholdPolicy
-
-    m = manifest(gate=v.gate, head=v.head, agree=v.agree, agree_at=f.agree_at)
-    model = build_model(ARCH, pretrained=True, head=m.head).eval()
-    # the classifier's operating point is its bias: the graph calls a frame polyp at logit > 0
-    set_classifier(model, f.w, f.b - f.shift)
-    if f.top is not None:  # the fine-tuned top of the backbone (variant top_epochs)
-        f.top.install(model)
-    if f.head is not None:
-        model.rtseg_head.load_state_dict(f.head.state_dict())
-    backbone = "ImageNet efficientnet-lite1, frozen" + (f"; {f.top.describe()}" if f.top is not None else "")
-    if v.finetune_steps:
-        backbone = (f"ImageNet efficientnet-lite1; blocks {f.top.from_block + 1}-{f.top.from_block + len(f.top.blocks)}, "
-                    "conv_head, classifier and head fine-tuned end to end through augmented views")
-    m = m.replace(threshold=ThresholdPolicy.parse(f"above {f.threshold}"), postprocess=tuple(f.steps),
-                  call_smoothing=f.call_smoothing,
-                  training={"recipe": f"python -m rtseg.recipes.lite build --variant {variant}",
-                            "backbone": backbone, "variant": v.__dict__, **f.tune},
-                  metrics={"tuning": {"baselines": {"ellipse": {"radius": f.radius}}}})
-    return Bundle(model, m)
-
-
-def build(data: Path, out: Path, cache: Path | None, variant: str = DEFAULT_VARIANT) -> Path:
-    """Fit on all the data and write the bundle (weights + manifest)."""
-    import torch
-
-    from rtseg.model.bundle import save_bundle
-
-    v = lite_variant(variant)
-    items = load_all(data)
-    store = open_store(items, cache)
-    bundle = bundle_of(fit(store, items, v, store.m), v, variant)
-    with torch.no_grad():
-        save_bundle(bundle, out, half=True)
-    return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = recipe_parser("python -m rtseg.recipes.lite", __doc__, ["cv", "classifier", "build"])
-    ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--variants", default="default")
-    ap.add_argument("--variant", default=DEFAULT_VARIANT, help=f"build: the shipped model is '{DEFAULT_VARIANT}'")
-    ap.add_argument("--cache", type=Path, default=Path("runs/lite_features"))
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--out", type=Path, default=Path("runs/lite_model"))
-    a = ap.parse_args(argv)
-    try:
-        _run(a)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _run(a) -> None:
-    import torch
-
-    torch.set_flush_denormal(True)
-    if a.stage == "cv":
-        res = cross_validate(a.data, a.folds, a.variants.split(","), a.cache)
-        print(json.dumps(res["summary"], indent=2))
-        if a.json:
-            from rtseg.atomic import write_json
-
-            write_json(a.json, res)
-    elif a.stage == "classifier":
-        res = classifier_cv(a.data, a.folds, a.cache)
-        if a.json:
-            from rtseg.atomic import write_json
-
-            write_json(a.json, res)
-    else:
-        print(build(a.data, a.out, a.cache, a.variant))
-
-
-if __name__ == "__main__":
-    main()

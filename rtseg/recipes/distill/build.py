@@ -1,0 +1,53 @@
+"""The recipe's build: one fit on all the data, written as a model bundle (weights + manifest).
+``rtseg build-model`` and ``python -m rtseg.recipes.distill build`` both run :func:`build`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rtseg.model.bundle import Bundle, build_model
+from rtseg.recipes.distill.data import ARCH, load_all, manifest, open_store
+from rtseg.recipes.distill.fit import DEFAULT_VARIANT, Fit, Variant, fit, variant_named
+from rtseg.train.probe import set_classifier
+
+
+def bundle_of(f: Fit, v: Variant, variant: str) -> Bundle:
+    """A fit as a model bundle: the network (with the fit's top, classifier and head) and its
+    manifest (threshold, clean-up, frame rule, training summary)."""
+    from rtseg.model.thresholds import ThresholdPolicy
+
+    m = manifest(gate=v.gate, head=v.head, agree=v.agree, agree_at=f.agree_at)
+    model = build_model(ARCH, pretrained=True, head=m.head).eval()
+    # the classifier's operating point is its bias: the graph calls a frame polyp at logit > 0
+    set_classifier(model, f.w, f.b - f.shift)
+    if f.top is not None:  # the fine-tuned top of the backbone (variant top_epochs)
+        f.top.install(model)
+    if f.head is not None:
+        model.rtseg_head.load_state_dict(f.head.state_dict())
+    backbone = "ImageNet efficientnet-lite1, frozen" + (f"; {f.top.describe()}" if f.top is not None else "")
+    if v.finetune_steps:
+        backbone = (f"ImageNet efficientnet-lite1; blocks {f.top.from_block + 1}-{f.top.from_block + len(f.top.blocks)}, "
+                    "conv_head, classifier and head fine-tuned end to end through augmented views")
+    m = m.replace(threshold=ThresholdPolicy.parse(f"above {f.threshold}"), postprocess=tuple(f.steps),
+                  call_smoothing=f.call_smoothing,
+                  training={"recipe": f"python -m rtseg.recipes.distill build --variant {variant}",
+                            "backbone": backbone, "variant": v.__dict__, **f.tune},
+                  metrics={"tuning": {"baselines": {"ellipse": {"radius": f.radius}}}})
+    return Bundle(model, m)
+
+
+def build(data: Path, out: Path, cache: Path | None, variant: str = DEFAULT_VARIANT) -> Path:
+    """Fit on all the data and write the bundle (weights + manifest)."""
+    import torch
+
+    from rtseg.graph.fold import cpu_flush_denormal
+    from rtseg.model.bundle import save_bundle
+
+    v = variant_named(variant)
+    items = load_all(data)
+    with cpu_flush_denormal():  # far-negative activations underflow: ~100x slower without
+        store = open_store(items, cache)
+        bundle = bundle_of(fit(store, items, v, store.m), v, variant)
+    with torch.no_grad():
+        save_bundle(bundle, out, half=True)
+    return out
