@@ -55,7 +55,7 @@ def main() -> None:
     test = {s: fl[a.fold] for s, fl in fold_of.items()}
     add_tiles(store, seeds_of(train))
     f = fit(store, train, v, store.m)
-    cached = score(store, f, test, v)
+    cached = score(store, f, test)
     save_bundle(bundle_of(f, v, a.variant), a.out)  # fp32: the same weights as the cached fit
     bundle = load_bundle(a.out)
     rows = {}

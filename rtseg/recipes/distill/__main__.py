@@ -9,8 +9,6 @@
 ``python -m rtseg.recipes.distill holdout --data ../shared/data --variants finetune --json holdout.json``
     the model selection rule: each source (a hospital) held out in turn, everything fitted on
     the others (:mod:`rtseg.recipes.distill.holdout`).
-``python -m rtseg.recipes.distill classifier --data ../shared/data --folds 3 --json cls.json``
-    the classifier alone over its options (negatives used, regularisation): seconds per fit.
 
 The frozen network's features are cached under ``--cache`` (default ``runs/lite_features``,
 one ``<label>.cpu-resize.npz`` per source and per set of seed tiles), reused by every stage.
@@ -32,15 +30,15 @@ CACHE = Path("runs/lite_features")  # the feature cache's default folder
 def main(argv: list[str] | None = None) -> None:
     from rtseg.recipes.distill.holdout import HOSPITALS
 
-    ap = recipe_parser("python -m rtseg.recipes.distill", __doc__, ["build", "cv", "holdout", "classifier"])
-    ap.add_argument("--folds", type=int, default=3, help="cv, classifier: folds")
+    ap = recipe_parser("python -m rtseg.recipes.distill", __doc__, ["build", "cv", "holdout"])
+    ap.add_argument("--folds", type=int, default=3, help="cv: folds")
     ap.add_argument("--variants", default=DEFAULT_VARIANT, help="cv, holdout: recipe variants, comma-separated")
     ap.add_argument("--variant", default=DEFAULT_VARIANT, help=f"build: the shipped model is '{DEFAULT_VARIANT}'")
     ap.add_argument("--sources", default=None,
                     help=f"holdout: the sources held out in turn (default: {','.join(HOSPITALS)})")
     ap.add_argument("--cache", type=Path, default=CACHE, help="the feature cache's folder")
-    ap.add_argument("--json", type=Path, default=None, help="cv, classifier, holdout: results (holdout: "
-                    "written after each held-out source)")
+    ap.add_argument("--json", type=Path, default=None, help="cv, holdout: the results (holdout: written "
+                    "after each held-out source)")
     ap.add_argument("--out", type=Path, default=Path("runs/lite_model"), help="build: the bundle folder")
     a = ap.parse_args(argv)
     try:
@@ -66,12 +64,6 @@ def _run(a) -> None:
 
         res = cross_validate(a.data, a.folds, a.variants.split(","), a.cache)
         print(json.dumps(res["summary"], indent=2))
-        if a.json:
-            write_json(a.json, res)
-    elif a.stage == "classifier":
-        from rtseg.recipes.distill.cv import classifier_cv
-
-        res = classifier_cv(a.data, a.folds, a.cache)
         if a.json:
             write_json(a.json, res)
     else:

@@ -12,22 +12,19 @@ from rtseg.train.probe import set_classifier
 
 
 def bundle_of(f: Fit, v: Variant, variant: str) -> Bundle:
-    """A fit as a model bundle: the network (with the fit's top, classifier and head) and its
-    manifest (threshold, clean-up, frame rule, training summary)."""
+    """A fit as a model bundle: the network (with the fit's fine-tuned blocks, classifier and
+    head) and its manifest (threshold, clean-up, frame rule, call smoothing, training summary)."""
     from rtseg.model.thresholds import ThresholdPolicy
 
-    m = manifest(gate=v.gate, head=v.head, agree=v.agree, agree_at=f.agree_at)
+    m = manifest(agree=True)
     model = build_model(ARCH, pretrained=True, head=m.head).eval()
-    # the classifier's operating point is its bias: the graph calls a frame polyp at logit > 0
-    set_classifier(model, f.w, f.b - f.shift)
-    if f.top is not None:  # the fine-tuned top of the backbone (variant top_epochs)
+    set_classifier(model, f.w, f.b)  # the graph calls a frame polyp at logit > 0
+    backbone = "ImageNet efficientnet-lite1, frozen"
+    if f.top is not None:  # the blocks fine-tuned end to end (Variant.finetune_steps)
         f.top.install(model)
-    if f.head is not None:
-        model.rtseg_head.load_state_dict(f.head.state_dict())
-    backbone = "ImageNet efficientnet-lite1, frozen" + (f"; {f.top.describe()}" if f.top is not None else "")
-    if v.finetune_steps:
         backbone = (f"ImageNet efficientnet-lite1; blocks {f.top.from_block + 1}-{f.top.from_block + len(f.top.blocks)}, "
                     "conv_head, classifier and head fine-tuned end to end through augmented views")
+    model.rtseg_head.load_state_dict(f.head.state_dict())
     m = m.replace(threshold=ThresholdPolicy.parse(f"above {f.threshold}"), postprocess=tuple(f.steps),
                   call_smoothing=f.call_smoothing,
                   training={"recipe": f"python -m rtseg.recipes.distill build --variant {variant}",

@@ -19,31 +19,30 @@ from rtseg.imageio import read_mask
 from rtseg.model.active_area import paste
 from rtseg.model.postprocess import refine
 from rtseg.recipes.distill.data import SIZE, FeatureStore, add_tiles, load_all, open_store, seeds_of
-from rtseg.recipes.distill.fit import Fit, Variant, fit, flipped_of, maps_of, variant_named
+from rtseg.recipes.distill.fit import Fit, fit, maps_of, variant_named
 from rtseg.recipes.layout import Item, group_folds
-from rtseg.train.probe import fit_classifier, logits_of
 
 
 # --------------------------------------------------------------------------------------------
 # scoring a held-out fold
 # --------------------------------------------------------------------------------------------
-def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]], v: Variant) -> dict:
+def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]]) -> dict:
     from rtseg.recipes.distill.call_smoothing import flips, stream_calls
     from rtseg.recipes.distill.fit import clip_probs
 
     # the call as the live loop shows it on video (CallSmoother at f.call_smoothing): sequences
     # in frame order; single images are one-frame clips, which it leaves as they are
-    vid = {s: clip_probs(f, store, test[s], v.agree) for s in ("cvc", "pg_neg") if test.get(s)}
+    vid = {s: clip_probs(f, store, test[s]) for s in ("cvc", "pg_neg") if test.get(s)}
     shown = {k: z for p in vid.values() for k, z in stream_calls(p, f.call_smoothing).items()}
     out: dict = {"stream": {"call_smoothing": f.call_smoothing,
                             "flips": [sum(x) for x in zip(*(flips(p, f.call_smoothing) for p in vid.values()))],
                             "flips_each_frame_alone": [sum(x) for x in zip(*(flips(p, 0.0) for p in vid.values()))]}}
     for src in ("kvasir", "cvc"):
         if test[src]:
-            out[src] = polyp_scores(store, f, test[src], v, shown)
+            out[src] = polyp_scores(store, f, test[src], shown)
     for src in ("pg_neg", "pg_pos", "non_polyp"):
         if test.get(src):
-            prob, _ = maps_of(f, store.get([str(it.image) for it in test[src]]), SIZE, False, v.agree)
+            prob, _ = maps_of(f, store.get([str(it.image) for it in test[src]]), SIZE, False, True)
             key = "called_non_polyp" if src in ("pg_neg", "non_polyp") else "called_polyp"
             ok = prob <= 0.5 if key == "called_non_polyp" else prob > 0.5
             out[src] = {key: round(float(ok.mean()), 4), "n": len(test[src])}
@@ -58,15 +57,14 @@ def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]], v: Variant) 
     return out
 
 
-def polyp_scores(store: FeatureStore, f: Fit, items: list[Item], v: Variant, shown: dict[str, bool]) -> dict:
+def polyp_scores(store: FeatureStore, f: Fit, items: list[Item], shown: dict[str, bool]) -> dict:
     """Scores of polyp frames with masks: full-frame Dice, Jaccard, recall and precision of the
     product's mask (empty where the frame is called polyp-free), of the mask as the live loop
     shows it (``shown``: the averaged call of a frame in a clip), of the ungated map and of the
     constant masks; the fraction called polyp."""
     c = store.get([str(it.image) for it in items])
-    cf = flipped_of(store, items, v)
-    prob, _ = maps_of(f, c, SIZE, False, v.agree, cf)
-    _, maps = maps_of(f, c, SIZE, False, False, cf)  # ungated
+    prob, _ = maps_of(f, c, SIZE, False, True)
+    _, maps = maps_of(f, c, SIZE, False, False)  # ungated
     called = prob > 0.5
     rows: dict[str, list] = {"model": [], "stream": [], "ungated": [], "ellipse": [], "all_foreground": []}
     for it, mp, bx, zi in zip(items, maps, c.boxes, called):
@@ -74,9 +72,9 @@ def polyp_scores(store: FeatureStore, f: Fit, items: list[Item], v: Variant, sho
         full = paste(mp.astype(np.float32), bx, truth.shape) > f.threshold
         pred = refine(full, f.steps) if f.steps else full
         # the product's mask: empty where the classifier says no polyp (gate)
-        rows["model"].append(image_scores(pred if (zi or not v.gate) else np.zeros_like(pred), truth))
+        rows["model"].append(image_scores(pred if zi else np.zeros_like(pred), truth))
         zs = zi and shown.get(str(it.image), True)  # the live loop: its call must agree too
-        rows["stream"].append(image_scores(pred if (zs or not v.gate) else np.zeros_like(pred), truth))
+        rows["stream"].append(image_scores(pred if zs else np.zeros_like(pred), truth))
         rows["ungated"].append(image_scores(pred, truth))
         rows["ellipse"].append(image_scores(ellipse_mask(truth.shape, f.radius), truth))
         rows["all_foreground"].append(image_scores(np.ones_like(truth), truth))
@@ -130,7 +128,7 @@ def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | No
             v = chosen[name]
             t = time.time()
             f = fit(store, train, v, store.m)
-            sc = score(store, f, test, v)
+            sc = score(store, f, test)
             sc["tune"] = f.tune
             results[name].append(sc)
             print(f"fold {k} {name}: kvasir {sc['kvasir']['model']['dice']:.3f} (ellipse "
@@ -160,48 +158,3 @@ def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | No
         summary[name] = s
     return {"folds": folds, "variants": {n: chosen[n].__dict__ for n in variants},
             "per_fold": results, "summary": summary}
-
-
-def classifier_cv(data: Path, folds: int, cache: Path | None,
-                  cs: tuple[float, ...] = (0.05, 0.2, 0.5, 2.0)) -> dict:
-    """The classifier alone (no head: seconds per fit), over the negatives used and C: the
-    held-out rates of polyp-free PolypGen frames called non-polyp and polyp frames called polyp."""
-    items = load_all(data)
-    store = open_store(items, cache)
-    fold_of = {src: group_folds(its, folds) for src, its in items.items()}
-    grid = [(c, tiles, crops, pg_pos, 1.0) for c in cs for tiles in (True, False)
-            for crops in (False, True) for pg_pos in (True, False)]
-    grid += [(0.5, True, False, True, wn) for wn in (2.0, 4.0)]  # PolypGen negatives weighted
-    rows: dict = {}
-    for k in range(folds):
-        train = {src: [it for j, f in enumerate(fl) if j != k for it in f] for src, fl in fold_of.items()}
-        test = {src: fl[k] for src, fl in fold_of.items()}
-        seeds = seeds_of(train)
-        add_tiles(store, seeds)
-        from sklearn.metrics import roc_auc_score
-
-        for c, tiles, crops, pg_pos, wn in grid:
-            pos = [str(it.image) for it in train["kvasir"] + train["cvc"] + (train["pg_pos"] if pg_pos else [])]
-            neg = [str(it.image) for it in train["pg_neg"] + (train["non_polyp"] if crops else [])]
-            if tiles:
-                neg += [t for it in seeds for t in store.tile_keys.get(str(it.image), [])]
-            gap = np.concatenate([store.get(pos).gap, store.get(neg).gap])
-            sw = np.ones(len(pos) + len(neg))
-            sw[len(pos):len(pos) + len(train["pg_neg"])] = wn
-            w, b = fit_classifier(gap, np.r_[np.ones(len(pos)), np.zeros(len(neg))], c, sample_weight=sw)
-            r, zs = {}, {}
-            for src in ("kvasir", "cvc", "pg_pos", "pg_neg", "non_polyp"):
-                z = zs[src] = logits_of(store.get([str(it.image) for it in test[src]]).gap, w, b)
-                r[src] = float((z > 0).mean()) if src in ("kvasir", "cvc", "pg_pos") else float((z <= 0).mean())
-            # how well the logit ranks PolypGen polyp above polyp-free frames, whatever the bias
-            r["pg_auc"] = float(roc_auc_score(np.r_[np.ones(len(zs["pg_pos"])), np.zeros(len(zs["pg_neg"]))],
-                                              np.r_[zs["pg_pos"], zs["pg_neg"]]))
-            name = f"C={c} tiles={tiles} crops={crops} pg_pos={pg_pos}" + (f" pg_neg_weight={wn}" if wn != 1.0 else "")
-            rows.setdefault(name, []).append(r)
-    summary = {name: {src: round(float(np.mean([r[src] for r in rs])), 4) for src in rs[0]}
-               for name, rs in rows.items()}
-    for name, r in summary.items():
-        print(f"{name:45s} polyp called polyp: kvasir {r['kvasir']:.3f} cvc {r['cvc']:.3f} "
-              f"pg_pos {r['pg_pos']:.3f} | called non-polyp: pg_neg {r['pg_neg']:.3f} crops {r['non_polyp']:.3f}"
-              f" | PolypGen AUC {r['pg_auc']:.3f}")
-    return {"folds": folds, "per_fold": rows, "summary": summary}

@@ -28,18 +28,17 @@ ARCH = "efficientnet-lite1"
 SIZE = 224
 
 SEEDS = {"kvasir": 70, "cvc": 30}
-CLOSEUPS = 5  # close-up views per polyp-free frame: its centre, then its four quadrants
 #: how network views are made (part of a cached feature file's name): "cpu-resize" = each view
 #: resized once on the CPU as the segmenters do (rtseg.model.active_area.network_view)
 VIEWS_VERSION = "cpu-resize"
 
 
-def manifest(gate: bool = True, head: bool = True, agree: bool = False, agree_at: float = 0.5) -> Manifest:
+def manifest(gate: bool = True, agree: bool = False) -> Manifest:
     """The recipe's model settings (ImageNet EfficientNet-Lite1 at SIZE, active area, the head
-    fed by its Grad-CAM at "head")."""
+    fed by its Grad-CAM at "head"); the shipped frame rule is ``agree``."""
     return Manifest(arch=ARCH, input_size=SIZE, mean=LITE_MEAN, std=LITE_STD, fov_mask=True,
                     active_area=True, cam_layer="head", threshold="above 0.5",
-                    head=HeadConfig(gate=gate, agree=agree, agree_at=agree_at).to_dict() if head else None)
+                    head=HeadConfig(gate=gate, agree=agree).to_dict())
 
 
 def load_all(data: Path, crops: int = 600) -> dict[str, list[Item]]:
@@ -91,7 +90,7 @@ def view_tiles(img: np.ndarray, grid: int, mask: np.ndarray | None = None) -> di
     return out
 
 
-def seed_tiles(img: np.ndarray, mask: np.ndarray, m: Manifest, grid: int = 3) -> list[np.ndarray]:
+def seed_tiles(img: np.ndarray, mask: np.ndarray, grid: int = 3) -> list[np.ndarray]:
     """Tiles of the image's active area that hold no polyp pixel (in-domain negatives)."""
     return list(view_tiles(img, grid, mask).values())
 
@@ -153,7 +152,7 @@ def add_tiles(store: FeatureStore, seeds: list[Item]) -> None:
         k = str(it.image)
         if k in store.tile_keys:
             continue
-        ts = seed_tiles(read_image(it.image), read_mask(it.mask), store.m)
+        ts = seed_tiles(read_image(it.image), read_mask(it.mask))
         store.tile_keys[k] = [f"{k}#t{i}" for i in range(len(ts))]
         keys += store.tile_keys[k]
         tiles += ts
@@ -181,10 +180,10 @@ def rest_of(train: dict[str, list[Item]]) -> list[Item]:
     return [it for s in SEEDS for it in ordered(train.get(s, []))[n.get(s, 0):]]
 
 
-def image_positives(train: dict[str, list[Item]], bkai: bool) -> list[Item]:
+def image_positives(train: dict[str, list[Item]]) -> list[Item]:
     """The polyp frames of a training selection with an image label only (no mask): PolypGen's,
-    and (``bkai``) BKAI-IGH's."""
-    return list(train.get("pg_pos", [])) + (list(train.get("bkai", [])) if bkai else [])
+    then BKAI-IGH's."""
+    return list(train.get("pg_pos", [])) + list(train.get("bkai", []))
 
 
 def tune_set_of(train: dict[str, list[Item]]) -> list[Item]:
@@ -197,39 +196,3 @@ def seeds_of(train: dict[str, list[Item]]) -> list[Item]:
     """The seed images of a training selection (the only masks trained on)."""
     n = seed_counts(train)
     return [it for s in SEEDS for it in ordered(train.get(s, []))[:n.get(s, 0)]]
-
-
-def closeup_views(img: np.ndarray) -> list[np.ndarray]:
-    """Views of a frame's active area at twice the zoom (its centre half, then its four
-    quadrants), as the endoscope sees mucosa from close up: in-domain negatives of a polyp-free
-    frame that the frame itself does not show the network."""
-    from rtseg.model.active_area import prepare
-
-    view, _ = prepare(img, True)
-    h, w = view.shape[:2]
-    out = [view[h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2]]
-    out += [view[ys, xs] for _, ys, xs in grid_cells(h, w, 2)]
-    return [np.ascontiguousarray(v) for v in out]
-
-
-def closeup_keys(items: list[Item]) -> list[str]:
-    return [f"{it.image}#z{i}" for it in items for i in range(CLOSEUPS)]
-
-
-def add_closeups(store: "FeatureStore", items: list[Item]) -> None:
-    """Features of the close-up views (:func:`closeup_views`) of ``items`` (keys ``image#zN``),
-    each image decoded once."""
-    keys = [k for k in closeup_keys(items) if k not in store.index]
-    if not keys:
-        return
-    last: dict[str, list[np.ndarray]] = {}
-
-    def load(key: str) -> np.ndarray:
-        image, i = key.rsplit("#z", 1)
-        if image not in last:
-            last.clear()
-            last[image] = closeup_views(read_image(image))
-        return last[image][int(i)]
-
-    tag = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:12]
-    store.add(keys, load, f"closeups-{tag}")

@@ -29,7 +29,7 @@ import numpy as np
 from rtseg.model.call import is_polyp
 from rtseg.recipes.layout import Item
 from rtseg.recipes.distill.data import SIZE
-from rtseg.recipes.distill.fit import Fit, Variant, clip_probs, maps_of
+from rtseg.recipes.distill.fit import Fit, clip_probs, maps_of
 
 HOSPITALS = ("pg-A", "pg-B", "kvasir", "cvc", "bkai")  # the PolypGen centres first: the most telling
 MASKED = ("kvasir", "cvc", "pg_pos")  # polyp sources whose held-out frames are scored with masks
@@ -52,20 +52,20 @@ def split(items: dict[str, list[Item]], hospital: str, root: Path
     return train, test
 
 
-def score_hospital(store, f: Fit, test: dict[str, list[Item]], v: Variant) -> dict:
+def score_hospital(store, f: Fit, test: dict[str, list[Item]]) -> dict:
     """The held-out source's scores (see the module's text)."""
     from rtseg.recipes.distill.call_smoothing import VIDEO_SOURCES, stream_calls
     from rtseg.recipes.distill.cv import polyp_scores
 
-    vid = {s: clip_probs(f, store, test[s], v.agree) for s in VIDEO_SOURCES if test.get(s)}
+    vid = {s: clip_probs(f, store, test[s]) for s in VIDEO_SOURCES if test.get(s)}
     shown = {k: z for p in vid.values() for k, z in stream_calls(p, f.call_smoothing).items()}
     out: dict = {"call_smoothing": f.call_smoothing, "tune": f.tune}
     polyp = [it for s in ("kvasir", "cvc", "pg_pos", "bkai") for it in test.get(s, [])]
     if polyp:
         masked = [it for it in polyp if it.mask is not None]
-        out["polyp"] = polyp_scores(store, f, masked, v, shown) if masked else {}
+        out["polyp"] = polyp_scores(store, f, masked, shown) if masked else {}
         # the call over every polyp frame, masked or not (BKAI-IGH has no masks)
-        prob, _ = maps_of(f, store.get([str(it.image) for it in polyp]), SIZE, False, v.agree)
+        prob, _ = maps_of(f, store.get([str(it.image) for it in polyp]), SIZE, False, True)
         called = is_polyp(prob)
         out["polyp"].update({"n": len(polyp), "n_masked": len(masked),
                              "called_polyp": round(float(np.mean(called)), 4),
@@ -73,7 +73,7 @@ def score_hospital(store, f: Fit, test: dict[str, list[Item]], v: Variant) -> di
                                  [shown.get(str(it.image), z) for it, z in zip(polyp, called)])), 4)})
     neg = test.get("pg_neg", [])
     if neg:
-        prob, _ = maps_of(f, store.get([str(it.image) for it in neg]), SIZE, False, v.agree)
+        prob, _ = maps_of(f, store.get([str(it.image) for it in neg]), SIZE, False, True)
         groups = np.array([it.group for it in neg])
         sok = np.array([not shown[str(it.image)] for it in neg])
         out["polyp_free"] = {"n": len(neg), "called_non_polyp": round(float((~is_polyp(prob)).mean()), 4),
@@ -123,7 +123,7 @@ def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: lis
         for name, v in chosen.items():
             t = time.time()
             f = fit(store, train, v, store.m, log=log)
-            r = per[name][h] = score_hospital(store, f, test, v)
+            r = per[name][h] = score_hospital(store, f, test)
             r["fit_seconds"] = round(time.time() - t, 1)
             log(f"held out {h} [{name}]: {line_of(r)} [{r['fit_seconds']:.0f} s]")
         res = {"hospitals": hospitals, "variants": {n: chosen[n].__dict__ for n in variants},
