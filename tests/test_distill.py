@@ -181,9 +181,12 @@ def test_call_smoothing_is_chosen_inside_the_training_folds_scored_as_the_loop_a
     assert create_segmenter(out, backend="torch-eager", device="cpu").manifest.call_smoothing == 0.7
 
 
-def test_end_to_end_fine_tuned_network_travels_into_the_bundle(data_folder, tmp_path, monkeypatch):
-    """Variant finetune_steps: blocks 7-20, classifier and head trained through augmented views;
-    the bundle computes the probabilities and maps the recipe scored from cached block-6 features."""
+def test_build_model_writes_the_fine_tuned_network_it_scored(data_folder, tmp_path, monkeypatch, capsys):
+    """``rtseg build-model`` (variant finetune_steps: blocks 7-20, classifier and head trained
+    through augmented views): a loadable bundle that computes the probabilities and maps the
+    recipe scored from cached block-6 features; a model card already in OUT is kept."""
+    from helpers import run_cli
+
     import rtseg.recipes.distill.build as rb
     import rtseg.recipes.distill.data as rd
     import rtseg.recipes.distill.fit as rlf
@@ -192,13 +195,20 @@ def test_end_to_end_fine_tuned_network_travels_into_the_bundle(data_folder, tmp_
     small(monkeypatch, ft=rlf.Variant("ft", finetune_steps=3))
     fits = []
     monkeypatch.setattr(rb, "fit", lambda *a, **k: fits.append(rlf.fit(*a, **k)) or fits[-1])
-    out = rb.build(data_folder, tmp_path / "bundle", tmp_path / "cache", "ft")
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "MODEL_CARD.md").write_text("card")
+    code, stdout, err = run_cli(["build-model", "--data", data_folder, "--out", out, "--variant", "ft",
+                                 "--cache", tmp_path / "cache"], capsys)
+    assert code == 0, err
+    assert f"saved {out}" in stdout and (out / "MODEL_CARD.md").read_text() == "card"
     f = fits[-1]
     assert f.top is not None and f.top.from_block == 6 and len(f.top.blocks) == 14
     b = load_bundle(out)
     assert b.manifest.arch == "efficientnet-lite1" and b.manifest.active_area
     assert b.manifest.head["agree"] is True and b.manifest.head["gate"] is True  # the shipped frame rule
     assert b.manifest.training["variant"] == {"name": "ft", "finetune_steps": 3, "bg_tiles": 0}
+    assert b.manifest.training["recipe"] == "rtseg build-model --variant ft"
     assert b.manifest.call_smoothing in rlf.CALL_FACTORS  # chosen by the inner CV
     assert "blocks 7-20" in b.manifest.training["backbone"] and "end to end" in b.manifest.training["backbone"]
     imagenet = build_model(rd.ARCH, pretrained=True)
@@ -210,3 +220,63 @@ def test_end_to_end_fine_tuned_network_travels_into_the_bundle(data_folder, tmp_
     assert np.allclose(w(b.model._blocks[14]._project_conv), w(f.top.blocks[7]._project_conv), atol=1e-3)
     assert np.allclose(w(b.model._blocks[6]._project_conv), w(imagenet._blocks[6]._project_conv), atol=1e-3)
     assert_bundle_is_the_fit(f, out, data_folder, tmp_path)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "variant", "out-in-data", "cache-is-a-file"])
+def test_build_model_bad_input_is_one_error_line_before_any_work(data_folder, tmp_path, monkeypatch, capsys, case):
+    from helpers import run_cli
+
+    import rtseg.recipes.distill.build as rb
+
+    monkeypatch.setattr(rb, "open_store", lambda *a: pytest.fail("work started"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    data, out, extra = data_folder, tmp_path / "out", []
+    if case == "missing":
+        data = tmp_path / "nope"
+    elif case == "empty":
+        data = tmp_path / "empty"
+    elif case == "variant":
+        extra = ["--variant", "agree"]  # measured, not kept
+    elif case == "out-in-data":
+        out = data_folder / "model"
+    else:
+        extra = ["--cache", tmp_path / "file"]
+    code, _, err = run_cli(["build-model", "--data", data, "--out", out, *extra], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert {"missing": "data folder not found", "empty": "needs kvasir-seg/", "variant": "unknown variant 'agree'",
+            "out-in-data": "overlaps the data folder", "cache-is-a-file": "is a file"}[case] in err
+    assert not out.exists()
+
+
+def test_a_failed_build_keeps_the_bundle_that_was_there(data_folder, tmp_path, monkeypatch, capsys):
+    """The bundle folder is written as a whole: a full disk while writing the new one leaves the
+    old weights and manifest side by side, as they were."""
+    import errno
+
+    from helpers import run_cli
+
+    import rtseg.model.bundle
+    import rtseg.recipes.distill.build as rb
+
+    class Store:
+        m = None
+
+    monkeypatch.setattr(rb, "open_store", lambda *a: Store())
+    monkeypatch.setattr(rb, "fit", lambda *a, **k: None)
+    monkeypatch.setattr(rb, "bundle_of", lambda *a: None)
+
+    def half_written(bundle, path, half=False):
+        (path / "weights.pt").write_text("new weights")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rtseg.model.bundle, "save_bundle", half_written)
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "weights.pt").write_text("old weights")
+    (out / "manifest.json").write_text("old manifest")
+    code, _, err = run_cli(["build-model", "--data", data_folder, "--out", out, "--cache", tmp_path / "c"], capsys)
+    assert code == 2 and err.strip() == f"error: no space left on device writing {out}"
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"weights.pt": "old weights",
+                                                               "manifest.json": "old manifest"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left
