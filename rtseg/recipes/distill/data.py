@@ -1,8 +1,8 @@
 """The recipe's data: the network whose features are cached (:func:`manifest`), the data
 folder's items (:func:`load_all`), the items of a training selection (seeds, the rest, the
-tune set), the in-domain negative views (tiles of the seed images outside their masks,
-close-ups of the polyp-free frames) and the frozen backbone's features of every image used,
-computed once and cached (:class:`FeatureStore`, :func:`open_store`).
+tune set), the in-domain negative views (tiles of the seed images outside their masks) and
+the frozen backbone's features of every image used, computed once and cached
+(:class:`FeatureStore`, :func:`open_store`).
 
 The cache: ``CACHE/<label>.cpu-resize.npz`` per source label (``kvasir``, ``cvc``, ``pg_neg``,
 ``pg_pos``, ``non_polyp``, ``bkai``) and per set of seed tiles (``tiles-<hash>``); a file is

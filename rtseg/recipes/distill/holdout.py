@@ -6,8 +6,8 @@ scored on the one left out, for each source in turn.
 The sources (:data:`HOSPITALS`): Kvasir-SEG, CVC-ClinicDB, PolypGen centre A (Paris), PolypGen
 centre B (Padova) and BKAI-IGH NeoPolyp (Hanoi). Everything fitted comes from the training
 sources only: the seed masks (at most 100 in all: a held-out source's share goes to the other
-masked source), the classifier, the head, the operating point, the call smoothing, the mask
-threshold and clean-up and the constant ellipse's radius. The held-out source is scored as a
+masked source), the classifier, the head, the fine-tuned network, the call smoothing, the
+mask threshold and clean-up and the constant ellipse's radius. The held-out source is scored as a
 user would meet it:
 
 - its polyp frames: full-frame Dice and Jaccard of the product's mask (PolypGen: the
