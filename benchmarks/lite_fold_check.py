@@ -1,6 +1,6 @@
 """Are the cross-validation figures the product's? One fold, scored both ways.
 
-Fits the default recipe (``rtseg.recipes.lite``, the shipped variant unless ``--variant``) on the training folds of
+Fits the shipped model's recipe (``rtseg.recipes.distill``, the shipped variant unless ``--variant``) on the training folds of
 fold K, scores the held-out Kvasir-SEG / CVC-ClinicDB images with the recipe's own scorer
 (cached features), then writes the fit as a bundle and scores the same images with
 ``rtseg eval``'s code (:func:`rtseg.evaluate.scoring.run_eval`: decode, active area, eager Grad-CAM +
@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def rl_default_variant() -> str:
-    from rtseg.recipes.lite_fit import DEFAULT_VARIANT
+    from rtseg.recipes.distill.fit import DEFAULT_VARIANT
 
     return DEFAULT_VARIANT
 
@@ -38,22 +38,25 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    import rtseg.recipes.lite as rl
+    from rtseg.recipes.distill.build import bundle_of
+    from rtseg.recipes.distill.cv import score
+    from rtseg.recipes.distill.data import add_tiles, load_all, open_store, seeds_of
+    from rtseg.recipes.distill.fit import fit, variant_named
     from rtseg.recipes.layout import group_folds
     from rtseg.evaluate.scoring import run_eval
     from rtseg.model.bundle import load_bundle, save_bundle
 
     torch.set_flush_denormal(True)
-    v = rl.lite_variant(a.variant)
-    items = rl.load_all(a.data)
-    store = rl.open_store(items, a.cache)
+    v = variant_named(a.variant)
+    items = load_all(a.data)
+    store = open_store(items, a.cache)
     fold_of = {s: group_folds(v, a.folds) for s, v in items.items()}
     train = {s: [it for j, f in enumerate(fl) if j != a.fold for it in f] for s, fl in fold_of.items()}
     test = {s: fl[a.fold] for s, fl in fold_of.items()}
-    rl.add_tiles(store, rl.seeds_of(train))
-    f = rl.fit(store, train, v, store.m)
-    cached = rl.score(store, f, test, v)
-    save_bundle(rl.bundle_of(f, v, a.variant), a.out)  # fp32: the same weights as the cached fit
+    add_tiles(store, seeds_of(train))
+    f = fit(store, train, v, store.m)
+    cached = score(store, f, test)
+    save_bundle(bundle_of(f, v, a.variant), a.out)  # fp32: the same weights as the cached fit
     bundle = load_bundle(a.out)
     rows = {}
     for src in ("kvasir", "cvc"):
@@ -92,7 +95,7 @@ def stream_check(bundle: Path, items: list, recipe_rates: dict) -> dict:
     import tempfile
 
     from rtseg.live.loop import StreamConfig, run_stream
-    from rtseg.recipes.lite_temporal import clips
+    from rtseg.recipes.distill.call_smoothing import clips
 
     out = {}
     for clip in clips(items):

@@ -38,10 +38,9 @@ from rtseg.evaluate.metrics import image_scores
 from rtseg.imageio import read_image, read_mask
 from rtseg.model.active_area import paste
 from rtseg.model.postprocess import refine
-from rtseg.recipes import lite as R
 from rtseg.recipes.layout import group_folds
-from rtseg.recipes.lite_data import FeatureStore, tune_set_of
-from rtseg.recipes.lite_fit import DEFAULT_VARIANT, SIZE, VARIANTS, choose_threshold, fit, maps_of, truth_crops
+from rtseg.recipes.distill.data import SIZE, FeatureStore, load_all, open_store, tune_set_of
+from rtseg.recipes.distill.fit import DEFAULT_VARIANT, VARIANTS, choose_threshold, fit, maps_of, truth_crops
 from rtseg.train.edge_refine import dense_crf, slic_pool
 from rtseg.train.edge_refine import view_of as edge_view
 from rtseg.train.probe import head_cams, head_maps
@@ -121,8 +120,8 @@ def graph_ms(sizes=(SIZE, MS_SIZE), runs: int = 40, threads: int = 2) -> dict:
 
 
 def run(data: Path, cache: Path, variant: str, ideas: list[str], multiscale: bool) -> dict:
-    items = R.load_all(data)
-    store = R.open_store(items, cache)
+    items = load_all(data)
+    store = open_store(items, cache)
     ms_store = None
     if multiscale:
         ms_store = FeatureStore(store.model, store.m.replace(input_size=MS_SIZE), cache)

@@ -1,4 +1,4 @@
-"""Can the default model call more held-out polyp-free frames non-polyp? Five ideas, measured
+"""Can the default model call more held-out polyp-free frames non-polyp? Ideas measured
 by the recipe's leak-free cross-validation (a PolypGen / CVC sequence never spans two folds):
 
     python experiments/lite_classifier_ideas.py pooling --data ../shared/data
@@ -15,9 +15,10 @@ by the recipe's leak-free cross-validation (a PolypGen / CVC sequence never span
         the network's last layer (conv_head + BN affine; with --from-block 14 also blocks 15-20)
         fine-tuned with the classifier on the cached block-20 (block-14) features, beside the
         linear probe in the same folds;
-    python experiments/lite_classifier_ideas.py head-ensemble --data ../shared/data
-        the shipped head trained with 3 seeds on the same classifier: the frame rule on one head
-        and on the mean map of the three (a variance-reduced head would be cheap in the graph).
+
+A fifth idea measured (head-ensemble: the head trained with 3 seeds, the frame rule on the
+mean map) needs recipe options removed from the package since; it runs with this script at
+commit df8f72b.
 
 Held-out rates printed per idea: polyp frames called polyp (Kvasir-SEG, CVC-ClinicDB, PolypGen
 positives), PolypGen polyp-free frames called non-polyp (per fold), and the PolypGen
@@ -35,19 +36,19 @@ import numpy as np
 
 from rtseg.atomic import write_text
 from rtseg.errors import run_script
-from rtseg.recipes import lite as R
 from rtseg.recipes.layout import group_folds
-from rtseg.recipes.lite_data import seeds_of, view_tiles
-from rtseg.recipes.lite_fit import DEFAULT_VARIANT, VARIANTS, fit
+from rtseg.recipes.distill.data import add_tiles, load_all, open_store, seeds_of, view_tiles
+from rtseg.recipes.distill.fit import DEFAULT_VARIANT, VARIANTS, fit
 from rtseg.train.probe import fit_classifier, head_cams, head_maps, logits_of
+from rtseg.train.top import Top
 
 POS = ("kvasir", "cvc", "pg_pos")
 
 
 def folds(data: Path, cache: Path, k: int = 3):
     """(store, items, iterator of (fold, train, test, seeds))"""
-    items = R.load_all(data)
-    store = R.open_store(items, cache)
+    items = load_all(data)
+    store = open_store(items, cache)
     fold_of = {s: group_folds(i, k) for s, i in items.items()}
 
     def gen():
@@ -55,7 +56,7 @@ def folds(data: Path, cache: Path, k: int = 3):
             train = {s: [it for j, fl in enumerate(fs) if j != f for it in fl] for s, fs in fold_of.items()}
             test = {s: fs[f] for s, fs in fold_of.items()}
             seeds = seeds_of(train)
-            R.add_tiles(store, seeds)
+            add_tiles(store, seeds)
             yield f, train, test, seeds
     return store, items, gen()
 
@@ -135,7 +136,7 @@ def run_pooling(data: Path, cache: Path) -> dict:
 # --------------------------------------------------------------------------------------------
 def add_quadrants(store, items, cache: Path) -> dict[str, list[str]]:
     """Features of the lit 2 x 2 quadrants of every polyp image's active area (key ``image#qN``,
-    :func:`rtseg.recipes.lite_data.view_tiles`), cached; image -> its keys. The key list is kept
+    :func:`rtseg.recipes.distill.data.view_tiles`), cached; image -> its keys. The key list is kept
     beside the features (which quadrants are lit is known only after decoding)."""
     from rtseg.imageio import read_image
 
@@ -199,7 +200,7 @@ def run_pseudo_tiles(data: Path, cache: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-def run_operating_points(data: Path, cache: Path, variant: str = "agree") -> dict:
+def run_operating_points(data: Path, cache: Path, variant: str = DEFAULT_VARIANT) -> dict:
     store, _, gen = folds(data, cache)
     held = []
     for f, train, test, _ in gen:
@@ -226,8 +227,44 @@ def run_operating_points(data: Path, cache: Path, variant: str = "agree") -> dic
 
 
 # --------------------------------------------------------------------------------------------
+def finetune_top(model, x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, from_block: int,
+                 epochs: int = 12, seed: int = 0, lr: float = 1e-4, batch: int = 64
+                 ) -> tuple[Top, np.ndarray, float]:
+    """Fine-tune the top of ``model`` and a linear classifier (from ``w``, ``b``) on the cached
+    block-``from_block`` features ``x`` [N, C, g, g] with labels ``y`` (balanced BCE, horizontal
+    flips). Returns (top, classifier weights, bias)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.manual_seed(seed)
+    top = Top(model, from_block)
+    fc = nn.Linear(int(w.size), 1)
+    with torch.no_grad():
+        fc.weight.copy_(torch.from_numpy(np.asarray(w, np.float32))[None])
+        fc.bias.fill_(float(b))
+    opt = torch.optim.Adam([{"params": list(top.parameters()), "lr": lr},
+                            {"params": fc.parameters(), "lr": 10 * lr}], weight_decay=1e-4)
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y, np.float32))
+    pw = torch.tensor(float((yt == 0).sum()) / max(1.0, float((yt == 1).sum())))  # balanced classes
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(yt), generator=g)
+        for s in range(0, len(perm), batch):
+            i = perm[s:s + batch]
+            xb = xt[i].float()
+            flip = torch.rand(len(i), generator=g) < 0.5
+            xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
+            z = fc(top(xb)[0].mean(dim=(2, 3)))[:, 0]
+            loss = F.binary_cross_entropy_with_logits(z, yt[i], pos_weight=pw)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return top, fc.weight.detach()[0].numpy().copy(), float(fc.bias.detach())
+
+
 def run_top_finetune(data: Path, cache: Path, epochs: int = 12, from_block: int = 20) -> dict:
-    """The network's top fine-tuned with the classifier (:func:`rtseg.train.top.finetune_top`):
+    """The network's top fine-tuned with the classifier (:func:`finetune_top`):
     conv_head 320 -> 1280 + its BN affine (``from_block`` 20, on the cached block-20 features)
     or also blocks 15-20 (``from_block`` 14, on the cached block-14 features); BN statistics
     frozen; started from the ImageNet weights and the linear probe; beside it, in the same
@@ -235,8 +272,8 @@ def run_top_finetune(data: Path, cache: Path, epochs: int = 12, from_block: int 
     import torch
 
     from rtseg.model.bundle import build_model
-    from rtseg.recipes.lite_fit import ARCH
-    from rtseg.train.top import finetune_top, retop
+    from rtseg.recipes.distill.data import ARCH
+    from rtseg.train.top import retop
 
     torch.manual_seed(0)
     base = build_model(ARCH, pretrained=True).eval()
@@ -266,45 +303,9 @@ def run_top_finetune(data: Path, cache: Path, epochs: int = 12, from_block: int 
     return summary(res)
 
 
-def run_head_ensemble(data: Path, cache: Path, seeds: tuple[int, ...] = (0, 10, 20)) -> dict:
-    """The shipped recipe's head trained with several seeds on the same classifier; the frame
-    rule (classifier logit > 0 and the head's max pixel > 0.5) on one head and on the mean map
-    of all, held-out rates over all frames of the folds."""
-    import dataclasses
-
-    store, _, gen = folds(data, cache)
-    calls: dict = {}
-    for f, train, test, _ in gen:
-        maps, zs = {s: [] for s in POS + ("pg_neg",)}, {}
-        for seed in seeds:
-            v = dataclasses.replace(VARIANTS["agree-allneg"], head_seed=seed)
-            ft = fit(store, train, v, store.m, log=lambda *a: None, tune=False)
-            for s in maps:
-                c = store.get(keys(test[s]))
-                zs[s] = logits_of(c.gap, ft.w, ft.b)
-                maps[s].append(head_maps(ft.head, c, head_cams(c.head, ft.w)).reshape(len(c.gap), -1))
-        for name, pick in [(f"one head (seed {seeds[0]})", lambda ms: ms[0]),
-                           (f"mean of {len(seeds)} heads", lambda ms: np.mean(ms, 0))]:
-            for s in maps:
-                called = (zs[s] > 0) & (pick(maps[s]).max(1) > 0.5)
-                calls.setdefault(name, {}).setdefault(s, []).append(called)
-        print(f"fold {f} fitted", flush=True)
-    out = {}
-    for name, by in calls.items():
-        pos = np.concatenate([c for s in POS for c in by[s]])
-        neg = [1 - c.mean() for c in by["pg_neg"]]
-        out[name] = {"polyp_called_polyp": round(float(pos.mean()), 4),
-                     "pg_neg_called_non_polyp": round(float(1 - np.concatenate(by["pg_neg"]).mean()), 4),
-                     "pg_neg_folds": [round(float(v), 3) for v in neg]}
-        print(f"{name:24s} polyp frames called polyp {out[name]['polyp_called_polyp']:.3f} | polyp-free "
-              f"called non-polyp {out[name]['pg_neg_called_non_polyp']:.3f} {out[name]['pg_neg_folds']}", flush=True)
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("idea", choices=["pooling", "pseudo-tiles", "operating-points", "top-finetune",
-                                     "head-ensemble"])
+    ap.add_argument("idea", choices=["pooling", "pseudo-tiles", "operating-points", "top-finetune"])
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--cache", type=Path, default=Path("runs/lite_features"))
     ap.add_argument("--json", type=Path, default=None)
@@ -320,8 +321,7 @@ def main(argv: list[str] | None = None) -> None:
             return run_operating_points(a.data, a.cache, a.variant)
         if a.idea == "top-finetune":
             return run_top_finetune(a.data, a.cache, from_block=a.from_block)
-        return {"pooling": run_pooling, "pseudo-tiles": run_pseudo_tiles,
-                "head-ensemble": run_head_ensemble}[a.idea](a.data, a.cache)
+        return {"pooling": run_pooling, "pseudo-tiles": run_pseudo_tiles}[a.idea](a.data, a.cache)
 
     res = run_script(work)
     if a.json:

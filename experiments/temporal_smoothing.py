@@ -28,11 +28,10 @@ from rtseg.live.smoothing import CallSmoother, CamSmoother
 from rtseg.model.active_area import paste
 from rtseg.model.postprocess import refine
 from rtseg.model.thresholds import ThresholdPolicy
-from rtseg.recipes import lite as R
 from rtseg.recipes.layout import group_folds
-from rtseg.recipes.lite_data import seeds_of
-from rtseg.recipes.lite_fit import DEFAULT_VARIANT, SIZE, fit, maps_of
-from rtseg.recipes.lite_temporal import CALL_FACTORS, clips
+from rtseg.recipes.distill.call_smoothing import CALL_FACTORS, clips
+from rtseg.recipes.distill.data import SIZE, add_tiles, load_all, open_store, seeds_of
+from rtseg.recipes.distill.fit import DEFAULT_VARIANT, fit, maps_of, variant_named
 
 
 def play(f, store, clip, a: float, maps_too: bool) -> tuple[np.ndarray, np.ndarray, object]:
@@ -91,16 +90,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", type=Path, default=Path("runs/lite_features"))
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
-    v = R.lite_variant(a.variant)
-    items = R.load_all(a.data)
-    store = R.open_store(items, a.cache)
+    v = variant_named(a.variant)
+    items = load_all(a.data)
+    store = open_store(items, a.cache)
     fold_of = {s: group_folds(i, a.folds) for s, i in items.items()}
     modes = {"call": False, "call+maps": True}  # what the filter smooths
     per: dict[tuple, list[dict]] = {(md, x): [] for md in modes for x in CALL_FACTORS}
     for k in range(a.folds):
         train = {s: [it for j, fl in enumerate(fs) if j != k for it in fl] for s, fs in fold_of.items()}
         test = {s: fs[k] for s, fs in fold_of.items()}
-        R.add_tiles(store, seeds_of(train))
+        add_tiles(store, seeds_of(train))
         f = fit(store, train, v, store.m, log=lambda *_: None)
         for md, x in per:
             per[md, x].append(run_fold(f, store, test, x, modes[md]))

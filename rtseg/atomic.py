@@ -14,7 +14,9 @@ Every output goes through here, so the rules live here once:
 - an output that is one of the command's inputs is refused before any work
   (:func:`refuse_inputs`);
 - temporary files are named ``.NAME.tmp.<pid>@<host>.*``; the first write into a folder removes
-  those of processes that no longer run (a SIGKILLed earlier run), :func:`sweep_stale`.
+  those of processes that no longer run (a SIGKILLed earlier run), :func:`sweep_stale`;
+- an output folder written as a whole (a model bundle) is built beside its target and replaces
+  it only once complete (:func:`atomic_dir`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -227,8 +230,12 @@ def sweep_stale(folder: str | os.PathLike) -> int:
     for name in names:
         m = _TMP.match(name)
         if m and m.group(2) == host and not _alive(int(m.group(1))):
+            p = os.path.join(folder, name)
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(folder, name))
+                if os.path.isdir(p) and not os.path.islink(p):  # an atomic_dir's unfinished folder
+                    shutil.rmtree(p)
+                else:
+                    os.unlink(p)
                 n += 1
     return n
 
@@ -281,6 +288,71 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             raise write_error(path, exc) from None
         with fh:  # a full disk raises in a write, the flush or the close: all inside atomic_path
             yield fh
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty folder beside ``path``; when the block succeeds it replaces ``path`` as a
+    whole, so an existing folder is never half-overwritten: readers see the old files or the
+    new ones. Files of an existing ``path`` that the block did not write (a model card beside a
+    bundle) are kept (hard links, else copies). If the block fails, the new folder is removed
+    and ``path`` is as it was; a disk error is one ``UserError`` line."""
+    path = ensure_parent(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output folder is a file: {path}")
+    sweep_stale(path.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), dir=path.parent))
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the output from others
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        yield tmp
+        if path.is_dir():
+            _carry_over(path, tmp)
+        _publish(tmp, path)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_error(exc):
+            raise write_error(path, exc) from None
+        raise
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Entries of ``old`` that ``new`` lacks, linked (or copied) into ``new``; ``old`` is untouched."""
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for entry in os.scandir(old):
+        dst = new / entry.name
+        if dst.exists() or dst.is_symlink():
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), dst)
+        elif entry.is_dir():
+            shutil.copytree(entry.path, dst, symlinks=True, copy_function=link)
+        else:
+            link(entry.path, str(dst))
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` onto ``path``; an existing ``path`` is moved aside first and removed after
+    (``.NAME.old.<pid>@<host>``: if the process dies between the two renames, the old folder is
+    there, never swept)."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = path.parent / f".{path.name}.old.{os.getpid()}@{_host()}"
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 LOCK_NAMES = (".lock",)  # a lock file alone is no output

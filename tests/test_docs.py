@@ -118,7 +118,7 @@ def rtseg_commands(snippet: str) -> list[tuple[str, list[str]]]:
 def test_readme_command_parser():
     line = 'pip install -e ".[dev]" && rtseg stream --headless --json=s.json  # a comment --x'
     assert rtseg_commands(line) == [("stream", ["--headless", "--json"])]
-    assert rtseg_commands("python -m rtseg.recipes.lite cv --folds 3") == []
+    assert rtseg_commands("python -m rtseg.recipes.distill cv --folds 3") == []
     assert readme_snippets("| a | `rtseg bench --frames 100` |\n```bash\nrtseg export\n```\n`rtseg x`") \
         == ["rtseg bench --frames 100", "rtseg export"]
 

@@ -47,7 +47,7 @@ def test_photometric_changes_colour_but_keeps_the_border_black():
 @pytest.fixture(scope="module")
 def model():
     from rtseg.model.bundle import build_model
-    from rtseg.recipes.lite_fit import manifest
+    from rtseg.recipes.distill.data import manifest
 
     torch.manual_seed(0)
     m = manifest(gate=False, agree=True)  # ungated: the segmenter's map is the head's map
@@ -101,7 +101,7 @@ def test_fine_tuning_trains_the_top_and_head_only(model):
 
 
 def test_background_tiles_keep_only_mucosa_the_teacher_is_sure_of():
-    from rtseg.recipes.lite_finetune import background_tiles
+    from rtseg.recipes.distill.finetune import background_tiles
 
     view = np.full((300, 300, 3), 120, np.uint8)
     view[:, 200:] = 0  # the right third is black border: never a tile

@@ -255,6 +255,44 @@ def test_temporary_files_of_a_killed_run_are_removed_by_the_next_write(tmp_path)
     assert json.loads((tmp_path / "v.json").read_text()) == {}
 
 
+def test_a_folder_written_as_a_whole_replaces_the_old_one_only_when_complete(tmp_path):
+    """rtseg.atomic.atomic_dir (a model bundle): a failed block leaves the old folder exactly as it
+    was; a finished one replaces it, keeping the old files it did not write (a model card)."""
+    import errno
+
+    from rtseg.atomic import _host, _swept, atomic_dir
+    from rtseg.errors import UserError
+
+    out = tmp_path / "model"
+    out.mkdir()
+    for name, text in (("weights.pt", "old weights"), ("manifest.json", "old manifest"), ("MODEL_CARD.md", "card")):
+        (out / name).write_text(text)
+    with pytest.raises(UserError, match=f"no space left on device writing {out}"):
+        with atomic_dir(out) as tmp:
+            (tmp / "weights.pt").write_text("new weights")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "weights.pt": "old weights", "manifest.json": "old manifest", "MODEL_CARD.md": "card"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left
+    with atomic_dir(out) as tmp:
+        (tmp / "weights.pt").write_text("new weights")
+        (tmp / "manifest.json").write_text("new manifest")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "weights.pt": "new weights", "manifest.json": "new manifest", "MODEL_CARD.md": "card"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    # the unfinished folder of a killed run is removed by the next write beside it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".model.tmp.{dead}@{_host()}.abc123"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "weights.pt").write_text("half")
+    _swept.discard(str(tmp_path))
+    with atomic_dir(tmp_path / "other") as tmp:
+        (tmp / "x").write_text("x")
+    assert not stale.exists() and (tmp_path / "other" / "x").read_text() == "x"
+    assert oct((tmp_path / "other").stat().st_mode & 0o777) == oct(0o777 & ~rtseg.atomic.current_umask())
+
+
 def test_a_stopped_run_rerun_leaves_no_stale_scores(tmp_path, capsys, monkeypatch):
     """The rerun replaces labels.csv first; stopped there, the earlier metrics.json and
     figure.png must not stay beside labels they do not describe."""

@@ -1,4 +1,5 @@
-"""``rtseg train``: the polyp / non-polyp classifier from a labels CSV."""
+"""``rtseg train``: the polyp / non-polyp classifier from a labels CSV; ``rtseg build-model``: the
+shipped model's recipe (:mod:`rtseg.recipes.distill`) from a data folder."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ folder. --val images are held out (stratified, seeded) and measured every epoch;
 (validation accuracy, then loss) is saved as OUT/weights.pt + OUT/manifest.json, and
 OUT/checkpoint.pt after every epoch (continue with --resume). The default --arch is the
 paper's efficientnet-b1 from scratch; the shipped model (ImageNet EfficientNet-Lite1 +
-segmentation head, fine-tuned end to end) is built by python -m rtseg.recipes.lite build, not by
-this command.
+segmentation head, fine-tuned end to end) is built by [bold]rtseg build-model[/], not by this
+command.
 
 [bold]Example:[/] rtseg train --labels runs/labels.csv --out runs/model --epochs 25
 """
@@ -88,3 +89,33 @@ def train_cmd(
         how = f"last epoch {result.best_epoch}, no validation set"
     typer.echo(f"saved {result.bundle} ({how}; {result.epochs_run} epoch(s) in "
                f"{result.seconds:.1f} s on {result.device})")
+
+
+BUILD_MODEL_HELP = """Build the shipped model from a data folder and write its bundle.
+
+The recipe (rtseg.recipes.distill): a probe on the frozen ImageNet EfficientNet-Lite1 (a linear
+classifier on the image labels of every source, a segmentation head that refines its Grad-CAM,
+trained on 100 seed masks, then on its own confident maps) teaches the network, which is then
+fine-tuned end to end through augmented views. --data has the data README's layout; the frozen
+network's features are cached under --cache and reused by later runs. OUT gets weights.pt +
+manifest.json as a whole: an existing OUT is replaced only once the new bundle is complete (its
+other files, such as a model card, are kept). Cross-validation and the hold-out of each source:
+python -m rtseg.recipes.distill cv|holdout.
+
+[bold]Example:[/] rtseg build-model --data ../shared/data --out runs/model
+"""
+
+
+@app.command("build-model", help=BUILD_MODEL_HELP)
+def build_model_cmd(
+    data: Path = typer.Option(..., "--data", help="Data folder (the data README's layout).", show_default=False),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to write.", show_default=False),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Recipe variant (default: the shipped "
+                                          "model's).", show_default=False),
+    cache: Path = typer.Option(Path("runs/lite_features"), "--cache", help="Folder of the frozen network's "
+                               "cached features."),
+) -> None:
+    from rtseg.recipes.distill.build import build
+    from rtseg.recipes.distill.fit import DEFAULT_VARIANT
+
+    typer.echo(f"saved {build(data, out, cache, variant or DEFAULT_VARIANT)}")

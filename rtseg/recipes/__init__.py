@@ -1,1 +1,1 @@
-"""Recipes that build models: the paper's runs, the default model's recipe, the data-folder layout."""
+"""Recipes that build models: the paper's runs, the shipped model's recipe (distill/), the data-folder layout."""

@@ -1,6 +1,6 @@
 """The paper's set-up as a recipe, stage by stage as rtseg commands: an efficientnet-b1 classifier
 trained from scratch on propagated labels, its Grad-CAM thresholded. It builds the b1 model of
-docs/paper.md; the shipped default model is built by :mod:`rtseg.recipes.lite`.
+docs/paper.md; the shipped default model is built by :mod:`rtseg.recipes.distill`.
 
 ``python -m rtseg.recipes.paper prepare --data ../shared/data --work runs/default``
     split the data (by CVC sequence), pick 100 + 100 seeds, propagate labels to 1,000

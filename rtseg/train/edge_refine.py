@@ -5,9 +5,8 @@
     slic_pool   the map averaged inside each SLIC superpixel (scikit-image)
 
 Too slow for every live frame on the CPU (40-90 ms per 224 x 224 view, measured by
-``experiments/cam_refinement.py``); used there as per-frame ideas, and by the recipe's
-``pseudo_crf`` variants to refine self-training targets, so the head learns the refinement and
-nothing extra runs per frame. Both need the ``experiments`` extra.
+``experiments/cam_refinement.py``); used there as per-frame ideas. Both need the
+``experiments`` extra.
 """
 
 from __future__ import annotations

@@ -1,14 +1,12 @@
-"""Fine-tuning the top of the frozen backbone with the classifier, on cached features.
+"""The top of the backbone as a module of its own, and features recomputed through it.
 
-The default model's recipe keeps the ImageNet backbone frozen up to block ``from_block`` and may
-fine-tune what follows (the later blocks, ``_conv_head`` and the affine part of ``_bn1``;
-BatchNorm running statistics stay the ImageNet ones) together with the linear classifier,
-starting from the ImageNet weights and the linear probe. It trains on the cached output of
-block ``from_block`` (:class:`rtseg.train.probe.Cached`, ``feats``), so an epoch costs the top
-only; :func:`retop` then recomputes what depends on the top (pooled and head activations, the
-last block's features) for any cached images, exactly as the full network with these weights
-computes them. The classifier stays linear on the pooled head activations, so Grad-CAM at
-"head" is still :func:`rtseg.train.probe.head_cams` and the fused graph is unchanged.
+:class:`Top` holds the blocks after ``from_block``, ``_conv_head`` and ``_bn1`` of an
+EfficientNet (BatchNorm statistics frozen): what the end-to-end fine-tuning trains
+(:mod:`rtseg.train.finetune`). :func:`retop` recomputes, from the cached output of block
+``from_block`` (:class:`rtseg.train.probe.Cached`, ``feats``), what depends on the top (pooled
+and head activations, later blocks' features) exactly as the full network with these weights
+computes them, so the recipe scores and tunes a fine-tuned network on the frozen network's
+cached features; :meth:`Top.install` puts the weights into a full network for the bundle.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ import copy
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rtseg.train.probe import Cached
@@ -53,11 +50,6 @@ class Top(nn.Module):
                 outs[i] = x
         return self.swish(self.bn1(self.conv_head(x))), outs
 
-    def describe(self) -> str:
-        """What was fine-tuned, for the bundle's manifest."""
-        return (f"blocks {self.from_block + 1}-{self.from_block + len(self.blocks)}, conv_head and bn1's "
-                "affine fine-tuned with the classifier")
-
     def install(self, model) -> None:
         """Copy these weights into ``model`` (the same architecture)."""
         n = len(model._blocks) - len(self.blocks)
@@ -66,38 +58,6 @@ class Top(nn.Module):
                 dst.load_state_dict(src.state_dict())
             model._conv_head.load_state_dict(self.conv_head.state_dict())
             model._bn1.load_state_dict(self.bn1.state_dict())
-
-
-def finetune_top(model, x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, from_block: int,
-                 epochs: int = 12, seed: int = 0, lr: float = 1e-4, batch: int = 64
-                 ) -> tuple[Top, np.ndarray, float]:
-    """Fine-tune the top of ``model`` and a linear classifier (from ``w``, ``b``) on the cached
-    block-``from_block`` features ``x`` [N, C, g, g] with labels ``y`` (balanced BCE, horizontal
-    flips). Returns (top, classifier weights, bias)."""
-    torch.manual_seed(seed)
-    top = Top(model, from_block)
-    fc = nn.Linear(int(w.size), 1)
-    with torch.no_grad():
-        fc.weight.copy_(torch.from_numpy(np.asarray(w, np.float32))[None])
-        fc.bias.fill_(float(b))
-    opt = torch.optim.Adam([{"params": list(top.parameters()), "lr": lr},
-                            {"params": fc.parameters(), "lr": 10 * lr}], weight_decay=1e-4)
-    xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y, np.float32))
-    pw = torch.tensor(float((yt == 0).sum()) / max(1.0, float((yt == 1).sum())))  # balanced classes
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(yt), generator=g)
-        for s in range(0, len(perm), batch):
-            i = perm[s:s + batch]
-            xb = xt[i].float()
-            flip = torch.rand(len(i), generator=g) < 0.5
-            xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
-            z = fc(top(xb)[0].mean(dim=(2, 3)))[:, 0]
-            loss = F.binary_cross_entropy_with_logits(z, yt[i], pos_weight=pw)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return top, fc.weight.detach()[0].numpy().copy(), float(fc.bias.detach())
 
 
 def retop(top: Top, c: Cached, src: int, dst: int | None = None, slots: dict[int, int] | None = None,

@@ -1,13 +1,13 @@
-"""Model selection that holds out whole hospitals: the default model's recipe fitted on all
-sources but one and scored on the one left out, for each source in turn.
+"""Model selection that holds out whole hospitals: the recipe fitted on all sources but one and
+scored on the one left out, for each source in turn.
 
-``python -m rtseg.recipes.holdout --data ../shared/data --variants agree-allneg-video --json holdout.json``
+``python -m rtseg.recipes.distill holdout --data ../shared/data --variants finetune --json holdout.json``
 
 The sources (:data:`HOSPITALS`): Kvasir-SEG, CVC-ClinicDB, PolypGen centre A (Paris), PolypGen
 centre B (Padova) and BKAI-IGH NeoPolyp (Hanoi). Everything fitted comes from the training
 sources only: the seed masks (at most 100 in all: a held-out source's share goes to the other
-masked source), the classifier, the head, the operating point, the call smoothing, the mask
-threshold and clean-up and the constant ellipse's radius. The held-out source is scored as a
+masked source), the classifier, the head, the fine-tuned network, the call smoothing, the
+mask threshold and clean-up and the constant ellipse's radius. The held-out source is scored as a
 user would meet it:
 
 - its polyp frames: full-frame Dice and Jaccard of the product's mask (PolypGen: the
@@ -21,8 +21,6 @@ user would meet it:
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -30,7 +28,8 @@ import numpy as np
 
 from rtseg.model.call import is_polyp
 from rtseg.recipes.layout import Item
-from rtseg.recipes.lite_fit import SIZE, Fit, Variant, clip_probs, maps_of
+from rtseg.recipes.distill.data import SIZE
+from rtseg.recipes.distill.fit import Fit, clip_probs, maps_of
 
 HOSPITALS = ("pg-A", "pg-B", "kvasir", "cvc", "bkai")  # the PolypGen centres first: the most telling
 MASKED = ("kvasir", "cvc", "pg_pos")  # polyp sources whose held-out frames are scored with masks
@@ -53,20 +52,20 @@ def split(items: dict[str, list[Item]], hospital: str, root: Path
     return train, test
 
 
-def score_hospital(store, f: Fit, test: dict[str, list[Item]], v: Variant) -> dict:
+def score_hospital(store, f: Fit, test: dict[str, list[Item]]) -> dict:
     """The held-out source's scores (see the module's text)."""
-    from rtseg.recipes.lite import polyp_scores
-    from rtseg.recipes.lite_temporal import VIDEO_SOURCES, stream_calls
+    from rtseg.recipes.distill.call_smoothing import VIDEO_SOURCES, stream_calls
+    from rtseg.recipes.distill.cv import polyp_scores
 
-    vid = {s: clip_probs(f, store, test[s], v.agree) for s in VIDEO_SOURCES if test.get(s)}
+    vid = {s: clip_probs(f, store, test[s]) for s in VIDEO_SOURCES if test.get(s)}
     shown = {k: z for p in vid.values() for k, z in stream_calls(p, f.call_smoothing).items()}
     out: dict = {"call_smoothing": f.call_smoothing, "tune": f.tune}
     polyp = [it for s in ("kvasir", "cvc", "pg_pos", "bkai") for it in test.get(s, [])]
     if polyp:
         masked = [it for it in polyp if it.mask is not None]
-        out["polyp"] = polyp_scores(store, f, masked, v, shown) if masked else {}
+        out["polyp"] = polyp_scores(store, f, masked, shown) if masked else {}
         # the call over every polyp frame, masked or not (BKAI-IGH has no masks)
-        prob, _ = maps_of(f, store.get([str(it.image) for it in polyp]), SIZE, False, v.agree)
+        prob, _ = maps_of(f, store.get([str(it.image) for it in polyp]), SIZE, False, True)
         called = is_polyp(prob)
         out["polyp"].update({"n": len(polyp), "n_masked": len(masked),
                              "called_polyp": round(float(np.mean(called)), 4),
@@ -74,7 +73,7 @@ def score_hospital(store, f: Fit, test: dict[str, list[Item]], v: Variant) -> di
                                  [shown.get(str(it.image), z) for it, z in zip(polyp, called)])), 4)})
     neg = test.get("pg_neg", [])
     if neg:
-        prob, _ = maps_of(f, store.get([str(it.image) for it in neg]), SIZE, False, v.agree)
+        prob, _ = maps_of(f, store.get([str(it.image) for it in neg]), SIZE, False, True)
         groups = np.array([it.group for it in neg])
         sok = np.array([not shown[str(it.image)] for it in neg])
         out["polyp_free"] = {"n": len(neg), "called_non_polyp": round(float((~is_polyp(prob)).mean()), 4),
@@ -104,9 +103,10 @@ def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: lis
     """Every variant fitted and scored once per held-out hospital (one feature extraction);
     ``save(result so far)`` after each held-out source."""
     from rtseg.errors import UserError
-    from rtseg.recipes.lite import fit, load_all, lite_variant, open_store
+    from rtseg.recipes.distill.data import load_all, open_store
+    from rtseg.recipes.distill.fit import fit, variant_named
 
-    chosen = {name: lite_variant(name) for name in variants}  # checked before any work
+    chosen = {name: variant_named(name) for name in variants}  # checked before any work
     hospitals = hospitals or list(HOSPITALS)
     bad = [h for h in hospitals if h not in HOSPITALS]
     if bad:
@@ -123,7 +123,7 @@ def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: lis
         for name, v in chosen.items():
             t = time.time()
             f = fit(store, train, v, store.m, log=log)
-            r = per[name][h] = score_hospital(store, f, test, v)
+            r = per[name][h] = score_hospital(store, f, test)
             r["fit_seconds"] = round(time.time() - t, 1)
             log(f"held out {h} [{name}]: {line_of(r)} [{r['fit_seconds']:.0f} s]")
         res = {"hospitals": hospitals, "variants": {n: chosen[n].__dict__ for n in variants},
@@ -167,32 +167,3 @@ def table(res: dict) -> None:
                       f"{p['stream_called_polyp']:.3f}" if p else "-",
                       f"{r['polyp_free']['stream_called_non_polyp']:.3f}" if "polyp_free" in r else "-")
         console.print(t)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from rtseg.atomic import write_json
-    from rtseg.errors import UserError
-    from rtseg.recipes.layout import recipe_parser
-    from rtseg.recipes.lite_fit import DEFAULT_VARIANT
-
-    ap = recipe_parser("python -m rtseg.recipes.holdout", __doc__, [])
-    ap.add_argument("--variants", default=DEFAULT_VARIANT, help="recipe variants, comma-separated")
-    ap.add_argument("--sources", default=None, help=f"the sources held out in turn (default: {','.join(HOSPITALS)})")
-    ap.add_argument("--cache", type=Path, default=Path("runs/lite_features"))
-    ap.add_argument("--json", type=Path, default=None, help="written after each held-out source")
-    a = ap.parse_args(argv)
-    try:
-        import torch
-
-        torch.set_flush_denormal(True)
-        res = hold_out(a.data, a.variants.split(","), a.cache, a.sources.split(",") if a.sources else None,
-                       log=lambda *x: print(*x, flush=True), save=(lambda r: write_json(a.json, r)) if a.json else None)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    table(res)
-    print(json.dumps(res["summary"], indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -3,10 +3,10 @@
 
 The data's video sequences (PolypGen polyp-free sequences, CVC-ClinicDB polyp sequences) are
 near-consecutive frames; single images (Kvasir-SEG, PolypGen polyp frames) are one-frame clips,
-which the filter leaves as they are. ``lite_fit.choose_call_smoothing`` picks the factor by a
-2-fold sequence-grouped cross-validation inside the training selection (as the frame rule's
-operating point): the factor of :data:`CALL_FACTORS` that maximises min(polyp frames called
-polyp, polyp-free frames called non-polyp) over the inner held-out folds (:func:`best_factor`).
+which the filter leaves as they are. :func:`rtseg.recipes.distill.fit.choose_call_smoothing`
+picks the factor by a 2-fold sequence-grouped cross-validation inside the training selection:
+the factor of :data:`CALL_FACTORS` that maximises min(polyp frames called polyp, polyp-free
+frames called non-polyp) over the inner held-out folds (:func:`best_factor`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
-"""The default model's recipe, its data: the items of a training selection, the in-domain
-negative views (tiles of the seed images outside their masks, close-ups of the polyp-free
-frames) and the frozen backbone's features of every image used, computed once and cached.
-Used by :mod:`rtseg.recipes.lite_fit` (one fit) and :mod:`rtseg.recipes.lite` (CV, build)."""
+"""The recipe's data: the network whose features are cached (:func:`manifest`), the data
+folder's items (:func:`load_all`), the items of a training selection (seeds, the rest, the
+tune set), the in-domain negative views (tiles of the seed images outside their masks) and
+the frozen backbone's features of every image used, computed once and cached
+(:class:`FeatureStore`, :func:`open_store`).
+
+The cache: ``CACHE/<label>.cpu-resize.npz`` per source label (``kvasir``, ``cvc``, ``pg_neg``,
+``pg_pos``, ``non_polyp``, ``bkai``) and per set of seed tiles (``tiles-<hash>``); a file is
+reused when it holds exactly the keys asked for."""
 
 from __future__ import annotations
 
@@ -13,15 +18,49 @@ import numpy as np
 
 from rtseg.imageio import read_image, read_mask
 from rtseg.model.active_area import Box
+from rtseg.model.arch import LITE_MEAN, LITE_STD
+from rtseg.model.head import HeadConfig
 from rtseg.model.manifest import Manifest
-from rtseg.recipes.layout import Item, _h
+from rtseg.recipes.layout import DataFolder, Item, _h
 from rtseg.train.probe import Cached, extract
 
+ARCH = "efficientnet-lite1"
+SIZE = 224
+
 SEEDS = {"kvasir": 70, "cvc": 30}
-CLOSEUPS = 5  # close-up views per polyp-free frame: its centre, then its four quadrants
 #: how network views are made (part of a cached feature file's name): "cpu-resize" = each view
 #: resized once on the CPU as the segmenters do (rtseg.model.active_area.network_view)
 VIEWS_VERSION = "cpu-resize"
+
+
+def manifest(gate: bool = True, agree: bool = False) -> Manifest:
+    """The recipe's model settings (ImageNet EfficientNet-Lite1 at SIZE, active area, the head
+    fed by its Grad-CAM at "head"); the shipped frame rule is ``agree``."""
+    return Manifest(arch=ARCH, input_size=SIZE, mean=LITE_MEAN, std=LITE_STD, fov_mask=True,
+                    active_area=True, cam_layer="head", threshold="above 0.5",
+                    head=HeadConfig(gate=gate, agree=agree).to_dict())
+
+
+def load_all(data: Path, crops: int = 600) -> dict[str, list[Item]]:
+    """Every item of the data folder by source; the old non-polyp crops: the first ``crops``
+    (scored by the cross-validation, never trained on)."""
+    df = DataFolder.open(data)
+    return {"kvasir": df.kvasir, "cvc": df.cvc, "pg_neg": df.pg_neg, "pg_pos": df.pg_pos,
+            "non_polyp": ordered(df.non_polyp)[:crops], "bkai": df.bkai}
+
+
+def open_store(items: dict[str, list[Item]], cache: Path | None) -> "FeatureStore":
+    """The ImageNet network's features of every item (computed once; kept under ``cache``)."""
+    from rtseg.model.bundle import build_model
+
+    m = manifest()
+    model = build_model(ARCH, pretrained=True).eval()
+    store = FeatureStore(model, m, cache)
+    for src, its in items.items():
+        store.add([str(it.image) for it in its], read_image, src)
+    # seed-tile candidates: the first images of every source, in seed order, per fold
+    store.tile_keys = {}
+    return store
 
 
 def ordered(items: list[Item]) -> list[Item]:
@@ -51,7 +90,7 @@ def view_tiles(img: np.ndarray, grid: int, mask: np.ndarray | None = None) -> di
     return out
 
 
-def seed_tiles(img: np.ndarray, mask: np.ndarray, m: Manifest, grid: int = 3) -> list[np.ndarray]:
+def seed_tiles(img: np.ndarray, mask: np.ndarray, grid: int = 3) -> list[np.ndarray]:
     """Tiles of the image's active area that hold no polyp pixel (in-domain negatives)."""
     return list(view_tiles(img, grid, mask).values())
 
@@ -113,7 +152,7 @@ def add_tiles(store: FeatureStore, seeds: list[Item]) -> None:
         k = str(it.image)
         if k in store.tile_keys:
             continue
-        ts = seed_tiles(read_image(it.image), read_mask(it.mask), store.m)
+        ts = seed_tiles(read_image(it.image), read_mask(it.mask))
         store.tile_keys[k] = [f"{k}#t{i}" for i in range(len(ts))]
         keys += store.tile_keys[k]
         tiles += ts
@@ -141,10 +180,10 @@ def rest_of(train: dict[str, list[Item]]) -> list[Item]:
     return [it for s in SEEDS for it in ordered(train.get(s, []))[n.get(s, 0):]]
 
 
-def image_positives(train: dict[str, list[Item]], bkai: bool) -> list[Item]:
+def image_positives(train: dict[str, list[Item]]) -> list[Item]:
     """The polyp frames of a training selection with an image label only (no mask): PolypGen's,
-    and (``bkai``) BKAI-IGH's."""
-    return list(train.get("pg_pos", [])) + (list(train.get("bkai", [])) if bkai else [])
+    then BKAI-IGH's."""
+    return list(train.get("pg_pos", [])) + list(train.get("bkai", []))
 
 
 def tune_set_of(train: dict[str, list[Item]]) -> list[Item]:
@@ -157,39 +196,3 @@ def seeds_of(train: dict[str, list[Item]]) -> list[Item]:
     """The seed images of a training selection (the only masks trained on)."""
     n = seed_counts(train)
     return [it for s in SEEDS for it in ordered(train.get(s, []))[:n.get(s, 0)]]
-
-
-def closeup_views(img: np.ndarray) -> list[np.ndarray]:
-    """Views of a frame's active area at twice the zoom (its centre half, then its four
-    quadrants), as the endoscope sees mucosa from close up: in-domain negatives of a polyp-free
-    frame that the frame itself does not show the network."""
-    from rtseg.model.active_area import prepare
-
-    view, _ = prepare(img, True)
-    h, w = view.shape[:2]
-    out = [view[h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2]]
-    out += [view[ys, xs] for _, ys, xs in grid_cells(h, w, 2)]
-    return [np.ascontiguousarray(v) for v in out]
-
-
-def closeup_keys(items: list[Item]) -> list[str]:
-    return [f"{it.image}#z{i}" for it in items for i in range(CLOSEUPS)]
-
-
-def add_closeups(store: "FeatureStore", items: list[Item]) -> None:
-    """Features of the close-up views (:func:`closeup_views`) of ``items`` (keys ``image#zN``),
-    each image decoded once."""
-    keys = [k for k in closeup_keys(items) if k not in store.index]
-    if not keys:
-        return
-    last: dict[str, list[np.ndarray]] = {}
-
-    def load(key: str) -> np.ndarray:
-        image, i = key.rsplit("#z", 1)
-        if image not in last:
-            last.clear()
-            last[image] = closeup_views(read_image(image))
-        return last[image][int(i)]
-
-    tag = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:12]
-    store.add(keys, load, f"closeups-{tag}")

@@ -1,8 +1,8 @@
-"""The default model's recipe, the end-to-end step: the probe's network (frozen ImageNet backbone,
+"""The recipe's end-to-end step: the probe's network (frozen ImageNet backbone,
 linear classifier, head) fine-tuned through augmented views (:mod:`rtseg.train.finetune`) on
 a training selection, with the probe as the teacher of the frames that have no mask.
 
-The result is a :class:`rtseg.recipes.lite_fit.Fit` whose ``top`` holds the fine-tuned blocks,
+The result is a :class:`rtseg.recipes.distill.fit.Fit` whose ``top`` holds the fine-tuned blocks,
 so the recipe's scoring, tuning and bundle see the fine-tuned network through the cached
 features of block ``from_block`` (:func:`rtseg.train.top.retop`)."""
 
@@ -13,10 +13,11 @@ import numpy as np
 from rtseg.imageio import read_image, read_mask
 from rtseg.model.active_area import Box, prepare
 from rtseg.recipes.layout import Item
-from rtseg.recipes.lite_data import grid_cells, image_positives, rest_of, seed_tiles
+from rtseg.recipes.distill.data import grid_cells, image_positives, rest_of, seed_tiles
 from rtseg.train.finetune import FinetuneConfig, Sample, finetune, small_view
 from rtseg.train.probe import TARGET, head_cams, head_maps, mask_target
 
+FROM_BLOCK = 6  # the blocks after this one are fine-tuned (a head feature block)
 BG_SHARE = 3  # background tiles of polyp frames per batch (with ``bg_tiles``)
 _VIEWS: dict[str, tuple[np.ndarray, Box]] = {}  # image path -> (small network view, its box): decoded once
 
@@ -64,14 +65,14 @@ def samples(store, train: dict[str, list[Item]], v, f, seeds: list[Item]) -> lis
     for it in seeds:
         view, box = view_of(it.image)
         seed.append(Sample(view, 1.0, mask_target(read_mask(it.mask), box, TARGET)))
-    pos = rest_of(train) + (image_positives(train, v.bkai) if v.pg_pos else [])
+    pos = rest_of(train) + image_positives(train)
     c = store.get([str(it.image) for it in pos])
     maps = head_maps(f.head, c, head_cams(c.head, f.w), TARGET)
     tgt, wgt = teacher_targets(maps)
     unlabeled = [Sample(view_of(it.image)[0], 1.0, t, w) for it, t, w in zip(pos, tgt, wgt)]
     neg = [Sample(view_of(it.image)[0], 0.0) for it in train["pg_neg"]]
     for it in seeds:  # the seed images' polyp-free tiles: close-up mucosa of every masked source
-        neg += [Sample(small_view(t), 0.0) for t in seed_tiles(read_image(it.image), read_mask(it.mask), store.m)]
+        neg += [Sample(small_view(t), 0.0) for t in seed_tiles(read_image(it.image), read_mask(it.mask))]
     if not v.bg_tiles:
         return [seed, unlabeled, neg]
     rng = np.random.default_rng(0)
@@ -97,7 +98,7 @@ def finetuned(store, train: dict[str, list[Item]], v, m, f, seeds: list[Item], l
     log(f"    fine-tuning end to end: {len(groups[0])} seed images, {len(groups[1])} polyp frames "
         f"without mask, {len(groups[2])} polyp-free views"
         + (f", {len(groups[3])} background tiles of polyp frames" if len(groups) > 3 else ""))
-    cfg = FinetuneConfig(steps=v.finetune_steps, from_block=v.finetune_from)
+    cfg = FinetuneConfig(steps=v.finetune_steps, from_block=FROM_BLOCK)
     if len(groups) > 3:
         cfg = dataclasses.replace(cfg, batch=cfg.batch + BG_SHARE, shares=(*cfg.shares, BG_SHARE))
     st = finetune(model, m, groups, cfg, log=log)

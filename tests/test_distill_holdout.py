@@ -14,7 +14,7 @@ def data_folder(tmp_path_factory):
 
 
 def test_every_item_knows_its_hospital(data_folder):
-    from rtseg.recipes.lite import load_all
+    from rtseg.recipes.distill.data import load_all
 
     items = load_all(data_folder)
     got = {s: {it.hospital for it in its} for s, its in items.items()}
@@ -25,8 +25,8 @@ def test_every_item_knows_its_hospital(data_folder):
 
 @pytest.mark.parametrize("hospital", ["kvasir", "cvc", "pg-A", "pg-B", "bkai"])
 def test_split_holds_out_the_whole_source(data_folder, hospital):
-    from rtseg.recipes.holdout import split
-    from rtseg.recipes.lite import load_all
+    from rtseg.recipes.distill.data import load_all
+    from rtseg.recipes.distill.holdout import split
 
     items = load_all(data_folder)
     train, test = split(items, hospital, data_folder)
@@ -40,9 +40,8 @@ def test_split_holds_out_the_whole_source(data_folder, hospital):
 
 
 def test_a_held_out_source_gives_its_seeds_to_the_other(data_folder):
-    from rtseg.recipes.holdout import split
-    from rtseg.recipes.lite import load_all
-    from rtseg.recipes.lite_data import SEEDS, seed_counts, seeds_of
+    from rtseg.recipes.distill.data import SEEDS, load_all, seed_counts, seeds_of
+    from rtseg.recipes.distill.holdout import split
 
     items = load_all(data_folder)
     both, _ = split(items, "pg-A", data_folder)
@@ -56,14 +55,13 @@ def test_a_held_out_source_gives_its_seeds_to_the_other(data_folder):
 def test_hold_out_fits_without_the_held_out_source(data_folder, tmp_path, monkeypatch):
     """Every feature a fit reads (classifier, head, operating point, call smoothing, threshold)
     comes from the training sources; the held-out source is scored with the product's rules."""
-    import rtseg.recipes.holdout as rh
-    import rtseg.recipes.lite as rl
-    import rtseg.recipes.lite_data as rld
-    import rtseg.recipes.lite_fit as rlf
+    import rtseg.recipes.distill.data as rld
+    import rtseg.recipes.distill.fit as rlf
+    import rtseg.recipes.distill.holdout as rh
 
     monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
-    v = rlf.Variant("small", agree=True, head_all_pg_neg=True, epochs=2, call_smoothing=True, bkai=True)
-    monkeypatch.setattr(rl, "VARIANTS", {"small": v})
+    monkeypatch.setattr(rlf, "HEAD_EPOCHS", 2)
+    monkeypatch.setattr(rlf, "VARIANTS", {"small": rlf.Variant("small")})
     res = rh.hold_out(data_folder, ["small"], tmp_path / "cache", ["pg-A", "bkai"], log=lambda *_: None)
     per = res["per_source"]["small"]
     assert set(per) == {"pg-A", "bkai"}
@@ -83,19 +81,18 @@ def test_hold_out_fits_without_the_held_out_source(data_folder, tmp_path, monkey
 
 @pytest.mark.parametrize("hospital", ["cvc", "pg-B"])
 def test_no_fit_reads_a_held_out_image(data_folder, tmp_path, monkeypatch, hospital):
-    import rtseg.recipes.holdout as rh
-    import rtseg.recipes.lite as rl
-    import rtseg.recipes.lite_data as rld
-    import rtseg.recipes.lite_fit as rlf
+    import rtseg.recipes.distill.data as rld
+    import rtseg.recipes.distill.fit as rlf
+    import rtseg.recipes.distill.holdout as rh
 
     monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
-    monkeypatch.setattr(rl, "VARIANTS", {"small": rlf.Variant("small", agree=True, epochs=2, call_smoothing=True,
-                                                               bkai=True)})
-    items = rl.load_all(data_folder)
+    monkeypatch.setattr(rlf, "HEAD_EPOCHS", 2)
+    monkeypatch.setattr(rlf, "VARIANTS", {"small": rlf.Variant("small")})
+    items = rld.load_all(data_folder)
     held = {str(it.image) for its in items.values() for it in its if it.hospital == hospital}
     bkai = {str(it.image) for it in items["bkai"]}
     read: list[str] = []
-    real_fit = rl.fit
+    real_fit = rlf.fit
 
     def spied_fit(store, train, v, m, **k):
         real_get = store.get
@@ -105,7 +102,7 @@ def test_no_fit_reads_a_held_out_image(data_folder, tmp_path, monkeypatch, hospi
         finally:
             store.get = real_get
 
-    monkeypatch.setattr(rl, "fit", spied_fit)
+    monkeypatch.setattr(rlf, "fit", spied_fit)
     res = rh.hold_out(data_folder, ["small"], tmp_path / "cache", [hospital], log=lambda *_: None)
     keys = {k.split("#")[0] for k in read}
     assert keys and not (keys & held)
@@ -114,10 +111,10 @@ def test_no_fit_reads_a_held_out_image(data_folder, tmp_path, monkeypatch, hospi
 
 
 def test_unknown_source_is_one_error(data_folder, tmp_path, capsys):
-    import rtseg.recipes.holdout as rh
+    from rtseg.recipes.distill.__main__ import main
 
     with pytest.raises(SystemExit) as e:
-        rh.main(["--data", str(data_folder), "--sources", "pg-C", "--cache", str(tmp_path / "c")])
+        main(["holdout", "--data", str(data_folder), "--sources", "pg-C", "--cache", str(tmp_path / "c")])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown source 'pg-C'")
