@@ -39,7 +39,7 @@ from rtseg.imageio import read_image, read_mask
 from rtseg.model.active_area import paste
 from rtseg.model.postprocess import refine
 from rtseg.recipes.layout import group_folds
-from rtseg.recipes.distill.data import SIZE, FeatureStore, load_all, open_store, tune_set_of
+from rtseg.recipes.distill.data import SIZE, FeatureStore, load_all, open_store, seeds_of
 from rtseg.recipes.distill.fit import DEFAULT_VARIANT, VARIANTS, choose_threshold, fit, maps_of, truth_crops
 from rtseg.train.edge_refine import dense_crf, slic_pool
 from rtseg.train.edge_refine import view_of as edge_view
@@ -133,7 +133,7 @@ def run(data: Path, cache: Path, variant: str, ideas: list[str], multiscale: boo
         train = {s: [it for j, fl in enumerate(fs) if j != k for it in fl] for s, fs in fold_of.items()}
         test = {s: fs[k] for s, fs in fold_of.items()}
         f = fit(store, train, VARIANTS[variant], store.m, log=lambda *a: None)
-        tune = tune_set_of(train)
+        tune = seeds_of(train)  # the recipe chooses its threshold on the seed masks
         tc = store.get([str(it.image) for it in tune])
         truths = truth_crops(tune, tc)
         sets = {"tune": (tune, tc), **{s: (test[s], store.get([str(it.image) for it in test[s]]))

@@ -118,3 +118,30 @@ def test_unknown_source_is_one_error(data_folder, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown source 'pg-C'")
+
+
+def test_a_fit_reads_no_mask_but_the_seeds(data_folder, monkeypatch):
+    """The model's pixel labels are its seed masks: the fit, its fine-tuning and every choice
+    made after it (threshold, clean-up, the ellipse's radius) read no other mask."""
+    import rtseg.recipes.distill.data as rld
+    import rtseg.recipes.distill.finetune as rlft
+    import rtseg.recipes.distill.fit as rlf
+    from rtseg.imageio import read_mask
+
+    monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
+    monkeypatch.setattr(rlf, "HEAD_EPOCHS", 2)
+    read: list[str] = []
+
+    def spied(path, *a, **k):
+        read.append(str(path))
+        return read_mask(path, *a, **k)
+
+    for mod in (rld, rlft, rlf):
+        monkeypatch.setattr(mod, "read_mask", spied)
+    items = rld.load_all(data_folder)
+    train = {s: [it for it in its if it.hospital != "pg-A"] for s, its in items.items()}
+    store = rld.open_store(items, None)
+    f = rlf.fit(store, train, rlf.Variant("small", finetune_steps=2), store.m, log=lambda *_: None)
+    seeds = {str(it.mask) for it in rld.seeds_of(train)}
+    assert set(read) == seeds and len(seeds) == 5
+    assert f.tune["n_tune"] == 5

@@ -174,10 +174,14 @@ def seed_counts(train: dict[str, list[Item]]) -> dict[str, int]:
     return out
 
 
-def rest_of(train: dict[str, list[Item]]) -> list[Item]:
-    """The Kvasir-SEG and CVC-ClinicDB images of a training selection that are not seeds."""
-    n = seed_counts(train)
-    return [it for s in SEEDS for it in ordered(train.get(s, []))[n.get(s, 0):]]
+def rest_of(train: dict[str, list[Item]], seeds: list[Item] | None = None) -> list[Item]:
+    """The Kvasir-SEG and CVC-ClinicDB images of a training selection that are not seeds
+    (``seeds``: the fit's; None = :func:`seeds_of`)."""
+    if seeds is None:
+        n = seed_counts(train)
+        return [it for s in SEEDS for it in ordered(train.get(s, []))[n.get(s, 0):]]
+    used = {str(it.image) for it in seeds}
+    return [it for s in SEEDS for it in ordered(train.get(s, [])) if str(it.image) not in used]
 
 
 def image_positives(train: dict[str, list[Item]]) -> list[Item]:
@@ -186,13 +190,7 @@ def image_positives(train: dict[str, list[Item]]) -> list[Item]:
     return list(train.get("pg_pos", [])) + list(train.get("bkai", []))
 
 
-def tune_set_of(train: dict[str, list[Item]]) -> list[Item]:
-    """The images (not seeds) whose masks choose the threshold and clean-up: about 250."""
-    rest = rest_of(train)
-    return rest[::max(1, len(rest) // 250)]
-
-
 def seeds_of(train: dict[str, list[Item]]) -> list[Item]:
-    """The seed images of a training selection (the only masks trained on)."""
+    """The seed images of a training selection (the only masks the recipe reads)."""
     n = seed_counts(train)
     return [it for s in SEEDS for it in ordered(train.get(s, []))[:n.get(s, 0)]]

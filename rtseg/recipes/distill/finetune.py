@@ -65,7 +65,7 @@ def samples(store, train: dict[str, list[Item]], v, f, seeds: list[Item]) -> lis
     for it in seeds:
         view, box = view_of(it.image)
         seed.append(Sample(view, 1.0, mask_target(read_mask(it.mask), box, TARGET)))
-    pos = rest_of(train) + image_positives(train)
+    pos = rest_of(train, seeds) + image_positives(train)
     c = store.get([str(it.image) for it in pos])
     maps = head_maps(f.head, c, head_cams(c.head, f.w), TARGET)
     tgt, wgt = teacher_targets(maps)
