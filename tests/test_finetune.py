@@ -99,19 +99,3 @@ def test_fine_tuning_trains_the_top_and_head_only(model):
     assert not torch.equal(st.top.blocks[-1]._project_conv.weight, net._blocks[-1]._project_conv.weight)
     assert torch.equal(st.base._blocks[6]._project_conv.weight, net._blocks[6]._project_conv.weight)
 
-
-def test_background_tiles_keep_only_mucosa_the_teacher_is_sure_of():
-    from rtseg.recipes.distill.finetune import background_tiles
-
-    view = np.full((300, 300, 3), 120, np.uint8)
-    view[:, 200:] = 0  # the right third is black border: never a tile
-    maps = np.zeros((56, 56), np.float32)
-    maps[20:35, 0:6] = 0.9  # a polyp at the left edge of the middle row, close to the cells above and below
-    tiles = background_tiles(view, maps, 9, np.random.default_rng(0))
-    # 9 cells: 3 on the border, the middle-left cell holds the polyp and the top- and
-    # bottom-left cells are too close to it (the margin); the rest are polyp-free mucosa
-    assert len(tiles) == 3
-    assert all(t.shape == (100, 100, 3) and t.min() == 120 for t in tiles)
-    # at most per_frame tiles, and none where the teacher is unsure (0.2 <= map <= 0.7)
-    assert len(background_tiles(view, maps, 2, np.random.default_rng(0))) == 2
-    assert background_tiles(view, np.full((56, 56), 0.3, np.float32), 9, np.random.default_rng(0)) == []

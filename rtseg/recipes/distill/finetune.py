@@ -13,12 +13,11 @@ import numpy as np
 from rtseg.imageio import read_image, read_mask
 from rtseg.model.active_area import Box, prepare
 from rtseg.recipes.layout import Item
-from rtseg.recipes.distill.data import grid_cells, image_positives, rest_of, seed_tiles
+from rtseg.recipes.distill.data import image_positives, rest_of, seed_tiles
 from rtseg.train.finetune import FinetuneConfig, Sample, finetune, small_view
 from rtseg.train.probe import TARGET, head_cams, head_maps, mask_target
 
 FROM_BLOCK = 6  # the blocks after this one are fine-tuned (a head feature block)
-BG_SHARE = 3  # background tiles of polyp frames per batch (with ``bg_tiles``)
 _VIEWS: dict[str, tuple[np.ndarray, Box]] = {}  # image path -> (small network view, its box): decoded once
 
 
@@ -36,51 +35,21 @@ def teacher_targets(maps: np.ndarray, hi: float = 0.7, lo: float = 0.2) -> tuple
     return (maps > hi).astype(np.float32), ((maps > hi) | (maps < lo)).astype(np.float32)
 
 
-def background_tiles(view: np.ndarray, maps: np.ndarray, per_frame: int, rng, grid: int = 3,
-                     lo: float = 0.2) -> list[np.ndarray]:
-    """Up to ``per_frame`` of the ``grid`` x ``grid`` tiles of a polyp frame's network view
-    (full resolution) where the teacher's map (``maps``: [T, T] on the view) is sure of mucosa
-    everywhere in the tile and its neighbouring cells: polyp-free tissue of that frame's own
-    hospital and endoscope. Tiles that are mostly black border are left out."""
-    t = maps.shape[0]
-    h, w = view.shape[:2]
-    ok = []
-    for (k, ys, xs), (_, ty, tx) in zip(grid_cells(h, w, grid), grid_cells(t, t, grid)):
-        i, j = divmod(k, grid)
-        # the cell and a third of each neighbouring cell: a polyp at the tile's edge disqualifies it
-        m = t // grid // 3
-        near = maps[max(0, ty.start - m):ty.stop + m, max(0, tx.start - m):tx.stop + m]
-        tile = view[ys, xs]
-        if near.max() < lo and (tile.max(axis=2) > 30).mean() > 0.6:
-            ok.append(np.ascontiguousarray(tile))
-    pick = rng.permutation(len(ok))[:per_frame]
-    return [small_view(ok[i]) for i in pick]
-
-
 def samples(store, train: dict[str, list[Item]], v, f, seeds: list[Item]) -> list[list[Sample]]:
-    """[seed images, polyp frames without mask, polyp-free views] of a training selection, and
-    (``v.bg_tiles``) a fourth group: background tiles of every polyp frame of every training
-    source (:func:`background_tiles`); ``f``: the probe's fit (the teacher)."""
+    """[seed images, polyp frames without mask, polyp-free views] of a training selection;
+    ``f``: the probe's fit (the teacher)."""
     seed = []
     for it in seeds:
         view, box = view_of(it.image)
         seed.append(Sample(view, 1.0, mask_target(read_mask(it.mask), box, TARGET)))
     pos = rest_of(train, seeds) + image_positives(train)
     c = store.get([str(it.image) for it in pos])
-    maps = head_maps(f.head, c, head_cams(c.head, f.w), TARGET)
-    tgt, wgt = teacher_targets(maps)
+    tgt, wgt = teacher_targets(head_maps(f.head, c, head_cams(c.head, f.w), TARGET))
     unlabeled = [Sample(view_of(it.image)[0], 1.0, t, w) for it, t, w in zip(pos, tgt, wgt)]
     neg = [Sample(view_of(it.image)[0], 0.0) for it in train["pg_neg"]]
     for it in seeds:  # the seed images' polyp-free tiles: close-up mucosa of every masked source
         neg += [Sample(small_view(t), 0.0) for t in seed_tiles(read_image(it.image), read_mask(it.mask))]
-    if not v.bg_tiles:
-        return [seed, unlabeled, neg]
-    rng = np.random.default_rng(0)
-    bg = []
-    for it, mp in zip(pos, maps):
-        view, _ = prepare(read_image(it.image), True)
-        bg += [Sample(t, 0.0) for t in background_tiles(view, mp, v.bg_tiles, rng)]
-    return [seed, unlabeled, neg, bg]
+    return [seed, unlabeled, neg]
 
 
 def finetuned(store, train: dict[str, list[Item]], v, m, f, seeds: list[Item], log=print):
@@ -96,11 +65,7 @@ def finetuned(store, train: dict[str, list[Item]], v, m, f, seeds: list[Item], l
     model.rtseg_head.load_state_dict(f.head.state_dict())
     groups = samples(store, train, v, f, seeds)
     log(f"    fine-tuning end to end: {len(groups[0])} seed images, {len(groups[1])} polyp frames "
-        f"without mask, {len(groups[2])} polyp-free views"
-        + (f", {len(groups[3])} background tiles of polyp frames" if len(groups) > 3 else ""))
-    cfg = FinetuneConfig(steps=v.finetune_steps, from_block=FROM_BLOCK)
-    if len(groups) > 3:
-        cfg = dataclasses.replace(cfg, batch=cfg.batch + BG_SHARE, shares=(*cfg.shares, BG_SHARE))
-    st = finetune(model, m, groups, cfg, log=log)
+        f"without mask, {len(groups[2])} polyp-free views")
+    st = finetune(model, m, groups, FinetuneConfig(steps=v.finetune_steps, from_block=FROM_BLOCK), log=log)
     w = st.fc.weight.detach()[0].numpy().copy()
     return dataclasses.replace(f, w=w, b=float(st.fc.bias.detach()), head=st.head, top=st.top)

@@ -36,7 +36,6 @@ class Variant:
 
     name: str
     finetune_steps: int = 0  # > 0: the probe fine-tuned end to end through augmented views (steps)
-    bg_tiles: int = 0  # > 0: background tiles per polyp frame (teacher-sure mucosa) as fine-tuning negatives
 
 
 VARIANTS = {
@@ -47,9 +46,6 @@ VARIANTS = {
     # video-bkai whose network (blocks 7-20, classifier, head) is then fine-tuned end to end
     # through augmented views, the probe teaching the frames without a mask (rtseg.train.finetune)
     "finetune": Variant("finetune", finetune_steps=240),
-    # finetune with up to two background tiles of every training polyp frame (where the teacher is
-    # sure of mucosa) as negatives: polyp-free tissue of every source's endoscope
-    "finetune-bg": Variant("finetune-bg", finetune_steps=240, bg_tiles=2),
 }
 DEFAULT_VARIANT = "finetune"  # the shipped model's (rtseg build-model)
 C = 0.5  # the classifier's logistic-regression C
