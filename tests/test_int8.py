@@ -60,7 +60,8 @@ def lite_graph(tmp_path_factory, frames):
     fp32 = export_onnx(bundle, out / "lite.onnx").path
     seg = create_segmenter(fp32, "onnxruntime", "cpu")
     int8 = int8_name(fp32)
-    quantize_graph(fp32, int8, ViewReader(seg, frame_files([frames[0]], "calibration")))
+    quantize_graph(fp32, int8, ViewReader(seg, frame_files([frames[0]], "calibration")),
+                   Int8Config(scope="backbone"))
     return bundle, fp32, int8
 
 
@@ -73,7 +74,7 @@ def _weight_is_float(proto, node) -> bool:
 def test_int8_quantizes_the_backbone_convolutions_and_nothing_after_them(lite_graph):
     bundle, fp32, int8 = lite_graph
     ref, got = onnx.load(str(fp32)), onnx.load(str(int8))
-    backbone = backbone_convs(ref)
+    backbone = backbone_convs(ref, Int8Config(scope="backbone"))
     # the backbone's forward convolutions, found by the graph's structure: as many as the
     # network has Conv2d outside its classifier and head
     n_backbone = sum(isinstance(mod, torch.nn.Conv2d) for name, mod in bundle.model.named_modules()
@@ -101,13 +102,19 @@ def test_int8_quantizes_the_backbone_convolutions_and_nothing_after_them(lite_gr
     assert meta["rtseg_manifest"] == {p.key: p.value for p in ref.metadata_props}["rtseg_manifest"]
 
 
-def test_int8_config_keeps_more_of_the_backbone_exact(lite_graph):
+def test_int8_config_says_which_backbone_convolutions(lite_graph):
     _, fp32, _ = lite_graph
     ref = onnx.load(str(fp32))
-    every = backbone_convs(ref)
-    assert backbone_convs(ref, Int8Config(keep_last=5)) == every[:-5]
-    assert backbone_convs(ref, Int8Config(keep_first=3)) == every[3:]
-    no_dw = backbone_convs(ref, Int8Config(depthwise=False))
+    every = backbone_convs(ref, Int8Config(scope="backbone"))
+    # default: the convolutions after the last downsampling block (the last strided
+    # convolution and the one projecting its output): a tail of the backbone
+    strided = [n.name for n in ref.graph.node if n.name in every and
+               any(a.name == "strides" and max(a.ints) > 1 for a in n.attribute)]
+    coarsest = backbone_convs(ref)
+    assert coarsest == every[every.index(strided[-1]) + 2:]
+    assert backbone_convs(ref, Int8Config(scope="backbone", keep_last=5)) == every[:-5]
+    assert backbone_convs(ref, Int8Config(scope="backbone", keep_first=3)) == every[3:]
+    no_dw = backbone_convs(ref, Int8Config(scope="backbone", depthwise=False))
     assert 0 < len(no_dw) < len(every) and set(no_dw) < set(every)
 
 
@@ -172,6 +179,9 @@ def _env(rtseg_cache, monkeypatch):
     (["--calibration", "CALIB"], "--calibration is an option of --int8"),
     (["--int8", "--calibration", "CALIB", "--check", "CALIB"], "held out"),
     (["--int8", "--calibration", "NOWHERE", "--check", "CHECK"], "not found"),
+    (["--int8-scope", "backbone"], "--int8-scope is an option of --int8"),
+    (["--int8", "--int8-scope", "all", "--calibration", "CALIB", "--check", "CHECK"],
+     "--int8-scope must be one of coarsest, backbone"),
 ])
 def test_int8_option_errors_are_one_line(_env, bundle_dir, frames, tmp_path, capsys, args, needle):
     subst = {"CALIB": str(frames[0]), "CHECK": str(frames[1]), "NOWHERE": str(tmp_path / "none")}

@@ -11,8 +11,9 @@ names or positions (:func:`backbone_convs`): the ``Conv`` nodes upstream of the 
 fully connected layer (the graph's ``Gemm``), i.e. the forward pass that produces the
 classifier's features. The head's convolutions (fed by backbone features, but never feeding
 the classifier) and the convolutions of the Grad-CAM backward (downstream of the logits) are
-not upstream of it. :class:`Int8Config` can keep more of the backbone exact: its last ``keep_last``
-convolutions, or every depthwise one.
+not upstream of it. :class:`Int8Config` says which of them: by default those after the last
+downsampling block only (rounding the earlier ones moves the shipped model's masks beyond the
+quality gate), or all of them, and can keep more exact for experiments.
 
 The calibration frames are the caller's ``reader`` (an ONNX Runtime ``CalibrationDataReader``):
 the runtime builds it from the frames the user gives, through the segmenters' own view of a
@@ -36,20 +37,30 @@ log = logging.getLogger(__name__)
 INT8 = "int8"
 
 
+#: what ``--int8`` quantizes: the backbone's blocks at its coarsest resolution (default: the part
+#: of the backbone whose rounding keeps the shipped model's masks and calls within the quality
+#: gate), or all of it
+SCOPES = ("coarsest", "backbone")
+
+
 @dataclass(frozen=True)
 class Int8Config:
-    """Which backbone convolutions are quantized: all of them but the first ``keep_first`` and
-    the last ``keep_last`` (in graph order), and the depthwise ones only with ``depthwise``;
-    how activation ranges are calibrated: ``method`` minmax or percentile (ONNX Runtime's,
-    99.999th)."""
+    """Which backbone convolutions are quantized.
 
+    ``scope``: ``backbone`` = all of them; ``coarsest`` = those after the backbone's last
+    downsampling block (the blocks at its coarsest resolution, then its final 1x1 convolution). Then the first ``keep_first`` and the last ``keep_last`` of those (in
+    graph order) are kept fp32, and the depthwise ones unless ``depthwise``. ``method``: how
+    activation ranges are calibrated, minmax or percentile (ONNX Runtime's, 99.999th).
+    """
+
+    scope: str = "coarsest"
     keep_first: int = 0
     keep_last: int = 0
     depthwise: bool = True
     method: str = "minmax"
 
     def describe(self) -> str:
-        parts = ["backbone convs"]
+        parts = [{"backbone": "backbone convs", "coarsest": "backbone convs after its last downsampling block"}[self.scope]]
         if self.keep_first:
             parts.append(f"first {self.keep_first} kept fp32")
         if self.keep_last:
@@ -92,6 +103,25 @@ def _is_depthwise(node) -> bool:
     return any(a.name == "group" and a.i > 1 for a in node.attribute)
 
 
+def _strided(node) -> bool:
+    return any(a.name == "strides" and max(a.ints, default=1) > 1 for a in node.attribute)
+
+
+def _after_last_downsampling(graph, convs: list) -> list:
+    """``convs`` after the backbone's last downsampling block: after the last strided
+    convolution and the convolution that takes its output (through an activation, if any):
+    the blocks at the backbone's coarsest resolution and its final 1x1 convolution."""
+    strided = [i for i, n in enumerate(convs) if _strided(n)]
+    if not strided:
+        return convs
+    last = convs[strided[-1]]
+    outs = {last.output[0]}
+    outs |= {n.output[0] for n in graph.node if n.op_type in ("Clip", "Relu")
+             and n.input[0] == last.output[0]}
+    after = [i for i, n in enumerate(convs) if i > strided[-1] and n.input[0] in outs]
+    return convs[(after[0] if after else strided[-1]) + 1:]
+
+
 def backbone_convs(proto, config: Int8Config = Int8Config()) -> list[str]:
     """Names of the ``Conv`` nodes to quantize, in graph order (see the module doc)."""
     g = proto.graph
@@ -103,6 +133,10 @@ def backbone_convs(proto, config: Int8Config = Int8Config()) -> list[str]:
         raise UserError("cannot quantize this graph: it has unnamed convolutions")
     upstream = _upstream(g, fc)
     convs = [n for n in g.node if n.op_type == "Conv" and n.name in upstream]
+    if config.scope not in SCOPES:
+        raise UserError(f"int8 scope must be one of {', '.join(SCOPES)}, not '{config.scope}'")
+    if config.scope == "coarsest":
+        convs = _after_last_downsampling(g, convs)
     convs = convs[config.keep_first:len(convs) - config.keep_last]
     if not config.depthwise:
         convs = [n for n in convs if not _is_depthwise(n)]
