@@ -31,11 +31,12 @@ from pathlib import Path
 from rtseg.errors import UserError, first_line
 from rtseg.graph.metadata import META_PRECISION
 
-log = logging.getLogger(__name__)
-
 #: the precision stored in an int8 graph's metadata (``rtseg_precision``)
 INT8 = "int8"
 
+
+#: how activation ranges may be calibrated (ONNX Runtime's methods)
+METHODS = ("minmax", "percentile")
 
 #: what ``--int8`` quantizes: the backbone's blocks at its coarsest resolution (default: the part
 #: of the backbone whose rounding keeps the shipped model's masks and calls within the quality
@@ -135,6 +136,9 @@ def backbone_convs(proto, config: Int8Config = Int8Config()) -> list[str]:
     convs = [n for n in g.node if n.op_type == "Conv" and n.name in upstream]
     if config.scope not in SCOPES:
         raise UserError(f"int8 scope must be one of {', '.join(SCOPES)}, not '{config.scope}'")
+    if config.method not in METHODS:
+        raise UserError(f"int8 calibration must be one of {', '.join(METHODS)}, not "
+                        f"'{config.method}'")
     if config.scope == "coarsest":
         convs = _after_last_downsampling(g, convs)
     convs = convs[config.keep_first:len(convs) - config.keep_last]
