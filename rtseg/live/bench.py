@@ -2,7 +2,10 @@
 
 Rows in the layout of the paper's Table 2 (Av-time, Mi-time, Ma-time [ms]; Av-fps, Mi-fps,
 Ma-fps), plus the median, next to the paper's reported figures (reference rows) and the speed-up
-over the baseline at the same batch size (ratio of median frame times).
+over the baseline at the same batch size (ratio of median frame times). Given an int8 graph
+(``<name>.int8.onnx`` from ``rtseg export --int8``), the onnxruntime rows time the fp32 graph
+beside it (``<name>.onnx``) in the same run too, and each int8 row says its speed-up over the
+fp32 row of the same batch and frame (``x fp32``).
 
 Without ``--source`` the segmenter alone is timed on generated 384 x 288 frames and on generated
 1920 x 1080 frames with black side margins (a 1080p endoscopy feed; one call per batch; frame
@@ -275,7 +278,8 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
             console.print(f"timing {label} batch {b} ({mode}) ...", markup=False)
             r = time_loop(seg, source, b, frames) if source else time_model(seg, frame_pool, b, frames)
             row = {"kind": kind, "backend": seg.name, "device": seg.device, "batch": b,
-                   "mode": mode, "input_size": seg.manifest.input_size}
+                   "mode": mode, "input_size": seg.manifest.input_size,
+                   "precision": getattr(seg, "precision", None)}
             frame = None if source else "x".join(map(str, FRAME_HW[::-1]))
             rows.append({"label": f"{label} b{b}", **row, "frame": frame, **r})
             if source or kind == "baseline":
@@ -284,13 +288,14 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
             for suffix, s in (("", seg), (" in-graph resize", InGraphResize(seg))):
                 console.print(f"timing {label} batch {b} {hd}{suffix} ...", markup=False)
                 rows.append({"label": f"{label} b{b} {hd}{suffix}", **row, "frame": hd,
-                             **time_model(s, hd_pool, b, frames)})
+                             "variant": suffix.strip(), **time_model(s, hd_pool, b, frames)})
 
     for name in backends:
-        seg = create(model, name, dev, threads=threads)
-        bench_one(seg, name, "backend")
-        _close(seg)
-        del seg
+        for path, label in models_to_time(model, name, console):
+            seg = create(path, name, dev, threads=threads)
+            bench_one(seg, label, "backend")
+            _close(seg)
+            del seg
     if baseline:
         from pathlib import Path
 
@@ -307,6 +312,7 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
     for r in rows:
         b = base.get((r["batch"], r.get("frame")))
         r["x_baseline"] = (b / r["Med-time"]) if b and r["Med-time"] else None
+    relative_to_fp32(rows)
     paper = [{"label": lab, "kind": "paper", "Av-fps": fps, "Av-time": 1000.0 / fps}
              for lab, fps in PAPER_FPS]
     import torch
@@ -323,6 +329,38 @@ def run_bench(model: str | None = None, backend: str = "all", size: int | None =
     if json_path:
         write_json(json_path, result)
     return result
+
+
+def models_to_time(model, backend: str, console) -> list[tuple]:
+    """(model, row label) pairs for ``backend``: an int8 graph comes with the fp32 graph beside
+    it, timed in the same run (its label says each one's precision)."""
+    from pathlib import Path
+
+    from rtseg.graph.metadata import read_onnx_metadata
+    from rtseg.graph.quantize import INT8, fp32_name
+
+    if backend != "onnxruntime" or model is None or Path(model).suffix.lower() != ".onnx":
+        return [(model, backend)]
+    if read_onnx_metadata(model)[2] != INT8:
+        return [(model, backend)]
+    fp32 = fp32_name(model)
+    if fp32 == Path(model) or not fp32.is_file():
+        console.print(f"no fp32 graph {fp32.name} beside {Path(model).name}: the int8 rows "
+                      "have no same-run fp32 figure", markup=False)
+        return [(model, f"{backend} int8")]
+    return [(fp32, f"{backend} fp32"), (model, f"{backend} int8")]
+
+
+def relative_to_fp32(rows: list[dict]) -> None:
+    """``x_fp32`` of each int8 row: the fp32 row's median time (same batch, frame and variant,
+    same run) over its own."""
+    def key(r: dict) -> tuple:
+        return r["batch"], r.get("frame"), r.get("variant", "")
+
+    fp32 = {key(r): r["Med-time"] for r in rows if r.get("precision") == "fp32"}
+    for r in rows:
+        if r.get("precision") == "int8" and fp32.get(key(r)) and r["Med-time"]:
+            r["x_fp32"] = fp32[key(r)] / r["Med-time"]
 
 
 def _close(seg) -> None:
@@ -351,6 +389,9 @@ def print_bench(console, result: dict[str, Any]) -> None:
     for k in TABLE2_FIELDS[3:]:
         t.add_column(k, justify="right")
     t.add_column("x baseline", justify="right")
+    vs_fp32 = any("x_fp32" in r for r in result["rows"])
+    if vs_fp32:
+        t.add_column("x fp32", justify="right")
 
     def f(v, d=2):
         return "-" if v is None else f"{v:.{d}f}"
@@ -359,10 +400,11 @@ def print_bench(console, result: dict[str, Any]) -> None:
         t.add_row(r["label"], r.get("frame") or "-", str(r["input_size"]),
                   *(f(r[k]) for k in TABLE2_FIELDS[:3]),
                   f(r["Med-time"]), *(f(r[k]) for k in TABLE2_FIELDS[3:]),
-                  f(r.get("x_baseline")) + ("x" if r.get("x_baseline") else ""))
+                  f(r.get("x_baseline")) + ("x" if r.get("x_baseline") else ""),
+                  *([f(r.get("x_fp32")) + ("x" if r.get("x_fp32") else "")] if vs_fp32 else []))
     for r in result["paper"]:
         t.add_row(r["label"], "-", "-", f(r["Av-time"]), "-", "-", "-", f(r["Av-fps"]), "-", "-", "-",
-                  style="dim")
+                  *(["-"] if vs_fp32 else []), style="dim")
     console.print(t)
     console.print(f"device: {result['device']} ({result['device_name']}); torch {result['torch']} "
                   f"({result['torch_threads']} threads); "

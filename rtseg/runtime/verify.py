@@ -12,7 +12,9 @@ from rtseg.graph.metadata import read_onnx_metadata
 
 #: tolerances of the post-export check against the eager Grad-CAM (max |cam difference|):
 #: loose enough for any sane model in fp32 (measured ~3e-5 on tests' models), and for fp16
-CHECK_TOL = {"fp32": 1e-3, "fp16": 0.1}
+#: int8: any finite CAM passes here (its quality is judged on real frames by the quality gate of
+#: rtseg.runtime.int8; a synthetic frame says nothing about it)
+CHECK_TOL = {"fp32": 1e-3, "fp16": 0.1, "int8": 1.0}
 
 
 def check_onnx(path: str | os.PathLike, bundle, frame_hw: tuple[int, int] | None = None,
