@@ -195,3 +195,15 @@ def test_help_texts_name_the_shipped_model(cli):
     for name in with_model:
         opt = next(p for p in group.commands[name].params if "--model" in p.opts)
         assert "EfficientNet-Lite1" in opt.help, f"rtseg {name} --model does not name the shipped model"
+
+
+def test_command_help_reflows_to_the_terminal():
+    """Help paragraphs are single lines (the terminal wraps them); examples keep their lines."""
+    from rtseg.cli import app, reflow
+
+    assert reflow("One two\nthree.\n\nFour\nfive.") == "One two three.\n\nFour five."
+    assert reflow("Examples:\n  rtseg a\n  rtseg b") == "Examples:\n  rtseg a\n  rtseg b"
+    for info in app.registered_commands:
+        for para in (info.help or "").split("\n\n"):
+            lines = para.splitlines()
+            assert len(lines) == 1 or any(ln[:1].isspace() for ln in lines), (info.name, para[:60])

@@ -28,6 +28,21 @@ from rtseg.cli import exporting  # noqa: F401,E402  export
 from rtseg.cli import streaming  # noqa: F401,E402  stream, bench
 
 
+def reflow(text: str | None) -> str | None:
+    """A help text's paragraphs as single lines, so the terminal wraps them at its own width
+    (typer's rich mode keeps every newline: text wrapped at 100 columns in the source came out
+    ragged on an 80-column terminal). Paragraphs with indented lines (examples) stay as written."""
+    if not text:
+        return text
+    paras = text.strip("\n").split("\n\n")
+    return "\n\n".join(p if any(ln[:1].isspace() for ln in p.splitlines()) else " ".join(p.split("\n"))
+                       for p in paras)
+
+
+for _info in app.registered_commands:
+    _info.help = reflow(_info.help or (_info.callback.__doc__ if _info.callback else None))
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr if file is None else file)
 
