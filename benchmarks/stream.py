@@ -75,9 +75,10 @@ def build_clip(data_dir: Path, out: Path) -> int:
     return n
 
 
-def count_frames(clip: Path) -> int:
-    """Frames in a prebuilt clip (e.g. carried to a GPU machine), opened the way the stream
-    loop opens it (:func:`rtseg.live.capture.open_source`: same checks, same one-line errors)."""
+def clip_info(clip: Path) -> tuple[int, tuple[int, int]]:
+    """(frames, (width, height)) of a prebuilt clip (e.g. carried to a GPU machine), opened the
+    way the stream loop opens it (:func:`rtseg.live.capture.open_source`: same checks, same
+    one-line errors)."""
     from rtseg.live.capture import open_source
 
     src = open_source(str(clip))
@@ -87,7 +88,12 @@ def count_frames(clip: Path) -> int:
         src.close()
     if not n:
         raise UserError(f"{clip} declares no frames")
-    return n
+    cap = cv2.VideoCapture(str(clip))
+    try:
+        wh = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    finally:
+        cap.release()
+    return n, wh
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -106,11 +112,12 @@ def run(args: argparse.Namespace) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
+    clip_wh = CLIP_WH
     with tempfile.TemporaryDirectory(prefix="rtseg-bench-") as tmp:
         if args.clip:
             clip = Path(args.clip)
-            n_clip = count_frames(clip)
-            console.print(f"clip: {clip} ({n_clip} frames)", markup=False)
+            n_clip, clip_wh = clip_info(clip)
+            console.print(f"clip: {clip} ({n_clip} frames, {clip_wh[0]}x{clip_wh[1]})", markup=False)
         else:
             clip = Path(tmp) / "cvc_clinicdb_clip.mp4"
             t0 = time.perf_counter()
@@ -161,7 +168,7 @@ def run(args: argparse.Namespace) -> dict:
                    "growth_mb": samples[-1][1] - first, "growth_after_1000_mb": samples[-1][1] - after,
                    "seconds": time.perf_counter() - t0, "samples": samples}
 
-    t = Table(title=f"rtseg stream end to end on CVC-ClinicDB ({CLIP_WH[0]}x{CLIP_WH[1]}), "
+    t = Table(title=f"rtseg stream end to end on CVC-ClinicDB ({clip_wh[0]}x{clip_wh[1]}), "
               "Table 2 layout, times in ms per frame")
     t.add_column("run", no_wrap=True)
     for k in TABLE2_FIELDS:
@@ -191,7 +198,7 @@ def run(args: argparse.Namespace) -> dict:
                       markup=False)
     import torch
 
-    result = {"data_dir": args.data_dir, "clip": args.clip, "clip_frames": n_clip, "clip_size": list(CLIP_WH),
+    result = {"data_dir": args.data_dir, "clip": args.clip, "clip_frames": n_clip, "clip_size": list(clip_wh),
               "backend": seg.name, "device": seg.device, "input_size": seg.manifest.input_size,
               "batch": args.batch,
               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
