@@ -33,6 +33,7 @@ from pathlib import Path
 
 import cv2
 
+from rtseg.atomic import atomic_path
 from rtseg.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,17 +84,12 @@ def clip_info(clip: Path) -> tuple[int, tuple[int, int]]:
 
     src = open_source(str(clip))
     try:
-        n = src.info.frame_count
+        n, hw = src.info.frame_count, src.info.size
     finally:
         src.close()
-    if not n:
+    if not n or not hw:
         raise UserError(f"{clip} declares no frames")
-    cap = cv2.VideoCapture(str(clip))
-    try:
-        wh = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    finally:
-        cap.release()
-    return n, wh
+    return n, (hw[1], hw[0])
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -126,9 +122,8 @@ def run(args: argparse.Namespace) -> dict:
                           f"{CLIP_FPS:g} fps (built in {time.perf_counter() - t0:.1f} s)")
             if args.save_clip:
                 ensure_parent(args.save_clip)
-                tmp_clip = Path(str(args.save_clip) + ".part.mp4")
-                shutil.copyfile(clip, tmp_clip)
-                os.replace(tmp_clip, args.save_clip)
+                with atomic_path(args.save_clip) as tmp_clip:
+                    shutil.copyfile(clip, tmp_clip)
                 console.print(f"clip saved to {args.save_clip}", markup=False)
                 if args.clip_only:
                     return {"clip": str(args.save_clip), "clip_frames": n_clip}

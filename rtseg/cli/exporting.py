@@ -59,7 +59,7 @@ def int8_inputs(int8: bool, calibration, check, force: bool, scope: str = "coars
     """(calibration files, check files) for --int8, else None; one error line for what is
     missing or misplaced (calibration on anything but real frames means nothing)."""
     from rtseg.graph.quantize import SCOPES
-    from rtseg.runtime.int8 import check_disjoint, frame_files
+    from rtseg.runtime.int8 import check_disjoint, frame_files, read_frame
 
     if scope not in SCOPES:
         raise UserError(f"--int8-scope must be one of {', '.join(SCOPES)}, not '{scope}'")
@@ -78,6 +78,9 @@ def int8_inputs(int8: bool, calibration, check, force: bool, scope: str = "coars
                         "compare the int8 graph with fp32 on")
     calib, held = frame_files(calibration, "--calibration"), frame_files(check, "--check")
     check_disjoint(calib, held)
+    for files, what in ((calib, "--calibration"), (held, "--check")):  # before any export work
+        if not any(read_frame(p) is not None for p in files):
+            raise UserError(f"no readable frame among the {what} frames")
     return calib, held
 
 

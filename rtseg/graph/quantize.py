@@ -180,6 +180,8 @@ def quantize_graph(fp32_path: str | os.PathLike, out_path: str | os.PathLike, re
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from rtseg.graph.onnx import save_proto
+
     proto = onnx.load(str(fp32_path))
     names = backbone_convs(proto, config)
     acts = fused_activations(proto, names)
@@ -202,8 +204,7 @@ def quantize_graph(fp32_path: str | os.PathLike, out_path: str | os.PathLike, re
         entry = out.metadata_props.add()
         entry.key, entry.value = p.key, (INT8 if p.key == META_PRECISION else p.value)
     out.doc_string = proto.doc_string.replace("fp32", f"int8 ({config.describe()})")
-    with open(out_path, "wb") as fh:
-        fh.write(out.SerializeToString())
+    save_proto(out, out_path)
     return names
 
 

@@ -32,7 +32,6 @@ from rtseg.live.report import print_report
 from rtseg.live.stats import StreamStats
 from rtseg.live.overlay import Overlay
 from rtseg.model.manifest import resolve_call_smoothing
-from rtseg.model.call import is_polyp
 from rtseg.pipeline.options import FrameOptions
 from rtseg.pipeline.runner import Runner
 from rtseg.pipeline.stages import InferenceStage
@@ -253,7 +252,7 @@ class _Run:
             ema_dt = dt if ema_dt is None else 0.9 * ema_dt + 0.1 * dt
             t_prev = t_now
             self.processed += n
-            self.called += sum(is_polyp(r.prob) for r in batch)
+            self.called += sum(r.called for r in batch)
             if on_frame is not None:
                 on_frame(self.processed)
             if quit_:

@@ -115,15 +115,10 @@ class GateResult:
                 f"agree on {100 * self.agreement:.2f}% (need >= {100 * (1 - self.call_tol):.2f}%)")
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
-
-
 def compare(reference, candidate, paths: Sequence[Path], dice_tol: float = DICE_TOL,
             call_tol: float = CALL_TOL) -> GateResult:
     """The gate's figures for ``candidate`` against ``reference`` (two segmenters) on ``paths``."""
+    from rtseg.evaluate.metrics import image_scores
     from rtseg.model.call import is_polyp
 
     dices, agree, skipped = [], [], []
@@ -133,9 +128,9 @@ def compare(reference, candidate, paths: Sequence[Path], dice_tol: float = DICE_
             skipped.append(path)
             continue
         ref, got = reference(frame[None]), candidate(frame[None])
-        agree.append(bool(is_polyp(float(ref.prob[0]))) == bool(is_polyp(float(got.prob[0]))))
+        agree.append(is_polyp(float(ref.prob[0])) == is_polyp(float(got.prob[0])))
         if ref.mask.any() or got.mask.any():
-            dices.append(dice(ref.mask, got.mask))
+            dices.append(image_scores(got.mask[0], ref.mask[0])["dice"])
     if not agree:
         raise UserError("no readable frame among the --check frames")
     return GateResult(len(agree), len(dices), float(np.mean(dices)) if dices else 1.0,

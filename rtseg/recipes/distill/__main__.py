@@ -17,10 +17,9 @@ one ``<label>.cpu-resize.npz`` per source and per set of seed tiles), reused by 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from rtseg.errors import UserError
+from rtseg.errors import run_script
 from rtseg.recipes.distill.fit import DEFAULT_VARIANT
 from rtseg.recipes.layout import recipe_parser
 
@@ -41,11 +40,7 @@ def main(argv: list[str] | None = None) -> None:
                     "after each held-out source)")
     ap.add_argument("--out", type=Path, default=Path("runs/lite_model"), help="build: the bundle folder")
     a = ap.parse_args(argv)
-    try:
-        _run(a)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(lambda: _run(a))
 
 
 def _run(a) -> None:

@@ -16,8 +16,9 @@ import numpy as np
 from rtseg.evaluate.baselines import ellipse_mask
 from rtseg.evaluate.metrics import image_scores
 from rtseg.imageio import read_mask
-from rtseg.model.active_area import paste
-from rtseg.model.postprocess import refine
+from rtseg.model.cam import cam_to_mask
+from rtseg.model.call import is_polyp
+from rtseg.model.thresholds import ThresholdPolicy
 from rtseg.recipes.distill.data import SIZE, FeatureStore, add_tiles, load_all, open_store, seeds_of
 from rtseg.recipes.distill.fit import Fit, fit, maps_of, variant_named
 from rtseg.recipes.layout import Item, group_folds
@@ -44,7 +45,7 @@ def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]]) -> dict:
         if test.get(src):
             prob, _ = maps_of(f, store.get([str(it.image) for it in test[src]]), SIZE, False, True)
             key = "called_non_polyp" if src in ("pg_neg", "non_polyp") else "called_polyp"
-            ok = prob <= 0.5 if key == "called_non_polyp" else prob > 0.5
+            ok = ~is_polyp(prob) if key == "called_non_polyp" else is_polyp(prob)
             out[src] = {key: round(float(ok.mean()), 4), "n": len(test[src])}
             if src == "pg_neg":  # per held-out sequence: one sequence can carry a fold
                 groups = np.array([it.group for it in test[src]])
@@ -65,12 +66,12 @@ def polyp_scores(store: FeatureStore, f: Fit, items: list[Item], shown: dict[str
     c = store.get([str(it.image) for it in items])
     prob, _ = maps_of(f, c, SIZE, False, True)
     _, maps = maps_of(f, c, SIZE, False, False)  # ungated
-    called = prob > 0.5
+    called = is_polyp(prob)
     rows: dict[str, list] = {"model": [], "stream": [], "ungated": [], "ellipse": [], "all_foreground": []}
+    policy = ThresholdPolicy("above", f.threshold)
     for it, mp, bx, zi in zip(items, maps, c.boxes, called):
         truth = read_mask(it.mask)
-        full = paste(mp.astype(np.float32), bx, truth.shape) > f.threshold
-        pred = refine(full, f.steps) if f.steps else full
+        pred = cam_to_mask(mp, policy, truth.shape, f.steps, bx)  # the mask every command makes
         # the product's mask: empty where the classifier says no polyp (gate)
         rows["model"].append(image_scores(pred if zi else np.zeros_like(pred), truth))
         zs = zi and shown.get(str(it.image), True)  # the live loop: its call must agree too

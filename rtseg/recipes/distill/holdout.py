@@ -32,7 +32,6 @@ from rtseg.recipes.distill.data import SIZE
 from rtseg.recipes.distill.fit import Fit, clip_probs, maps_of
 
 HOSPITALS = ("pg-A", "pg-B", "kvasir", "cvc", "bkai")  # the PolypGen centres first: the most telling
-MASKED = ("kvasir", "cvc", "pg_pos")  # polyp sources whose held-out frames are scored with masks
 
 
 def evaluation_mask(root: Path, it: Item) -> Path | None:
