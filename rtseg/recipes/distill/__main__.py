@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache", type=Path, default=CACHE, help="the feature cache's folder")
     ap.add_argument("--json", type=Path, default=None, help="cv, holdout: the results (holdout: written "
                     "after each held-out source)")
+    ap.add_argument("--save-folds", type=Path, default=None,
+                    help="holdout: also write each fold's model as a bundle, DIR/<variant>/<held-out source>")
     ap.add_argument("--out", type=Path, default=Path("runs/lite_model"), help="build: the bundle folder")
     a = ap.parse_args(argv)
     run_script(lambda: _run(a))
@@ -65,7 +67,8 @@ def _run(a) -> None:
         from rtseg.recipes.distill.holdout import hold_out, table
 
         res = hold_out(a.data, a.variants.split(","), a.cache, a.sources.split(",") if a.sources else None,
-                       log=lambda *x: print(*x, flush=True), save=(lambda r: write_json(a.json, r)) if a.json else None)
+                       log=lambda *x: print(*x, flush=True), save=(lambda r: write_json(a.json, r)) if a.json else None,
+                       folds_dir=a.save_folds)
         table(res)
         print(json.dumps(res["summary"], indent=2))
 

@@ -98,9 +98,11 @@ def summarize(per: dict[str, dict]) -> dict:
 
 
 def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: list[str] | None = None,
-             log=print, save=None) -> dict:
+             log=print, save=None, folds_dir: Path | None = None) -> dict:
     """Every variant fitted and scored once per held-out hospital (one feature extraction);
-    ``save(result so far)`` after each held-out source."""
+    ``save(result so far)`` after each held-out source; ``folds_dir``: each fold's model also
+    written as a bundle, ``<folds_dir>/<variant>/<held-out source>`` (to run the product on the
+    source it never saw)."""
     from rtseg.errors import UserError
     from rtseg.recipes.distill.data import load_all, open_store
     from rtseg.recipes.distill.fit import fit, variant_named
@@ -110,6 +112,10 @@ def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: lis
     bad = [h for h in hospitals if h not in HOSPITALS]
     if bad:
         raise UserError(f"unknown source {bad[0]!r}; known: {', '.join(HOSPITALS)}")
+    if folds_dir is not None:
+        from rtseg.evaluate.predict import check_out_dir
+
+        check_out_dir(Path(folds_dir))  # before any work
     items = load_all(data)
     here = {it.hospital for its in items.values() for it in its}
     hospitals = [h for h in hospitals if h in here]
@@ -125,11 +131,25 @@ def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: lis
             r = per[name][h] = score_hospital(store, f, test)
             r["fit_seconds"] = round(time.time() - t, 1)
             log(f"held out {h} [{name}]: {line_of(r)} [{r['fit_seconds']:.0f} s]")
+            if folds_dir is not None:
+                save_fold(f, v, name, Path(folds_dir) / name / h)
         res = {"hospitals": hospitals, "variants": {n: chosen[n].__dict__ for n in variants},
                "per_source": per, "summary": {n: summarize(p) for n, p in per.items()}}
         if save is not None:
             save(res)
     return res
+
+
+def save_fold(f: Fit, v, name: str, out: Path) -> None:
+    """One fold's fit written as a model bundle to ``out`` (replaced only once complete)."""
+    import torch
+
+    from rtseg.atomic import atomic_dir
+    from rtseg.model.bundle import save_bundle
+    from rtseg.recipes.distill.build import bundle_of
+
+    with atomic_dir(out) as tmp, torch.no_grad():
+        save_bundle(bundle_of(f, v, name), tmp, half=True)
 
 
 def line_of(r: dict) -> str:
