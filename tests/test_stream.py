@@ -452,6 +452,22 @@ def test_overlay_only_touches_the_mask_region():
     assert np.array_equal(ov2.draw(frame.copy(), np.zeros((16, 16), np.uint8)).shape, frame.shape)
 
 
+def test_overlay_blends_exactly_the_mask_pixels_of_its_box():
+    """A round mask: inside its bounding box, only the mask's own pixels change, to the
+    alpha blend of the frame and the mask colour."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    mask = np.zeros((90, 120), np.uint8)
+    cv2.circle(mask, (60, 45), 25, 1, -1)
+    out = Overlay(alpha=0.4, contour=False).draw(frame.copy(), mask)
+    solid = np.empty_like(frame)
+    solid[:] = (0, 255, 0)
+    want = np.where(mask[..., None].astype(bool), cv2.addWeighted(frame, 0.6, solid, 0.4, 0.0), frame)
+    np.testing.assert_array_equal(out, want)
+
+
 def test_stats_memory_is_bounded_and_table2_consistent():
     st = RunningStats()
     for i in range(20000):
