@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from rtseg.errors import run_script
+from rtseg.recipes.distill.data import SIZE
 from rtseg.recipes.distill.fit import DEFAULT_VARIANT
 from rtseg.recipes.layout import recipe_parser
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variant", default=DEFAULT_VARIANT, help=f"build: the shipped model is '{DEFAULT_VARIANT}'")
     ap.add_argument("--sources", default=None,
                     help=f"holdout: the sources held out in turn (default: {','.join(HOSPITALS)})")
+    ap.add_argument("--input-size", type=int, default=SIZE, help="build, cv, holdout: the network's input size")
     ap.add_argument("--cache", type=Path, default=CACHE, help="the feature cache's folder")
     ap.add_argument("--json", type=Path, default=None, help="cv, holdout: the results (holdout: written "
                     "after each held-out source)")
@@ -54,15 +56,18 @@ def _run(a) -> None:
     import torch
 
     from rtseg.atomic import write_json
+    from rtseg.errors import UserError
+
+    if not (128 <= a.input_size <= 512 and a.input_size % 32 == 0):
+        raise UserError(f"--input-size must be a multiple of 32 from 128 to 512, not {a.input_size}")
 
     if a.stage == "build":
         from rtseg.recipes.distill.build import build
 
-        print(build(a.data, a.out, a.cache, a.variant))
+        print(build(a.data, a.out, a.cache, a.variant, a.input_size))
         return
     torch.set_flush_denormal(True)
     if a.stage == "adapt":
-        from rtseg.errors import UserError
         from rtseg.recipes.distill.site_adapt import score_folds
 
         if a.folds_dir is None:
@@ -73,7 +78,7 @@ def _run(a) -> None:
     if a.stage == "cv":
         from rtseg.recipes.distill.cv import cross_validate
 
-        res = cross_validate(a.data, a.folds, a.variants.split(","), a.cache)
+        res = cross_validate(a.data, a.folds, a.variants.split(","), a.cache, a.input_size)
         print(json.dumps(res["summary"], indent=2))
         if a.json:
             write_json(a.json, res)
@@ -82,7 +87,7 @@ def _run(a) -> None:
 
         res = hold_out(a.data, a.variants.split(","), a.cache, a.sources.split(",") if a.sources else None,
                        log=lambda *x: print(*x, flush=True), save=(lambda r: write_json(a.json, r)) if a.json else None,
-                       folds_dir=a.save_folds)
+                       folds_dir=a.save_folds, size=a.input_size)
         table(res)
         print(json.dumps(res["summary"], indent=2))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rtseg.errors import UserError
 from rtseg.model.bundle import Bundle, build_model
-from rtseg.recipes.distill.data import ARCH, load_all, manifest, open_store
+from rtseg.recipes.distill.data import ARCH, SIZE, load_all, manifest, open_store
 from rtseg.recipes.distill.fit import DEFAULT_VARIANT, Fit, Variant, fit, variant_named
 from rtseg.train.probe import set_classifier
 
@@ -17,7 +17,7 @@ def bundle_of(f: Fit, v: Variant, variant: str) -> Bundle:
     head) and its manifest (threshold, clean-up, frame rule, call smoothing, training summary)."""
     from rtseg.model.thresholds import ThresholdPolicy
 
-    m = manifest(agree=True)
+    m = manifest(agree=True, size=f.size)
     model = build_model(ARCH, pretrained=True, head=m.head).eval()
     set_classifier(model, f.w, f.b)  # the graph calls a frame polyp at logit > 0
     backbone = "ImageNet efficientnet-lite1, frozen"
@@ -54,7 +54,7 @@ def check_out(out: Path, data: Path, cache: Path | None) -> None:
             raise UserError(f"--out {out} overlaps {what} {inp}: choose a folder outside it")
 
 
-def build(data: Path, out: Path, cache: Path | None, variant: str = DEFAULT_VARIANT) -> Path:
+def build(data: Path, out: Path, cache: Path | None, variant: str = DEFAULT_VARIANT, size: int = SIZE) -> Path:
     """Fit ``variant`` on all the data and write its bundle (weights + manifest) to ``out``, which
     it replaces only once complete (:func:`rtseg.atomic.atomic_dir`; other files there are kept).
     The variant, ``out`` and the data folder are checked before any work."""
@@ -68,7 +68,7 @@ def build(data: Path, out: Path, cache: Path | None, variant: str = DEFAULT_VARI
     check_out(Path(out), Path(data), Path(cache) if cache is not None else None)
     items = load_all(data)
     with cpu_flush_denormal():  # far-negative activations underflow: ~100x slower without
-        store = open_store(items, cache)
+        store = open_store(items, cache, size)
         bundle = bundle_of(fit(store, items, v, store.m), v, variant)
     with atomic_dir(out) as tmp, torch.no_grad():
         save_bundle(bundle, tmp, half=True)

@@ -74,6 +74,7 @@ class Fit:
     tune: dict = field(default_factory=dict)
     top: Top | None = None  # the fine-tuned blocks of the backbone (Variant.finetune_steps), or ImageNet's
     call_smoothing: float = 0.0  # the video call's moving-average factor (manifest call_smoothing)
+    size: int = SIZE  # the network's input size (the manifest's input_size) and the maps' size
 
     def view(self, c: Cached) -> Cached:
         """Cached ImageNet-backbone features as this fit's backbone computes them."""
@@ -126,7 +127,7 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     w, b = fit_classifier(gap, y, C, sample_weight=np.ones(len(y)))
     # 2. head: seed masks + empty masks of negatives (+ own confident maps)
     head = fit_seg_head(store, train, m, (w, b), seeds, (neg_keys, n_pg_neg), log)
-    f = Fit(w, b, head, 0.5, (), 0.25)
+    f = Fit(w, b, head, 0.5, (), 0.25, size=m.input_size)
     if v.finetune_steps:
         from rtseg.recipes.distill.finetune import finetuned
 
@@ -137,14 +138,14 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     # training folds' tune set
     f.call_smoothing, smoothing = choose_call_smoothing(store, train, v, m, log)
     tc = store.get([str(it.image) for it in tune_set])
-    _, maps = maps_of(f, tc, SIZE, True, True)
-    best = choose_threshold(maps, truth_crops(tune_set, tc))
+    _, maps = maps_of(f, tc, f.size, True, True)
+    best = choose_threshold(maps, truth_crops(tune_set, tc, f.size))
     f.threshold, f.steps = best[1], best[2]
     # the constant ellipse's radius: relative to the frame, so chosen on the whole-frame
     # truth resized to S x S (the same search as rtseg.evaluate.baselines.choose_radius)
     from rtseg.evaluate.baselines import choose_radius
 
-    whole = np.stack([_truth_crop(read_mask(it.mask), Box.full(read_mask(it.mask).shape), SIZE)
+    whole = np.stack([_truth_crop(read_mask(it.mask), Box.full(read_mask(it.mask).shape), f.size)
                       for it in tune_set])
     f.radius, _ = choose_radius(whole, RADII)
     f.tune = {"dice": round(best[0], 4), "threshold": f.threshold, "postprocess": list(f.steps),
@@ -211,9 +212,9 @@ def choose_threshold(maps: np.ndarray, truths: list[np.ndarray]) -> tuple[float,
     return best
 
 
-def truth_crops(items: list[Item], c: Cached) -> list[np.ndarray]:
-    """The masks of ``items`` in their network views (S x S bool), as the maps are."""
-    return [_truth_crop(read_mask(it.mask), bx, SIZE) for it, bx in zip(items, c.boxes)]
+def truth_crops(items: list[Item], c: Cached, size: int) -> list[np.ndarray]:
+    """The masks of ``items`` in their network views (size x size bool), as the maps are."""
+    return [_truth_crop(read_mask(it.mask), bx, size) for it, bx in zip(items, c.boxes)]
 
 
 def inner_fits(store, train: dict[str, list[Item]], v: Variant, m: Manifest, inner: int = 2):
@@ -234,7 +235,7 @@ def inner_fits(store, train: dict[str, list[Item]], v: Variant, m: Manifest, inn
 
 def clip_probs(f: Fit, store, items: list[Item]) -> list[tuple[list[Item], np.ndarray]]:
     """(clip, the frame rule's probability per frame) for every sequence among ``items``."""
-    return [(clip, maps_of(f, store.get([str(it.image) for it in clip]), SIZE, False, True)[0].astype(np.float32))
+    return [(clip, maps_of(f, store.get([str(it.image) for it in clip]), f.size, False, True)[0].astype(np.float32))
             for clip in clips(items)]
 
 
@@ -245,7 +246,7 @@ def choose_call_smoothing(store, train: dict[str, list[Item]], v: Variant, m: Ma
     tot = {a: np.zeros(4, dtype=np.int64) for a in CALL_FACTORS}
     for f, held in inner_fits(store, train, v, m, inner):
         singles = [it for s in POLYP_SOURCES if s not in VIDEO_SOURCES for it in held.get(s, [])]
-        n_pos = int((maps_of(f, store.get([str(it.image) for it in singles]), SIZE, False, True)[0] > 0.5).sum()
+        n_pos = int((maps_of(f, store.get([str(it.image) for it in singles]), f.size, False, True)[0] > 0.5).sum()
                     ) if singles else 0
         rates = call_rates(n_pos, len(singles), clip_probs(f, store, held["cvc"]), clip_probs(f, store, held["pg_neg"]))
         for a, r in rates.items():

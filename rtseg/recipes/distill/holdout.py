@@ -64,7 +64,7 @@ def score_hospital(store, f: Fit, test: dict[str, list[Item]]) -> dict:
         masked = [it for it in polyp if it.mask is not None]
         out["polyp"] = polyp_scores(store, f, masked, shown) if masked else {}
         # the call over every polyp frame, masked or not (BKAI-IGH has no masks)
-        prob, _ = maps_of(f, store.get([str(it.image) for it in polyp]), SIZE, False, True)
+        prob, _ = maps_of(f, store.get([str(it.image) for it in polyp]), f.size, False, True)
         called = is_polyp(prob)
         out["polyp"].update({"n": len(polyp), "n_masked": len(masked),
                              "called_polyp": round(float(np.mean(called)), 4),
@@ -72,7 +72,7 @@ def score_hospital(store, f: Fit, test: dict[str, list[Item]]) -> dict:
                                  [shown.get(str(it.image), z) for it, z in zip(polyp, called)])), 4)})
     neg = test.get("pg_neg", [])
     if neg:
-        prob, _ = maps_of(f, store.get([str(it.image) for it in neg]), SIZE, False, True)
+        prob, _ = maps_of(f, store.get([str(it.image) for it in neg]), f.size, False, True)
         groups = np.array([it.group for it in neg])
         sok = np.array([not shown[str(it.image)] for it in neg])
         out["polyp_free"] = {"n": len(neg), "called_non_polyp": round(float((~is_polyp(prob)).mean()), 4),
@@ -98,11 +98,11 @@ def summarize(per: dict[str, dict]) -> dict:
 
 
 def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: list[str] | None = None,
-             log=print, save=None, folds_dir: Path | None = None) -> dict:
+             log=print, save=None, folds_dir: Path | None = None, size: int = SIZE) -> dict:
     """Every variant fitted and scored once per held-out hospital (one feature extraction);
     ``save(result so far)`` after each held-out source; ``folds_dir``: each fold's model also
     written as a bundle, ``<folds_dir>/<variant>/<held-out source>`` (to run the product on the
-    source it never saw)."""
+    source it never saw); ``size``: the network's input size."""
     from rtseg.errors import UserError
     from rtseg.recipes.distill.data import load_all, open_store
     from rtseg.recipes.distill.fit import fit, variant_named
@@ -121,7 +121,7 @@ def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: lis
     hospitals = [h for h in hospitals if h in here]
     if not hospitals:
         raise UserError(f"{data} has none of the sources {', '.join(HOSPITALS)}")
-    store = open_store(items, cache)
+    store = open_store(items, cache, size)
     per: dict = {name: {} for name in variants}
     for h in hospitals:
         train, test = split(items, h, Path(data))
