@@ -145,3 +145,40 @@ def test_a_fit_reads_no_mask_but_the_seeds(data_folder, monkeypatch):
     seeds = {str(it.mask) for it in rld.seeds_of(train)}
     assert set(read) == seeds and len(seeds) == 5
     assert f.tune["n_tune"] == 5
+
+
+def test_hold_out_at_another_input_size_saves_each_fold_as_a_bundle(data_folder, tmp_path, monkeypatch):
+    """``--input-size`` reaches the cached features, the fit and the fold's bundle; each fold's
+    model is written where ``--save-folds`` says and runs in the product at that size."""
+    import numpy as np
+
+    import rtseg.recipes.distill.data as rld
+    import rtseg.recipes.distill.fit as rlf
+    import rtseg.recipes.distill.holdout as rh
+    from rtseg.evaluate.predict import iter_predictions
+    from rtseg.model.bundle import load_bundle
+
+    monkeypatch.setattr(rld, "SEEDS", {"kvasir": 3, "cvc": 2})
+    monkeypatch.setattr(rlf, "HEAD_EPOCHS", 2)
+    monkeypatch.setattr(rlf, "VARIANTS", {"small": rlf.Variant("small")})
+    cache, folds = tmp_path / "cache", tmp_path / "folds"
+    res = rh.hold_out(data_folder, ["small"], cache, ["bkai"], log=lambda *_: None, folds_dir=folds, size=160)
+    assert sorted(p.name for p in cache.glob("kvasir.*")) == ["kvasir.cpu-resize-160.npz"]
+    b = load_bundle(folds / "small" / "bkai")
+    assert b.manifest.input_size == 160 and b.manifest.call_smoothing == res["per_source"]["small"]["bkai"]["call_smoothing"]
+    held = [it.image for it in rld.load_all(data_folder)["bkai"]]
+    preds = list(iter_predictions(b, held))
+    assert len(preds) == len(held) and all(p.cam.shape == (160, 160) for p in preds)
+    assert all(0.0 <= p.prob <= 1.0 and p.mask.shape == p.image.shape[:2] for p in preds)
+    assert np.isfinite([p.prob for p in preds]).all()
+
+
+@pytest.mark.parametrize("size", ["250", "96"])
+def test_bad_input_size_is_one_error(data_folder, tmp_path, capsys, size):
+    from rtseg.recipes.distill.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["holdout", "--data", str(data_folder), "--input-size", size, "--cache", str(tmp_path / "c")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --input-size must be a multiple of 32")
