@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
 from rtseg.model.active_area import Box, crop, detect_box, inset_box, paste, prepare
 
@@ -121,3 +122,12 @@ def test_fast_detection_matches_the_numpy_definition():
         v = rng.integers(0, 256, (rng.integers(1, 40), rng.integers(1, 40)), dtype=np.uint8)
         for q in (0, 2, 50, 97.5, 100):
             assert abs(_percentile_u8(v, q) - np.percentile(v, q)) < 1e-9
+
+
+@pytest.mark.parametrize("hw", [(1080, 1920), (288, 384), (1072, 1920), (290, 387), (4, 8)])
+def test_every_step_is_the_strided_sample(hw):
+    """The detection's sample is every STEP-th pixel, whichever way it is taken."""
+    from rtseg.model.active_area import STEP, every_step
+
+    img = np.random.default_rng(sum(hw)).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(every_step(img), img[::STEP, ::STEP])

@@ -60,7 +60,7 @@ def detect_box(image: np.ndarray) -> Box:
     h, w = image.shape[:2]
     if h < 4 * STEP or w < 4 * STEP:
         return Box.full((h, w))
-    sub = np.ascontiguousarray(image[::STEP, ::STEP])
+    sub = every_step(image)
     small = cv2.max(cv2.max(sub[..., 0], sub[..., 1]), sub[..., 2])  # 4x numpy's max(axis=2)
     black = int(_percentile_u8(small, 2))  # the border's black level (16 in some videos)
     lit = (small > black + LIT).astype(np.uint8)
@@ -75,6 +75,16 @@ def detect_box(image: np.ndarray) -> Box:
     if (x1 - x0) * (y1 - y0) < MIN_FRACTION * h * w or x1 - x0 < 32 or y1 - y0 < 32:
         return Box.full((h, w))
     return Box(x0, y0, x1, y1)
+
+
+def every_step(image: np.ndarray) -> np.ndarray:
+    """``image[::STEP, ::STEP]``, contiguous. Where STEP divides both sides, OpenCV's nearest
+    resize samples exactly those pixels (source index = STEP * destination index) at a quarter
+    of numpy's strided copy's cost on a 1080p frame."""
+    h, w = image.shape[:2]
+    if h % STEP or w % STEP:
+        return np.ascontiguousarray(image[::STEP, ::STEP])
+    return cv2.resize(image, (w // STEP, h // STEP), interpolation=cv2.INTER_NEAREST)
 
 
 def _percentile_u8(values: np.ndarray, q: float) -> float:
