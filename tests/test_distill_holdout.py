@@ -162,15 +162,30 @@ def test_hold_out_at_another_input_size_saves_each_fold_as_a_bundle(data_folder,
     monkeypatch.setattr(rlf, "HEAD_EPOCHS", 2)
     monkeypatch.setattr(rlf, "VARIANTS", {"small": rlf.Variant("small")})
     cache, folds = tmp_path / "cache", tmp_path / "folds"
-    res = rh.hold_out(data_folder, ["small"], cache, ["bkai"], log=lambda *_: None, folds_dir=folds, size=160)
+    res = rh.hold_out(data_folder, ["small"], cache, ["pg-A"], log=lambda *_: None, folds_dir=folds, size=160)
     assert sorted(p.name for p in cache.glob("kvasir.*")) == ["kvasir.cpu-resize-160.npz"]
-    b = load_bundle(folds / "small" / "bkai")
-    assert b.manifest.input_size == 160 and b.manifest.call_smoothing == res["per_source"]["small"]["bkai"]["call_smoothing"]
-    held = [it.image for it in rld.load_all(data_folder)["bkai"]]
+    b = load_bundle(folds / "small" / "pg-A")
+    assert b.manifest.input_size == 160 and b.manifest.call_smoothing == res["per_source"]["small"]["pg-A"]["call_smoothing"]
+    held = [it.image for it in rld.load_all(data_folder)["pg_pos"] if it.hospital == "pg-A"]
     preds = list(iter_predictions(b, held))
-    assert len(preds) == len(held) and all(p.cam.shape == (160, 160) for p in preds)
+    assert len(preds) == len(held)
+    from rtseg.evaluate.predict import predict_segmenter
+
+    seg = predict_segmenter(b)
+    assert seg(np.ascontiguousarray(preds[0].image[None, ..., ::-1])).cam.shape == (1, 160, 160)
+    seg.close()
     assert all(0.0 <= p.prob <= 1.0 and p.mask.shape == p.image.shape[:2] for p in preds)
     assert np.isfinite([p.prob for p in preds]).all()
+    # the folds stage: the product on the held-out source, and the threshold sweep through 0.5
+    from rtseg.recipes.distill.folds import best_pair, score_folds
+
+    r = score_folds(data_folder, folds / "small", log=lambda *_: None)["per_source"]["pg-A"]
+    assert r["polyp"]["n"] == 8 and 0.0 <= r["polyp"]["dice"] <= 1.0
+    assert set(r["polyp_free"]["stream_per_sequence"]) == {f"pg-A-seq{i}" for i in range(4)}
+    assert r["sweep"]["0.5"] == [r["polyp"]["stream_called_polyp"], r["polyp_free"]["stream_called_non_polyp"]]
+    assert r["sweep"]["0.05"][0] >= r["sweep"]["0.95"][0] and r["sweep"]["0.05"][1] <= r["sweep"]["0.95"][1]
+    assert best_pair({"0.3": [0.95, 0.7], "0.6": [0.91, 0.8], "0.9": [0.8, 0.99]}) == ("0.6", [0.91, 0.8])
+    assert best_pair({"0.9": [0.8, 0.99]}) is None
 
 
 @pytest.mark.parametrize("size", ["250", "96"])
