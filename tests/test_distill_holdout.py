@@ -197,3 +197,15 @@ def test_bad_input_size_is_one_error(data_folder, tmp_path, capsys, size):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --input-size must be a multiple of 32")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty"])
+def test_folds_without_fold_bundles_is_one_error(data_folder, tmp_path, capsys, case):
+    from rtseg.recipes.distill.__main__ import main
+
+    argv = ["folds", "--data", str(data_folder)] + ([] if case == "missing" else ["--folds-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "fold bundle" in err[0]

@@ -12,9 +12,6 @@
 ``python -m rtseg.recipes.distill folds --data ../shared/data --folds-dir runs/folds/finetune --json folds.json``
     the folds' models (``holdout --save-folds``) run by the product on their held-out source, and
     the frame-call threshold sweep there (:mod:`rtseg.recipes.distill.folds`).
-``python -m rtseg.recipes.distill adapt --data ../shared/data --folds-dir runs/folds/finetune --json adapt.json``
-    the folds' models (``holdout --save-folds``) run by the product on their held-out source, as
-    they are and with BatchNorm re-estimated on its frames (:mod:`rtseg.recipes.distill.site_adapt`).
 
 The frozen network's features are cached under ``--cache`` (default ``runs/lite_features``,
 one ``<label>.cpu-resize.npz`` per source and per set of seed tiles), reused by every stage.
@@ -36,7 +33,7 @@ CACHE = Path("runs/lite_features")  # the feature cache's default folder
 def main(argv: list[str] | None = None) -> None:
     from rtseg.recipes.distill.holdout import HOSPITALS
 
-    ap = recipe_parser("python -m rtseg.recipes.distill", __doc__, ["build", "cv", "holdout", "folds", "adapt"])
+    ap = recipe_parser("python -m rtseg.recipes.distill", __doc__, ["build", "cv", "holdout", "folds"])
     ap.add_argument("--folds", type=int, default=3, help="cv: folds")
     ap.add_argument("--variants", default=DEFAULT_VARIANT, help="cv, holdout: recipe variants, comma-separated")
     ap.add_argument("--variant", default=DEFAULT_VARIANT, help=f"build: the shipped model is '{DEFAULT_VARIANT}'")
@@ -48,8 +45,7 @@ def main(argv: list[str] | None = None) -> None:
                     "after each held-out source)")
     ap.add_argument("--save-folds", type=Path, default=None,
                     help="holdout: also write each fold's model as a bundle, DIR/<variant>/<held-out source>")
-    ap.add_argument("--folds-dir", type=Path, default=None, help="folds, adapt: the fold bundles of one variant")
-    ap.add_argument("--adapt-frames", type=int, default=64, help="adapt: the held-out source's frames adapted on")
+    ap.add_argument("--folds-dir", type=Path, default=None, help="folds: the fold bundles of one variant (holdout --save-folds)")
     ap.add_argument("--out", type=Path, default=Path("runs/lite_model"), help="build: the bundle folder")
     a = ap.parse_args(argv)
     run_script(lambda: _run(a))
@@ -71,20 +67,12 @@ def _run(a) -> None:
         return
     torch.set_flush_denormal(True)
     if a.stage == "folds":
-        from rtseg.recipes.distill.folds import score_folds as fold_scores
+        from rtseg.recipes.distill.folds import score_folds
 
         if a.folds_dir is None:
             raise UserError("folds needs --folds-dir (the fold bundles of holdout --save-folds)")
-        fold_scores(a.data, a.folds_dir, log=lambda *x: print(*x, flush=True),
+        score_folds(a.data, a.folds_dir, log=lambda *x: print(*x, flush=True),
                     save=(lambda r: write_json(a.json, r)) if a.json else None)
-        return
-    if a.stage == "adapt":
-        from rtseg.recipes.distill.site_adapt import score_folds
-
-        if a.folds_dir is None:
-            raise UserError("adapt needs --folds-dir (the fold bundles of holdout --save-folds)")
-        res = score_folds(a.data, a.folds_dir, frames=a.adapt_frames, log=lambda *x: print(*x, flush=True),
-                          save=(lambda r: write_json(a.json, r)) if a.json else None)
         return
     if a.stage == "cv":
         from rtseg.recipes.distill.cv import cross_validate
