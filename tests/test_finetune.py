@@ -93,7 +93,7 @@ def test_fine_tuning_trains_the_top_and_head_only(model):
     groups = [[Sample(views[0], 1.0, tgt)], [Sample(views[1], 1.0, tgt, np.ones_like(tgt))],
               [Sample(views[2], 0.0), Sample(views[3], 0.0)]]
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    st = finetune(net, m, groups, FinetuneConfig(steps=2, batch=4, shares=(1, 2, 1)), log=lambda *_: None)
+    st = finetune(net, m, groups, FinetuneConfig(steps=2, shares=(1, 2, 1)), log=lambda *_: None)
     # the network it started from is untouched; the student's top differs from it
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert not torch.equal(st.top.blocks[-1]._project_conv.weight, net._blocks[-1]._project_conv.weight)

@@ -93,11 +93,11 @@ class Student(nn.Module):
 @dataclass
 class FinetuneConfig:
     steps: int = 240
-    batch: int = 16
-    # per batch: seed images, polyp frames without mask, polyp-free views (and any further group)
+    # per batch (its size is their sum): seed images, polyp frames without mask, polyp-free views
+    # (and any further group)
     shares: tuple[int, ...] = (4, 8, 4)
     lr: float = 1e-4  # backbone blocks; the classifier and head learn 10x faster
-    from_block: int = 6
+    from_block: int = 6  # the blocks after this one are fine-tuned (a head feature block)
     seed: int = 0
 
 

@@ -17,7 +17,6 @@ from rtseg.recipes.distill.data import image_positives, rest_of, seed_tiles
 from rtseg.train.finetune import FinetuneConfig, Sample, finetune, small_view
 from rtseg.train.probe import TARGET, head_cams, head_maps, mask_target
 
-FROM_BLOCK = 6  # the blocks after this one are fine-tuned (a head feature block)
 _VIEWS: dict[str, tuple[np.ndarray, Box]] = {}  # image path -> (small network view, its box): decoded once
 
 
@@ -66,6 +65,6 @@ def finetuned(store, train: dict[str, list[Item]], v, m, f, seeds: list[Item], l
     groups = samples(store, train, v, f, seeds)
     log(f"    fine-tuning end to end: {len(groups[0])} seed images, {len(groups[1])} polyp frames "
         f"without mask, {len(groups[2])} polyp-free views")
-    st = finetune(model, m, groups, FinetuneConfig(steps=v.finetune_steps, from_block=FROM_BLOCK), log=log)
+    st = finetune(model, m, groups, FinetuneConfig(steps=v.finetune_steps), log=log)
     w = st.fc.weight.detach()[0].numpy().copy()
     return dataclasses.replace(f, w=w, b=float(st.fc.bias.detach()), head=st.head, top=st.top)
