@@ -81,3 +81,29 @@ def test_baseline_matches_the_eager_cam_and_computes_weight_grads(bundle_dir):
     grads = [p.grad for p in base.model.parameters()]
     assert all(g is not None for g in grads)  # the full backward pass: every weight gradient
     base.close()
+
+
+def test_frame_costs_times_every_step_of_every_frame(bundle_dir, tmp_path):
+    """benchmarks/frame_costs.py: each step timed on each frame after the warm-up, and the
+    CPU bound is the cores over the steps' CPU time."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import frame_costs
+    finally:
+        sys.path.pop(0)
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, 12, (96, 128), 25.0)
+    seg = create_segmenter(str(bundle_dir), "torch", "cpu", False)
+    try:
+        r = frame_costs.time_clip(clip, seg, 100)
+    finally:
+        seg.close()
+    assert r["frames"] == 12 - 5 and r["size"] == "128x96"
+    assert set(r["steps"]) == set(frame_costs.STEPS)
+    for s in r["steps"].values():
+        assert 0 <= s["min_ms"] <= s["median_ms"] <= s["max_ms"] and s["cpu_ms"] >= 0
+    assert r["cpu_ms_per_frame"] == pytest.approx(sum(s["cpu_ms"] for s in r["steps"].values()))
+    assert r["fps_bound"] == pytest.approx(1e3 * r["cores"] / r["cpu_ms_per_frame"])
