@@ -19,7 +19,7 @@ from rtseg.imageio import read_mask
 from rtseg.model.cam import cam_to_mask
 from rtseg.model.call import is_polyp
 from rtseg.model.thresholds import ThresholdPolicy
-from rtseg.recipes.distill.data import SIZE, FeatureStore, add_tiles, load_all, open_store, seeds_of
+from rtseg.recipes.distill.data import ARCH, SIZE, FeatureStore, add_tiles, load_all, open_store, seeds_of
 from rtseg.recipes.distill.fit import Fit, fit, maps_of, variant_named
 from rtseg.recipes.layout import Item, group_folds
 
@@ -115,10 +115,11 @@ def stream_summary(rs: list[dict]) -> dict:
             "flips_per_100_frames_each_frame_alone": round(100 * fl0[0] / max(1, fl0[1]), 2)}
 
 
-def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | None, size: int = SIZE) -> dict:
+def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | None, size: int = SIZE,
+                   arch: str = ARCH) -> dict:
     chosen = {name: variant_named(name) for name in variants}  # checked before any work
     items = load_all(data)
-    store = open_store(items, cache, size)
+    store = open_store(items, cache, size, arch)
     fold_of = {src: group_folds(its, folds) for src, its in items.items()}
     results: dict = {v: [] for v in variants}
     for k in range(folds):

@@ -18,7 +18,7 @@ from rtseg.model.head import HeadConfig, SegHead
 from rtseg.model.manifest import Manifest
 from rtseg.model.postprocess import refine
 from rtseg.recipes.distill.call_smoothing import CALL_FACTORS, VIDEO_SOURCES, best_factor, call_rates, clips
-from rtseg.recipes.distill.data import (SIZE, FeatureStore, add_tiles, image_positives, manifest, ordered, rest_of,
+from rtseg.recipes.distill.data import (ARCH, SIZE, FeatureStore, add_tiles, image_positives, manifest, ordered, rest_of,
                                         seeds_of)
 from rtseg.recipes.layout import Item
 from rtseg.train.probe import (TARGET, Cached, fit_classifier, fit_head, head_cams, head_maps, logits_of,
@@ -75,6 +75,7 @@ class Fit:
     top: Top | None = None  # the fine-tuned blocks of the backbone (Variant.finetune_steps), or ImageNet's
     call_smoothing: float = 0.0  # the video call's moving-average factor (manifest call_smoothing)
     size: int = SIZE  # the network's input size (the manifest's input_size) and the maps' size
+    arch: str = ARCH  # the ImageNet backbone it starts from
 
     def view(self, c: Cached) -> Cached:
         """Cached ImageNet-backbone features as this fit's backbone computes them."""
@@ -127,7 +128,7 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     w, b = fit_classifier(gap, y, C, sample_weight=np.ones(len(y)))
     # 2. head: seed masks + empty masks of negatives (+ own confident maps)
     head = fit_seg_head(store, train, m, (w, b), seeds, (neg_keys, n_pg_neg), log)
-    f = Fit(w, b, head, 0.5, (), 0.25, size=m.input_size)
+    f = Fit(w, b, head, 0.5, (), 0.25, size=m.input_size, arch=m.arch)
     if v.finetune_steps:
         from rtseg.recipes.distill.finetune import finetuned
 

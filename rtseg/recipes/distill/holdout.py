@@ -28,7 +28,7 @@ import numpy as np
 
 from rtseg.model.call import is_polyp
 from rtseg.recipes.layout import Item
-from rtseg.recipes.distill.data import SIZE
+from rtseg.recipes.distill.data import ARCH, SIZE
 from rtseg.recipes.distill.fit import Fit, clip_probs, maps_of
 
 HOSPITALS = ("pg-A", "pg-B", "kvasir", "cvc", "bkai")  # the PolypGen centres first: the most telling
@@ -98,11 +98,12 @@ def summarize(per: dict[str, dict]) -> dict:
 
 
 def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: list[str] | None = None,
-             log=print, save=None, folds_dir: Path | None = None, size: int = SIZE) -> dict:
+             log=print, save=None, folds_dir: Path | None = None, size: int = SIZE,
+             arch: str = ARCH) -> dict:
     """Every variant fitted and scored once per held-out hospital (one feature extraction);
     ``save(result so far)`` after each held-out source; ``folds_dir``: each fold's model also
     written as a bundle, ``<folds_dir>/<variant>/<held-out source>`` (to run the product on the
-    source it never saw); ``size``: the network's input size."""
+    source it never saw); ``size``, ``arch``: the network's input size and ImageNet backbone."""
     from rtseg.errors import UserError
     from rtseg.recipes.distill.data import load_all, open_store
     from rtseg.recipes.distill.fit import fit, variant_named
@@ -121,7 +122,7 @@ def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: lis
     hospitals = [h for h in hospitals if h in here]
     if not hospitals:
         raise UserError(f"{data} has none of the sources {', '.join(HOSPITALS)}")
-    store = open_store(items, cache, size)
+    store = open_store(items, cache, size, arch)
     per: dict = {name: {} for name in variants}
     for h in hospitals:
         train, test = split(items, h, Path(data))
