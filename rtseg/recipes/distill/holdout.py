@@ -134,7 +134,8 @@ def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: lis
             log(f"held out {h} [{name}]: {line_of(r)} [{r['fit_seconds']:.0f} s]")
             if folds_dir is not None:
                 save_fold(f, v, name, Path(folds_dir) / name / h)
-        res = {"hospitals": hospitals, "variants": {n: chosen[n].__dict__ for n in variants},
+        res = {"hospitals": hospitals, "arch": arch, "input_size": size,
+               "variants": {n: chosen[n].__dict__ for n in variants},
                "per_source": per, "summary": {n: summarize(p) for n, p in per.items()}}
         if save is not None:
             save(res)
