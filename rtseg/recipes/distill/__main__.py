@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from rtseg.errors import run_script
-from rtseg.recipes.distill.data import ARCH, ARCH_CHANNELS, SIZE
+from rtseg.recipes.distill.data import SIZE
 from rtseg.recipes.distill.fit import DEFAULT_VARIANT
 from rtseg.recipes.layout import recipe_parser
 
@@ -40,8 +40,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sources", default=None,
                     help=f"holdout: the sources held out in turn (default: {','.join(HOSPITALS)})")
     ap.add_argument("--input-size", type=int, default=SIZE, help="build, cv, holdout: the network's input size")
-    ap.add_argument("--arch", default=ARCH, choices=sorted(ARCH_CHANNELS),
-                    help="build, cv, holdout: the ImageNet backbone")
     ap.add_argument("--cache", type=Path, default=CACHE, help="the feature cache's folder")
     ap.add_argument("--json", type=Path, default=None, help="cv, holdout: the results (holdout: written "
                     "after each held-out source)")
@@ -65,7 +63,7 @@ def _run(a) -> None:
     if a.stage == "build":
         from rtseg.recipes.distill.build import build
 
-        print(build(a.data, a.out, a.cache, a.variant, a.input_size, a.arch))
+        print(build(a.data, a.out, a.cache, a.variant, a.input_size))
         return
     torch.set_flush_denormal(True)
     if a.stage == "folds":
@@ -79,7 +77,7 @@ def _run(a) -> None:
     if a.stage == "cv":
         from rtseg.recipes.distill.cv import cross_validate
 
-        res = cross_validate(a.data, a.folds, a.variants.split(","), a.cache, a.input_size, a.arch)
+        res = cross_validate(a.data, a.folds, a.variants.split(","), a.cache, a.input_size)
         print(json.dumps(res["summary"], indent=2))
         if a.json:
             write_json(a.json, res)
@@ -88,7 +86,7 @@ def _run(a) -> None:
 
         res = hold_out(a.data, a.variants.split(","), a.cache, a.sources.split(",") if a.sources else None,
                        log=lambda *x: print(*x, flush=True), save=(lambda r: write_json(a.json, r)) if a.json else None,
-                       folds_dir=a.save_folds, size=a.input_size, arch=a.arch)
+                       folds_dir=a.save_folds, size=a.input_size)
         table(res)
         print(json.dumps(res["summary"], indent=2))
 
