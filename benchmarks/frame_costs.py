@@ -6,8 +6,9 @@
 Each step of the live loop's path is timed alone, frame after frame, on the first ``--frames``
 frames of each clip (after 5 warm-up frames): the decode (``cv2.VideoCapture.read`` of the mp4v
 clip), the view (active area found, cut and resized to the network input), the graph (the
-segmenter on the view: onnxruntime, its default threads, as ``rtseg bench``), the frame-size mask
-(``cam_to_mask``: threshold and clean-up) and the overlay (``Overlay.draw``). Median, min and max
+segmenter on the view: onnxruntime with its default threads), the frame-size mask
+(``cam_to_mask``: threshold and clean-up) and the overlay (``Overlay.draw``); onnxruntime's
+threads sleep between operators, as in the live loop (their spin-waiting would count as CPU time). Median, min and max
 wall milliseconds per step, and its CPU milliseconds (process time: all threads), whose sum over
 the steps, against the cores there are, bounds the frame rate of a loop that overlaps them.
 With a data folder the clips are the CVC-ClinicDB frames in sequence order, built in a temporary
@@ -107,7 +108,7 @@ def main() -> None:
     from rtseg.ui import make_console
 
     console = make_console()
-    seg = load_segmenter(a.model, "onnxruntime", "cpu")
+    seg = load_segmenter(a.model, "onnxruntime", "cpu", overlapped=True)  # as the live loop runs it
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:

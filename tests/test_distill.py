@@ -90,7 +90,7 @@ def test_cross_validation_on_generated_data(data_folder, tmp_path, monkeypatch):
     # the feature cache is reused: a new store reads it instead of decoding images again
     store = rd.FeatureStore(None, rd.manifest(), tmp_path / "cache")
     keys = [str(it.image) for it in rd.load_all(data_folder)["kvasir"]]
-    assert (tmp_path / "cache" / "kvasir.cpu-resize.npz").is_file()  # the layout other runs reuse
+    assert (tmp_path / "cache" / "kvasir.cpu-resize-288.npz").is_file()  # the layout other runs reuse
     store.add(keys, lambda k: (_ for _ in ()).throw(AssertionError("decoded again")), "kvasir")
     assert store.get(keys[:2]).gap.shape == (2, 1280)
 

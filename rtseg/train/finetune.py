@@ -33,7 +33,7 @@ from rtseg.train.augment import AugmentConfig, augment
 from rtseg.train.probe import TARGET, map_loss
 from rtseg.train.top import Top
 
-VIEW = 288  # longest side a training view is kept at in memory (the input is 224)
+VIEW = 288  # longest side a training view is kept at in memory (the recipe's input is 288)
 
 
 @dataclass
