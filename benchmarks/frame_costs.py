@@ -4,8 +4,8 @@
     python benchmarks/frame_costs.py --clip video.mp4
 
 Each step of the live loop's path is timed alone, frame after frame, on the first ``--frames``
-frames of each clip (after 5 warm-up frames): the decode (``cv2.VideoCapture.read`` of the mp4v
-clip), the view (active area found, cut and resized to the network input), the graph (the
+frames of each clip (after 5 warm-up frames): the decode (the live loop's reader,
+``cv2.VideoCapture.read`` of the mp4v clip), the view (active area found, cut and resized to the network input), the graph (the
 segmenter on the view: onnxruntime with its default threads), the frame-size mask
 (``cam_to_mask``: threshold and clean-up) and the overlay (``Overlay.draw``); onnxruntime's
 threads sleep between operators, as in the live loop (their spin-waiting would count as CPU time). Median, min and max
@@ -18,7 +18,6 @@ folder as ``benchmarks/stream.py --sizes`` builds them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -34,14 +33,11 @@ STEPS = ("decode", "view", "graph", "mask", "overlay")
 
 def time_clip(clip: Path, seg, frames: int) -> dict:
     """Per step: wall ms per frame (median, min, max) and CPU ms per frame (process time)."""
-    import cv2
-
+    from rtseg.live.capture import open_source
     from rtseg.live.overlay import Overlay
     from rtseg.model.cam import cam_to_mask
 
-    cap = cv2.VideoCapture(str(clip))
-    if not cap.isOpened():
-        raise UserError(f"cannot open {clip}")
+    src = open_source(str(clip))  # the live loop's reader: its checks and one-line errors
     m = seg.manifest
     overlay = Overlay()
     wall: dict[str, list[float]] = {s: [] for s in STEPS}
@@ -57,9 +53,12 @@ def time_clip(clip: Path, seg, frames: int) -> dict:
                     cpu[step] += (time.process_time() - t[1][0]) * 1e3
                 t[0][0], t[1][0] = time.perf_counter(), time.process_time()
 
-            ok, frame = cap.read()
-            if not ok:
+            got = src.read()
+            if got.status == "end":
                 break
+            if got.status != "ok":
+                continue
+            frame = got.frame
             lap("decode")
             views, boxes = seg.views(frame[None])
             lap("view")
@@ -74,7 +73,7 @@ def time_clip(clip: Path, seg, frames: int) -> dict:
             size = frame.shape[:2]
             n += 1
     finally:
-        cap.release()
+        src.close()
     done = n - 5
     if done < 1:
         raise UserError(f"{clip} has fewer than 6 frames")
@@ -100,7 +99,7 @@ def main() -> None:
         raise UserError("give the data folder or --clip VIDEO")
     for c in a.clip or []:
         if not c.is_file():
-            raise UserError(f"{c} not found")
+            raise UserError(f"{c} is not a video file" if c.exists() else f"{c} not found")
 
     from rich.table import Table
 
@@ -108,6 +107,7 @@ def main() -> None:
     from rtseg.ui import make_console
 
     console = make_console()
+    frames = [p for _, p in cvc_frames(a.data)] if not a.clip else []  # the data folder checked first
     seg = load_segmenter(a.model, "onnxruntime", "cpu", overlapped=True)  # as the live loop runs it
     rows = []
     try:
@@ -116,7 +116,7 @@ def main() -> None:
             if not clips:
                 from stream_sizes import build_clips
 
-                clips = list(build_clips(a.data, Path(tmp), [p for _, p in cvc_frames(a.data)]).values())
+                clips = list(build_clips(a.data, Path(tmp), frames).values())
             seg.warmup(288, 384)
             for c in clips:
                 rows.append(time_clip(Path(c), seg, a.frames))

@@ -138,7 +138,7 @@ def run(data: Path, cache: Path, variant: str, ideas: list[str], multiscale: boo
         truths = truth_crops(tune, tc)
         sets = {"tune": (tune, tc), **{s: (test[s], store.get([str(it.image) for it in test[s]]))
                                         for s in ("kvasir", "cvc")}}
-        base = {name: maps_of(f, c, SIZE, False, True) for name, (_, c) in sets.items()}
+        base = {name: maps_of(f, c, False, True) for name, (_, c) in sets.items()}
         views = {name: [view_of(it.image) for it in its] for name, (its, _) in sets.items()}
         todo = list(ideas) + (["multiscale"] if multiscale else [])
         for idea in todo:

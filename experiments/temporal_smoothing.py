@@ -30,7 +30,7 @@ from rtseg.model.postprocess import refine
 from rtseg.model.thresholds import ThresholdPolicy
 from rtseg.recipes.layout import group_folds
 from rtseg.recipes.distill.call_smoothing import CALL_FACTORS, clips
-from rtseg.recipes.distill.data import SIZE, add_tiles, load_all, open_store, seeds_of
+from rtseg.recipes.distill.data import add_tiles, load_all, open_store, seeds_of
 from rtseg.recipes.distill.fit import DEFAULT_VARIANT, fit, maps_of, variant_named
 
 
@@ -38,7 +38,7 @@ def play(f, store, clip, a: float, maps_too: bool) -> tuple[np.ndarray, np.ndarr
     """One clip through the loop's filters: (called [N], gated maps [N, S, S], cached); the maps
     smoothed too when ``maps_too``, else the frame's own (shown only where the call says polyp)."""
     c = store.get([str(it.image) for it in clip])
-    prob, maps = maps_of(f, c, SIZE, True, True)  # the graph's outputs: gated map, frame prob
+    prob, maps = maps_of(f, c, True, True)  # the graph's outputs: gated map, frame prob
     policy = ThresholdPolicy("above", f.threshold)
     cams = CamSmoother(a, policy)(maps.astype(np.float32), policy.apply(maps))[0] if maps_too else maps
     called = CallSmoother(a)(prob.astype(np.float32))[0] > 0.5

@@ -22,6 +22,19 @@ def run_cli(argv, capsys):
     return code, cap.out, cap.err
 
 
+def run_recipe(argv, capsys):
+    """Run ``python -m rtseg.recipes.distill ARGV`` in-process: (exit code, stdout, stderr lines)."""
+    from rtseg.recipes.distill.__main__ import main
+
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err.strip().splitlines()
+
+
 def count_frames(path) -> int:
     """Frames OpenCV decodes from a video file (the file must open)."""
     import cv2

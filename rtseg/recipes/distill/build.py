@@ -17,13 +17,13 @@ def bundle_of(f: Fit, v: Variant, variant: str) -> Bundle:
     head) and its manifest (threshold, clean-up, frame rule, call smoothing, training summary)."""
     from rtseg.model.thresholds import ThresholdPolicy
 
-    m = manifest(agree=True, size=f.size, arch=f.arch)
-    model = build_model(f.arch, pretrained=True, head=m.head).eval()
+    m = manifest(agree=True, size=f.size)
+    model = build_model(ARCH, pretrained=True, head=m.head).eval()
     set_classifier(model, f.w, f.b)  # the graph calls a frame polyp at logit > 0
-    backbone = f"ImageNet {f.arch}, frozen"
+    backbone = f"ImageNet {ARCH}, frozen"
     if f.top is not None:  # the blocks fine-tuned end to end (Variant.finetune_steps)
         f.top.install(model)
-        backbone = (f"ImageNet {f.arch}; blocks {f.top.from_block + 1}-{f.top.from_block + len(f.top.blocks)}, "
+        backbone = (f"ImageNet {ARCH}; blocks {f.top.from_block + 1}-{f.top.from_block + len(f.top.blocks)}, "
                     "conv_head, classifier and head fine-tuned end to end through augmented views")
     model.rtseg_head.load_state_dict(f.head.state_dict())
     m = m.replace(threshold=ThresholdPolicy.parse(f"above {f.threshold}"), postprocess=tuple(f.steps),
@@ -54,23 +54,27 @@ def check_out(out: Path, data: Path, cache: Path | None) -> None:
             raise UserError(f"--out {out} overlaps {what} {inp}: choose a folder outside it")
 
 
-def build(data: Path, out: Path, cache: Path | None, variant: str = DEFAULT_VARIANT, size: int = SIZE,
-          arch: str = ARCH) -> Path:
+def build(data: Path, out: Path, cache: Path | None, variant: str = DEFAULT_VARIANT, size: int = SIZE) -> Path:
     """Fit ``variant`` on all the data and write its bundle (weights + manifest) to ``out``, which
     it replaces only once complete (:func:`rtseg.atomic.atomic_dir`; other files there are kept).
     The variant, ``out`` and the data folder are checked before any work."""
-    import torch
-
-    from rtseg.atomic import atomic_dir
     from rtseg.graph.fold import cpu_flush_denormal
-    from rtseg.model.bundle import save_bundle
 
     v = variant_named(variant)
     check_out(Path(out), Path(data), Path(cache) if cache is not None else None)
     items = load_all(data)
     with cpu_flush_denormal():  # far-negative activations underflow: ~100x slower without
-        store = open_store(items, cache, size, arch)
-        bundle = bundle_of(fit(store, items, v, store.m), v, variant)
+        store = open_store(items, cache, size)
+        write_bundle(bundle_of(fit(store, items, v, store.m), v, variant), out)
+    return Path(out)
+
+
+def write_bundle(bundle: Bundle, out: Path) -> None:
+    """A fit's bundle written to ``out`` (fp16 weights), which it replaces only once complete."""
+    import torch
+
+    from rtseg.atomic import atomic_dir
+    from rtseg.model.bundle import save_bundle
+
     with atomic_dir(out) as tmp, torch.no_grad():
         save_bundle(bundle, tmp, half=True)
-    return Path(out)

@@ -37,9 +37,15 @@ def clip_calls(p: np.ndarray, a: float) -> np.ndarray:
     return is_polyp(CallSmoother(a)(p))
 
 
+def stream_probs(probs: list[tuple[list[Item], np.ndarray]], a: float) -> dict[str, float]:
+    """Image path -> the probability the live loop's call compares, each clip through a fresh
+    CallSmoother(a)."""
+    return {str(it.image): float(z) for clip, p in probs for it, z in zip(clip, CallSmoother(a)(p))}
+
+
 def stream_calls(probs: list[tuple[list[Item], np.ndarray]], a: float) -> dict[str, bool]:
     """Image path -> called polyp, each clip through a fresh CallSmoother(a)."""
-    return {str(it.image): bool(z) for clip, p in probs for it, z in zip(clip, clip_calls(p, a))}
+    return {k: bool(is_polyp(z)) for k, z in stream_probs(probs, a).items()}
 
 
 def flips(probs: list[tuple[list[Item], np.ndarray]], a: float) -> tuple[int, int]:

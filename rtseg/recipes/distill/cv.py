@@ -19,7 +19,7 @@ from rtseg.imageio import read_mask
 from rtseg.model.cam import cam_to_mask
 from rtseg.model.call import is_polyp
 from rtseg.model.thresholds import ThresholdPolicy
-from rtseg.recipes.distill.data import ARCH, SIZE, FeatureStore, add_tiles, load_all, open_store, seeds_of
+from rtseg.recipes.distill.data import SIZE, FeatureStore, add_tiles, load_all, open_store, seeds_of
 from rtseg.recipes.distill.fit import Fit, fit, maps_of, variant_named
 from rtseg.recipes.layout import Item, group_folds
 
@@ -43,7 +43,7 @@ def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]]) -> dict:
             out[src] = polyp_scores(store, f, test[src], shown)
     for src in ("pg_neg", "pg_pos", "non_polyp"):
         if test.get(src):
-            prob, _ = maps_of(f, store.get([str(it.image) for it in test[src]]), f.size, False, True)
+            prob, _ = maps_of(f, store.get([str(it.image) for it in test[src]]), False, True)
             key = "called_non_polyp" if src in ("pg_neg", "non_polyp") else "called_polyp"
             ok = ~is_polyp(prob) if key == "called_non_polyp" else is_polyp(prob)
             out[src] = {key: round(float(ok.mean()), 4), "n": len(test[src])}
@@ -64,8 +64,8 @@ def polyp_scores(store: FeatureStore, f: Fit, items: list[Item], shown: dict[str
     shows it (``shown``: the averaged call of a frame in a clip), of the ungated map and of the
     constant masks; the fraction called polyp."""
     c = store.get([str(it.image) for it in items])
-    prob, _ = maps_of(f, c, f.size, False, True)
-    _, maps = maps_of(f, c, f.size, False, False)  # ungated
+    prob, _ = maps_of(f, c, False, True)
+    _, maps = maps_of(f, c, False, False)  # ungated
     called = is_polyp(prob)
     rows: dict[str, list] = {"model": [], "stream": [], "ungated": [], "ellipse": [], "all_foreground": []}
     policy = ThresholdPolicy("above", f.threshold)
@@ -115,11 +115,10 @@ def stream_summary(rs: list[dict]) -> dict:
             "flips_per_100_frames_each_frame_alone": round(100 * fl0[0] / max(1, fl0[1]), 2)}
 
 
-def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | None, size: int = SIZE,
-                   arch: str = ARCH) -> dict:
+def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | None, size: int = SIZE) -> dict:
     chosen = {name: variant_named(name) for name in variants}  # checked before any work
     items = load_all(data)
-    store = open_store(items, cache, size, arch)
+    store = open_store(items, cache, size)
     fold_of = {src: group_folds(its, folds) for src, its in items.items()}
     results: dict = {v: [] for v in variants}
     for k in range(folds):

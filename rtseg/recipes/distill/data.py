@@ -4,8 +4,7 @@ tune set), the in-domain negative views (tiles of the seed images outside their 
 the frozen backbone's features of every image used, computed once and cached
 (:class:`FeatureStore`, :func:`open_store`).
 
-The cache: ``CACHE/<label>.cpu-resize.npz`` (another input size or backbone:
-``.cpu-resize-<size>-<backbone>.npz``) per source label (``kvasir``, ``cvc``, ``pg_neg``,
+The cache: ``CACHE/<label>.cpu-resize-<size>.npz`` (224: ``.cpu-resize.npz``) per source label (``kvasir``, ``cvc``, ``pg_neg``,
 ``pg_pos``, ``non_polyp``, ``bkai``) and per set of seed tiles (``tiles-<hash>``); a file is
 reused when it holds exactly the keys asked for."""
 
@@ -29,11 +28,7 @@ ARCH = "efficientnet-lite1"
 #: the network's input size: 288 x 288 called more of both held-out PolypGen centres' polyp-free
 #: frames right than 224 (0.864 / 0.888 vs 0.736-0.788 / 0.808-0.836), the rest within a run's spread
 SIZE = 288
-UNTAGGED = ("efficientnet-lite1", 224)  # feature cache files from before the size could change: no tag
-#: the ImageNet backbones the recipe can start from, and the channels of the head's feature blocks
-#: (EfficientNet-Lite2, the same 21 blocks with 48 / 120 / 352 channels there, was measured by the
-#: hold-out with the recipe at commit 3af7ef9 and not kept)
-ARCH_CHANNELS = {"efficientnet-lite1": [40, 112, 320]}
+UNTAGGED_SIZE = 224  # feature cache files from before the input size could change carry no size
 
 SEEDS = {"kvasir": 70, "cvc": 30}
 #: how network views are made (part of a cached feature file's name): "cpu-resize" = each view
@@ -41,12 +36,12 @@ SEEDS = {"kvasir": 70, "cvc": 30}
 VIEWS_VERSION = "cpu-resize"
 
 
-def manifest(gate: bool = True, agree: bool = False, size: int = SIZE, arch: str = ARCH) -> Manifest:
-    """The recipe's model settings (an ImageNet EfficientNet-Lite, ``arch``, at ``size``, active
-    area, the head fed by its Grad-CAM at "head"); the shipped frame rule is ``agree``."""
-    return Manifest(arch=arch, input_size=int(size), mean=LITE_MEAN, std=LITE_STD, fov_mask=True,
+def manifest(gate: bool = True, agree: bool = False, size: int = SIZE) -> Manifest:
+    """The recipe's model settings (ImageNet EfficientNet-Lite1 at ``size``, active area, the
+    head fed by its Grad-CAM at "head"); the shipped frame rule is ``agree``."""
+    return Manifest(arch=ARCH, input_size=int(size), mean=LITE_MEAN, std=LITE_STD, fov_mask=True,
                     active_area=True, cam_layer="head", threshold="above 0.5",
-                    head=HeadConfig(gate=gate, agree=agree, channels=list(ARCH_CHANNELS[arch])).to_dict())
+                    head=HeadConfig(gate=gate, agree=agree).to_dict())
 
 
 def load_all(data: Path, crops: int = 600) -> dict[str, list[Item]]:
@@ -57,14 +52,13 @@ def load_all(data: Path, crops: int = 600) -> dict[str, list[Item]]:
             "non_polyp": ordered(df.non_polyp)[:crops], "bkai": df.bkai}
 
 
-def open_store(items: dict[str, list[Item]], cache: Path | None, size: int = SIZE,
-               arch: str = ARCH) -> "FeatureStore":
-    """The ImageNet network ``arch``'s features of every item at input ``size`` (computed once;
-    kept under ``cache``)."""
+def open_store(items: dict[str, list[Item]], cache: Path | None, size: int = SIZE) -> "FeatureStore":
+    """The ImageNet network's features of every item at input ``size`` (computed once; kept
+    under ``cache``)."""
     from rtseg.model.bundle import build_model
 
-    m = manifest(size=size, arch=arch)
-    model = build_model(arch, pretrained=True).eval()
+    m = manifest(size=size)
+    model = build_model(ARCH, pretrained=True).eval()
     store = FeatureStore(model, m, cache)
     for src, its in items.items():
         store.add([str(it.image) for it in its], read_image, src)
@@ -118,9 +112,8 @@ class FeatureStore:
         keys = [k for k in keys if k not in self.index]
         if not keys:
             return
-        size = "" if self.m.input_size == UNTAGGED[1] else f"-{self.m.input_size}"
-        net = "" if self.m.arch == UNTAGGED[0] else f"-{self.m.arch.removeprefix('efficientnet-')}"
-        f = self.cache / f"{label}.{VIEWS_VERSION}{size}{net}.npz" if self.cache else None
+        size = "" if self.m.input_size == UNTAGGED_SIZE else f"-{self.m.input_size}"
+        f = self.cache / f"{label}.{VIEWS_VERSION}{size}.npz" if self.cache else None
         if f is not None and f.is_file():
             try:
                 z = np.load(f, allow_pickle=True)

@@ -18,7 +18,7 @@ from rtseg.model.head import HeadConfig, SegHead
 from rtseg.model.manifest import Manifest
 from rtseg.model.postprocess import refine
 from rtseg.recipes.distill.call_smoothing import CALL_FACTORS, VIDEO_SOURCES, best_factor, call_rates, clips
-from rtseg.recipes.distill.data import (ARCH, SIZE, FeatureStore, add_tiles, image_positives, manifest, ordered, rest_of,
+from rtseg.recipes.distill.data import (SIZE, FeatureStore, add_tiles, image_positives, manifest, ordered, rest_of,
                                         seeds_of)
 from rtseg.recipes.layout import Item
 from rtseg.train.probe import (TARGET, Cached, fit_classifier, fit_head, head_cams, head_maps, logits_of,
@@ -75,7 +75,6 @@ class Fit:
     top: Top | None = None  # the fine-tuned blocks of the backbone (Variant.finetune_steps), or ImageNet's
     call_smoothing: float = 0.0  # the video call's moving-average factor (manifest call_smoothing)
     size: int = SIZE  # the network's input size (the manifest's input_size) and the maps' size
-    arch: str = ARCH  # the ImageNet backbone it starts from
 
     def view(self, c: Cached) -> Cached:
         """Cached ImageNet-backbone features as this fit's backbone computes them."""
@@ -93,8 +92,8 @@ def _truth_crop(mask: np.ndarray, box: Box, size: int) -> np.ndarray:
     return mask_target(mask, box, size) > 0.5
 
 
-def maps_of(fit: Fit, c: Cached, size: int, gate: bool, agree: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(frame polyp probability [N], maps [N, size, size] in [0, 1]) exactly as the bundle
+def maps_of(fit: Fit, c: Cached, gate: bool, agree: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(frame polyp probability [N], maps [N, S, S] in [0, 1], S = ``fit.size``) exactly as the bundle
     computes them (:func:`rtseg.model.head.decide`); the shipped frame rule is ``agree``."""
     import torch
 
@@ -102,7 +101,7 @@ def maps_of(fit: Fit, c: Cached, size: int, gate: bool, agree: bool = False) -> 
 
     c = fit.view(c)
     z = torch.from_numpy(logits_of(c.gap, fit.w, fit.b))
-    maps = torch.from_numpy(head_maps(fit.head, c, head_cams(c.head, fit.w), size))
+    maps = torch.from_numpy(head_maps(fit.head, c, head_cams(c.head, fit.w), fit.size))
     prob, maps = decide(HeadConfig(gate=gate, agree=agree), z, maps)
     return prob.numpy(), maps.numpy()
 
@@ -128,7 +127,7 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     w, b = fit_classifier(gap, y, C, sample_weight=np.ones(len(y)))
     # 2. head: seed masks + empty masks of negatives (+ own confident maps)
     head = fit_seg_head(store, train, m, (w, b), seeds, (neg_keys, n_pg_neg), log)
-    f = Fit(w, b, head, 0.5, (), 0.25, size=m.input_size, arch=m.arch)
+    f = Fit(w, b, head, 0.5, (), 0.25, size=m.input_size)
     if v.finetune_steps:
         from rtseg.recipes.distill.finetune import finetuned
 
@@ -139,7 +138,7 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     # training folds' tune set
     f.call_smoothing, smoothing = choose_call_smoothing(store, train, v, m, log)
     tc = store.get([str(it.image) for it in tune_set])
-    _, maps = maps_of(f, tc, f.size, True, True)
+    _, maps = maps_of(f, tc, True, True)
     best = choose_threshold(maps, truth_crops(tune_set, tc, f.size))
     f.threshold, f.steps = best[1], best[2]
     # the constant ellipse's radius: relative to the frame, so chosen on the whole-frame
@@ -236,7 +235,7 @@ def inner_fits(store, train: dict[str, list[Item]], v: Variant, m: Manifest, inn
 
 def clip_probs(f: Fit, store, items: list[Item]) -> list[tuple[list[Item], np.ndarray]]:
     """(clip, the frame rule's probability per frame) for every sequence among ``items``."""
-    return [(clip, maps_of(f, store.get([str(it.image) for it in clip]), f.size, False, True)[0].astype(np.float32))
+    return [(clip, maps_of(f, store.get([str(it.image) for it in clip]), False, True)[0].astype(np.float32))
             for clip in clips(items)]
 
 
@@ -247,7 +246,7 @@ def choose_call_smoothing(store, train: dict[str, list[Item]], v: Variant, m: Ma
     tot = {a: np.zeros(4, dtype=np.int64) for a in CALL_FACTORS}
     for f, held in inner_fits(store, train, v, m, inner):
         singles = [it for s in POLYP_SOURCES if s not in VIDEO_SOURCES for it in held.get(s, [])]
-        n_pos = int((maps_of(f, store.get([str(it.image) for it in singles]), f.size, False, True)[0] > 0.5).sum()
+        n_pos = int((maps_of(f, store.get([str(it.image) for it in singles]), False, True)[0] > 0.5).sum()
                     ) if singles else 0
         rates = call_rates(n_pos, len(singles), clip_probs(f, store, held["cvc"]), clip_probs(f, store, held["pg_neg"]))
         for a, r in rates.items():

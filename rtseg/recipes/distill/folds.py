@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from rtseg.live.smoothing import CallSmoother
 from rtseg.model.call import is_polyp
 from rtseg.recipes.layout import Item
 
@@ -29,24 +28,28 @@ SWEEP = tuple(round(float(t), 3) for t in (*np.arange(0.05, 0.951, 0.05), 0.97, 
 
 
 def predictions(bundle, test: dict[str, list[Item]]) -> dict[str, tuple[float, np.ndarray]]:
-    """Image path -> (polyp probability, mask) of every held-out frame, by the product."""
+    """Image path -> (polyp probability, mask) of every held-out frame, by the product; an
+    unreadable frame is one error line (every frame must be scored, as the hold-out scored it)."""
+    from rtseg.errors import UserError
     from rtseg.evaluate.predict import iter_predictions
 
     everything = [it for s in (*POLYP, "pg_neg") for it in test.get(s, [])]
-    return {str(p.path): (p.prob, p.mask) for p in iter_predictions(bundle, [it.image for it in everything])}
+    skipped: list = []
+    out = {str(p.path): (p.prob, p.mask)
+           for p in iter_predictions(bundle, [it.image for it in everything], skipped=skipped)}
+    if skipped:
+        raise UserError(f"{len(skipped)} held-out frame(s) could not be read, e.g. {skipped[0]}")
+    return out
 
 
 def shown_probs(pred, test: dict[str, list[Item]], a: float) -> dict[str, float]:
     """Image path -> the probability the live loop's call compares (video sequences through the
     call smoothing at ``a``, in frame order; single images as they are)."""
-    from rtseg.recipes.distill.call_smoothing import VIDEO_SOURCES, clips
+    from rtseg.recipes.distill.call_smoothing import VIDEO_SOURCES, clips, stream_probs
 
-    out = {k: float(p) for k, (p, _) in pred.items()}
-    for s in VIDEO_SOURCES:
-        for clip in clips(test.get(s, [])):
-            p = CallSmoother(a)(np.array([pred[str(it.image)][0] for it in clip], np.float32))
-            out.update({str(it.image): float(z) for it, z in zip(clip, p)})
-    return out
+    vids = [(c, np.array([pred[str(it.image)][0] for it in c], np.float32))
+            for s in VIDEO_SOURCES for c in clips(test.get(s, []))]
+    return {**{k: float(p) for k, (p, _) in pred.items()}, **stream_probs(vids, a)}
 
 
 def score(bundle, test: dict[str, list[Item]]) -> dict:

@@ -28,7 +28,7 @@ import numpy as np
 
 from rtseg.model.call import is_polyp
 from rtseg.recipes.layout import Item
-from rtseg.recipes.distill.data import ARCH, SIZE
+from rtseg.recipes.distill.data import SIZE
 from rtseg.recipes.distill.fit import Fit, clip_probs, maps_of
 
 HOSPITALS = ("pg-A", "pg-B", "kvasir", "cvc", "bkai")  # the PolypGen centres first: the most telling
@@ -64,7 +64,7 @@ def score_hospital(store, f: Fit, test: dict[str, list[Item]]) -> dict:
         masked = [it for it in polyp if it.mask is not None]
         out["polyp"] = polyp_scores(store, f, masked, shown) if masked else {}
         # the call over every polyp frame, masked or not (BKAI-IGH has no masks)
-        prob, _ = maps_of(f, store.get([str(it.image) for it in polyp]), f.size, False, True)
+        prob, _ = maps_of(f, store.get([str(it.image) for it in polyp]), False, True)
         called = is_polyp(prob)
         out["polyp"].update({"n": len(polyp), "n_masked": len(masked),
                              "called_polyp": round(float(np.mean(called)), 4),
@@ -72,7 +72,7 @@ def score_hospital(store, f: Fit, test: dict[str, list[Item]]) -> dict:
                                  [shown.get(str(it.image), z) for it, z in zip(polyp, called)])), 4)})
     neg = test.get("pg_neg", [])
     if neg:
-        prob, _ = maps_of(f, store.get([str(it.image) for it in neg]), f.size, False, True)
+        prob, _ = maps_of(f, store.get([str(it.image) for it in neg]), False, True)
         groups = np.array([it.group for it in neg])
         sok = np.array([not shown[str(it.image)] for it in neg])
         out["polyp_free"] = {"n": len(neg), "called_non_polyp": round(float((~is_polyp(prob)).mean()), 4),
@@ -98,12 +98,11 @@ def summarize(per: dict[str, dict]) -> dict:
 
 
 def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: list[str] | None = None,
-             log=print, save=None, folds_dir: Path | None = None, size: int = SIZE,
-             arch: str = ARCH) -> dict:
+             log=print, save=None, folds_dir: Path | None = None, size: int = SIZE) -> dict:
     """Every variant fitted and scored once per held-out hospital (one feature extraction);
     ``save(result so far)`` after each held-out source; ``folds_dir``: each fold's model also
     written as a bundle, ``<folds_dir>/<variant>/<held-out source>`` (to run the product on the
-    source it never saw); ``size``, ``arch``: the network's input size and ImageNet backbone."""
+    source it never saw); ``size``: the network's input size."""
     from rtseg.errors import UserError
     from rtseg.recipes.distill.data import load_all, open_store
     from rtseg.recipes.distill.fit import fit, variant_named
@@ -122,7 +121,7 @@ def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: lis
     hospitals = [h for h in hospitals if h in here]
     if not hospitals:
         raise UserError(f"{data} has none of the sources {', '.join(HOSPITALS)}")
-    store = open_store(items, cache, size, arch)
+    store = open_store(items, cache, size)
     per: dict = {name: {} for name in variants}
     for h in hospitals:
         train, test = split(items, h, Path(data))
@@ -133,25 +132,15 @@ def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: lis
             r["fit_seconds"] = round(time.time() - t, 1)
             log(f"held out {h} [{name}]: {line_of(r)} [{r['fit_seconds']:.0f} s]")
             if folds_dir is not None:
-                save_fold(f, v, name, Path(folds_dir) / name / h)
-        res = {"hospitals": hospitals, "arch": arch, "input_size": size,
+                from rtseg.recipes.distill.build import bundle_of, write_bundle
+
+                write_bundle(bundle_of(f, v, name), Path(folds_dir) / name / h)
+        res = {"hospitals": hospitals, "arch": store.m.arch, "input_size": size,
                "variants": {n: chosen[n].__dict__ for n in variants},
                "per_source": per, "summary": {n: summarize(p) for n, p in per.items()}}
         if save is not None:
             save(res)
     return res
-
-
-def save_fold(f: Fit, v, name: str, out: Path) -> None:
-    """One fold's fit written as a model bundle to ``out`` (replaced only once complete)."""
-    import torch
-
-    from rtseg.atomic import atomic_dir
-    from rtseg.model.bundle import save_bundle
-    from rtseg.recipes.distill.build import bundle_of
-
-    with atomic_dir(out) as tmp, torch.no_grad():
-        save_bundle(bundle_of(f, v, name), tmp, half=True)
 
 
 def line_of(r: dict) -> str:
