@@ -36,6 +36,7 @@ class Variant:
 
     name: str
     finetune_steps: int = 0  # > 0: the probe fine-tuned end to end through augmented views (steps)
+    peak_weight: float = 0.0  # the fine-tuning's peak loss (rtseg.train.finetune.peak_loss)
 
 
 VARIANTS = {
@@ -46,6 +47,8 @@ VARIANTS = {
     # video-bkai whose network (blocks 7-20, classifier, head) is then fine-tuned end to end
     # through augmented views, the probe teaching the frames without a mask (rtseg.train.finetune)
     "finetune": Variant("finetune", finetune_steps=240),
+    # finetune whose map peak is also trained as the frame call (the frame rule reads it)
+    "finetune-peak": Variant("finetune-peak", finetune_steps=240, peak_weight=1.0),
 }
 DEFAULT_VARIANT = "finetune"  # the shipped model's (rtseg build-model)
 C = 0.5  # the classifier's logistic-regression C
