@@ -99,3 +99,49 @@ def test_fine_tuning_trains_the_top_and_head_only(model):
     assert not torch.equal(st.top.blocks[-1]._project_conv.weight, net._blocks[-1]._project_conv.weight)
     assert torch.equal(st.base._blocks[6]._project_conv.weight, net._blocks[6]._project_conv.weight)
 
+
+
+def test_peak_loss_weighs_the_hottest_pixel_of_a_polyp_free_view():
+    """The frame rule reads the map's peak: on a polyp-free view one hot pixel costs as much as a
+    hot map, the gradient reaches that pixel alone, and a polyp frame whose view lost the polyp
+    (or whose teacher was unsure) is left out."""
+    from rtseg.train.finetune import peak_loss
+
+    pw = torch.tensor(1.0)
+    empty = torch.zeros(1, 56, 56)
+    cold = torch.full((1, 1, 36, 36), -6.0)
+    spot = cold.clone()
+    spot[0, 0, 5, 7] = 4.0
+    neg = torch.tensor([0.0])
+    assert peak_loss(spot, neg, empty, pw) > 20 * peak_loss(cold, neg, empty, pw)
+    assert abs(peak_loss(spot, neg, empty, pw).item() - peak_loss(torch.full_like(cold, 4.0), neg, empty, pw).item()) < 1e-5
+    z = spot.clone().requires_grad_(True)
+    peak_loss(z, neg, empty, pw).backward()
+    assert z.grad[0, 0, 5, 7] > 0 and int((z.grad != 0).sum()) == 1
+    # a polyp frame: its target's polyp must raise the peak; without one it says nothing
+    polyp = torch.zeros(1, 56, 56)
+    polyp[0, 20:30, 20:30] = 1.0
+    pos = torch.tensor([1.0])
+    assert peak_loss(cold, pos, polyp, pw) > 5.0
+    z = cold.clone().requires_grad_(True)
+    assert peak_loss(z, pos, empty, pw).item() == 0.0
+    peak_loss(z, pos, empty, pw).backward()
+    assert not z.grad.any()
+
+
+def test_fine_tuning_with_the_peak_loss_lowers_a_polyp_free_peak(model):
+    """The same steps on polyp-free views, with the peak loss, leave them a lower peak."""
+    from rtseg.model.preprocess import images_to_input
+    from rtseg.train.finetune import FinetuneConfig, Sample, finetune
+
+    net, m = model
+    rng = np.random.default_rng(3)
+    views = [rng.integers(0, 255, (80, 100, 3), dtype=np.uint8) for _ in range(2)]
+    groups = [[], [], [Sample(v, 0.0) for v in views]]
+    x = images_to_input([cv2.resize(v, (m.input_size, m.input_size)) for v in views], m, crop=False)
+    peaks = []
+    for w in (0.0, 5.0):
+        st = finetune(net, m, groups, FinetuneConfig(steps=6, shares=(1, 1, 2), peak_weight=w), log=lambda *_: None)
+        with torch.no_grad():
+            peaks.append(st(x)[1].flatten(1).amax(1))
+    assert (peaks[1] < peaks[0]).all()
