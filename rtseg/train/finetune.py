@@ -99,24 +99,6 @@ class FinetuneConfig:
     lr: float = 1e-4  # backbone blocks; the classifier and head learn 10x faster
     from_block: int = 6  # the blocks after this one are fine-tuned (a head feature block)
     seed: int = 0
-    # weight of the peak loss: the head's highest pixel (what the frame rule reads) trained as
-    # the frame's call, 0 on polyp-free views and 1 where the augmented view's target holds polyp
-    peak_weight: float = 0.0
-
-
-def peak_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
-              pos_weight: torch.Tensor) -> torch.Tensor:
-    """Balanced BCE of the map's peak logit (``logits`` [B, 1, g, g]) against the frame's call: a
-    polyp-free view's peak must stay low (its hottest pixel is the one that would raise a false
-    call), a view whose (augmented) target shows polyp must peak high. A polyp frame whose view
-    lost the polyp (zoom, crop) or whose teacher was unsure says nothing here."""
-    peak = logits.flatten(1).amax(dim=1)
-    has = (targets.flatten(1).amax(dim=1) > 0.5).to(peak.dtype)
-    neg = labels <= 0.5
-    use = neg | (has > 0.5)
-    if not bool(use.any()):
-        return peak.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(peak[use], has[use], pos_weight=pos_weight)
 
 
 def batches(groups: list[list[Sample]], cfg: FinetuneConfig, aug: AugmentConfig, m):
@@ -164,8 +146,6 @@ def finetune(model, m, groups: list[list[Sample]], cfg: FinetuneConfig | None = 
         x, y, t, w = next(it)
         z, logits = st(x)
         loss = F.binary_cross_entropy_with_logits(z, y, pos_weight=pw) + map_loss(logits, t, w)
-        if cfg.peak_weight:
-            loss = loss + cfg.peak_weight * peak_loss(logits, y, t, pw)
         opt.zero_grad()
         loss.backward()
         opt.step()
