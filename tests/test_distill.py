@@ -127,44 +127,6 @@ def assert_bundle_is_the_fit(f, out, data_folder, tmp_path):
     assert cam.shape == maps.shape and np.abs(cam - maps).mean() < 2e-2
 
 
-def test_a_frame_threshold_is_the_same_calls_in_the_graph_and_chosen_inside_the_training_folds(
-        data_folder, tmp_path, monkeypatch):
-    """operating(f, t) calls a frame polyp exactly where f's probability exceeds t; call_parts +
-    frame_probs give its probabilities without running the network again; the written bundle
-    (agree_at, shifted bias) computes them; a variant with fine-tuned inner fits chooses the
-    threshold with the call smoothing from the training folds only."""
-    import rtseg.recipes.distill.build as rb
-    import rtseg.recipes.distill.fit as rlf
-
-    v = rlf.Variant("op", finetune_steps=2, inner_finetune_steps=2)
-    small(monkeypatch, op=v)
-    items, store, train, held, seen = spied_fold(data_folder, tmp_path, monkeypatch)
-    f = rlf.fit(store, train, rlf.Variant("probe"), store.m, log=lambda *_: None, tune=False)
-    c = store.get.__wrapped__([str(it.image) for it in items["kvasir"][:6] + items["pg_neg"][:6]])
-    p0, _ = rlf.maps_of(f, c, False, True)
-    parts = rlf.call_parts(f, c)
-    assert np.allclose(rlf.frame_probs(parts, 0.5), p0, atol=1e-5)
-    q = np.sort(p0)
-    k = int(np.argmax(np.diff(q)))  # a threshold that splits these frames, far from any of them
-    t = float((q[k] + q[k + 1]) / 2)
-    ft = rlf.operating(f, t)
-    pt, _ = rlf.maps_of(ft, c, False, True)
-    assert np.allclose(rlf.frame_probs(parts, t), pt, atol=1e-5)
-    assert np.array_equal(pt > 0.5, p0 > t) and 0 < (pt > 0.5).sum() < len(pt)
-    out = tmp_path / "bundle"
-    rb.write_bundle(rb.bundle_of(ft, v, "op"), out)
-    from rtseg.model.bundle import load_bundle
-
-    assert abs(load_bundle(out).manifest.head["agree_at"] - t) < 1e-9
-    assert_bundle_is_the_fit(ft, out, data_folder, tmp_path)
-    # chosen with the call smoothing by fine-tuned inner fits, none of the held-out images seen
-    seen.clear()
-    a, info = rlf.choose_call_smoothing(store, train, v, store.m, log=lambda *_: None)
-    assert info["frame_threshold"] in rlf.FRAME_THRESHOLDS and a in rlf.CALL_FACTORS
-    assert len(info["table"]) == len(rlf.FRAME_THRESHOLDS) * len(rlf.CALL_FACTORS)
-    assert seen and not (set(seen) & held)
-
-
 def test_clips_play_each_sequence_in_frame_order():
     from pathlib import Path
 
@@ -244,7 +206,7 @@ def test_build_model_writes_the_fine_tuned_network_it_scored(data_folder, tmp_pa
     b = load_bundle(out)
     assert b.manifest.arch == "efficientnet-lite1" and b.manifest.active_area
     assert b.manifest.head["agree"] is True and b.manifest.head["gate"] is True  # the shipped frame rule
-    assert b.manifest.training["variant"] == {"name": "ft", "finetune_steps": 3, "inner_finetune_steps": 0}
+    assert b.manifest.training["variant"] == {"name": "ft", "finetune_steps": 3}
     assert b.manifest.training["recipe"] == "rtseg build-model --variant ft"
     assert b.manifest.call_smoothing in rlf.CALL_FACTORS  # chosen by the inner CV
     assert "blocks 7-20" in b.manifest.training["backbone"] and "end to end" in b.manifest.training["backbone"]

@@ -17,7 +17,7 @@ def bundle_of(f: Fit, v: Variant, variant: str) -> Bundle:
     head) and its manifest (threshold, clean-up, frame rule, call smoothing, training summary)."""
     from rtseg.model.thresholds import ThresholdPolicy
 
-    m = manifest(agree=True, size=f.size, agree_at=f.agree_at)
+    m = manifest(agree=True, size=f.size)
     model = build_model(ARCH, pretrained=True, head=m.head).eval()
     set_classifier(model, f.w, f.b)  # the graph calls a frame polyp at logit > 0
     backbone = f"ImageNet {ARCH}, frozen"

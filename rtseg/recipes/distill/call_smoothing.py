@@ -6,7 +6,7 @@ near-consecutive frames; single images (Kvasir-SEG, PolypGen polyp frames) are o
 which the filter leaves as they are. :func:`rtseg.recipes.distill.fit.choose_call_smoothing`
 picks the factor by a 2-fold sequence-grouped cross-validation inside the training selection:
 the factor of :data:`CALL_FACTORS` that maximises min(polyp frames called polyp, polyp-free
-frames called non-polyp) over the inner held-out folds.
+frames called non-polyp) over the inner held-out folds (:func:`best_factor`).
 """
 
 from __future__ import annotations
@@ -69,3 +69,9 @@ def call_rates(pos_single: int, n_single: int, cvc: list[tuple[list[Item], np.nd
         out[a] = (pos_single + sum(pc.values()), n_single + len(pc), sum(not z for z in nc.values()), len(nc))
     return out
 
+
+def best_factor(counts: dict[float, np.ndarray]) -> tuple[float, dict[float, tuple[float, float]]]:
+    """The factor maximising min(polyp rate, polyp-free rate) over summed counts (ties: the
+    smaller factor), and the rates per factor."""
+    table = {a: (round(t[0] / max(1, t[1]), 4), round(t[2] / max(1, t[3]), 4)) for a, t in counts.items()}
+    return max(table, key=lambda a: (min(table[a]), -a)), table

@@ -36,12 +36,12 @@ SEEDS = {"kvasir": 70, "cvc": 30}
 VIEWS_VERSION = "cpu-resize"
 
 
-def manifest(gate: bool = True, agree: bool = False, size: int = SIZE, agree_at: float = 0.5) -> Manifest:
+def manifest(gate: bool = True, agree: bool = False, size: int = SIZE) -> Manifest:
     """The recipe's model settings (ImageNet EfficientNet-Lite1 at ``size``, active area, the
     head fed by its Grad-CAM at "head"); the shipped frame rule is ``agree``."""
     return Manifest(arch=ARCH, input_size=int(size), mean=LITE_MEAN, std=LITE_STD, fov_mask=True,
                     active_area=True, cam_layer="head", threshold="above 0.5",
-                    head=HeadConfig(gate=gate, agree=agree, agree_at=agree_at).to_dict())
+                    head=HeadConfig(gate=gate, agree=agree).to_dict())
 
 
 def load_all(data: Path, crops: int = 600) -> dict[str, list[Item]]:

@@ -17,7 +17,7 @@ from rtseg.model.active_area import Box
 from rtseg.model.head import HeadConfig, SegHead
 from rtseg.model.manifest import Manifest
 from rtseg.model.postprocess import refine
-from rtseg.recipes.distill.call_smoothing import CALL_FACTORS, VIDEO_SOURCES, call_rates, clips
+from rtseg.recipes.distill.call_smoothing import CALL_FACTORS, VIDEO_SOURCES, best_factor, call_rates, clips
 from rtseg.recipes.distill.data import (SIZE, FeatureStore, add_tiles, image_positives, manifest, ordered, rest_of,
                                         seeds_of)
 from rtseg.recipes.layout import Item
@@ -36,10 +36,6 @@ class Variant:
 
     name: str
     finetune_steps: int = 0  # > 0: the probe fine-tuned end to end through augmented views (steps)
-    # > 0: the frame call's threshold is chosen with the call smoothing by the inner CV, whose
-    # fits are then fine-tuned (this many steps) like the outer one, so that their calibration
-    # is the shipped network's; 0: threshold 0.5 and probe inner fits
-    inner_finetune_steps: int = 0
 
 
 VARIANTS = {
@@ -50,11 +46,7 @@ VARIANTS = {
     # video-bkai whose network (blocks 7-20, classifier, head) is then fine-tuned end to end
     # through augmented views, the probe teaching the frames without a mask (rtseg.train.finetune)
     "finetune": Variant("finetune", finetune_steps=240),
-    # finetune whose frame-call threshold is chosen with the call smoothing by fine-tuned inner fits
-    "finetune-op": Variant("finetune-op", finetune_steps=240, inner_finetune_steps=240),
 }
-#: the frame-call thresholds an inner CV of fine-tuned fits chooses among (Variant.inner_finetune_steps)
-FRAME_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
 DEFAULT_VARIANT = "finetune"  # the shipped model's (rtseg build-model)
 C = 0.5  # the classifier's logistic-regression C
 HEAD_EPOCHS = 30  # the head's epochs (its self-training round: a third, on at most 400 images)
@@ -82,7 +74,6 @@ class Fit:
     tune: dict = field(default_factory=dict)
     top: Top | None = None  # the fine-tuned blocks of the backbone (Variant.finetune_steps), or ImageNet's
     call_smoothing: float = 0.0  # the video call's moving-average factor (manifest call_smoothing)
-    agree_at: float = 0.5  # the head's peak must exceed it (manifest head.agree_at; see operating)
     size: int = SIZE  # the network's input size (the manifest's input_size) and the maps' size
 
     def view(self, c: Cached) -> Cached:
@@ -111,43 +102,8 @@ def maps_of(fit: Fit, c: Cached, gate: bool, agree: bool = False) -> tuple[np.nd
     c = fit.view(c)
     z = torch.from_numpy(logits_of(c.gap, fit.w, fit.b))
     maps = torch.from_numpy(head_maps(fit.head, c, head_cams(c.head, fit.w), fit.size))
-    prob, maps = decide(HeadConfig(gate=gate, agree=agree, agree_at=fit.agree_at), z, maps)
+    prob, maps = decide(HeadConfig(gate=gate, agree=agree), z, maps)
     return prob.numpy(), maps.numpy()
-
-
-def operating(f: Fit, t: float) -> Fit:
-    """``f`` calling a frame polyp where its probability exceeded ``t``: the classifier's bias
-    shifted by logit(t) and the head's peak compared with ``t`` (manifest ``agree_at``), so the
-    graph still compares with 0.5 (each frame alone exactly the same calls as comparing the
-    unshifted probability with ``t``)."""
-    import math
-
-    if t == 0.5:
-        return f
-    return dataclasses.replace(f, b=f.b - math.log(t / (1 - t)), agree_at=t)
-
-
-def call_parts(f: Fit, c: Cached) -> tuple[np.ndarray, np.ndarray]:
-    """(classifier logit [N], the head's peak probability [N]) of ``f``: every frame threshold's
-    probability follows from them (:func:`frame_probs`) without running the network again."""
-    c = f.view(c)
-    z = logits_of(c.gap, f.w, f.b)
-    peak = head_maps(f.head, c, head_cams(c.head, f.w), f.size).reshape(len(z), -1).max(axis=1)
-    return z.astype(np.float32), peak.astype(np.float32)
-
-
-def frame_probs(parts: tuple[np.ndarray, np.ndarray], t: float) -> np.ndarray:
-    """The frame probability of :func:`operating` (f, t) from :func:`call_parts` (f): what
-    :func:`maps_of` (agree) gives it."""
-    import math
-
-    import torch
-
-    from rtseg.model.head import decide
-
-    z, peak = (torch.from_numpy(a) for a in parts)
-    prob, _ = decide(HeadConfig(gate=False, agree=True, agree_at=t), z - math.log(t / (1 - t)), peak[:, None, None])
-    return prob.numpy().astype(np.float32)
 
 
 def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manifest,
@@ -181,7 +137,6 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     # 3. the video call's smoothing, then threshold, clean-up and the ellipse radius on the
     # training folds' tune set
     f.call_smoothing, smoothing = choose_call_smoothing(store, train, v, m, log)
-    f = operating(f, smoothing.get("frame_threshold", 0.5))
     tc = store.get([str(it.image) for it in tune_set])
     _, maps = maps_of(f, tc, True, True)
     best = choose_threshold(maps, truth_crops(tune_set, tc, f.size))
@@ -196,8 +151,7 @@ def fit(store: FeatureStore, train: dict[str, list[Item]], v: Variant, m: Manife
     f.tune = {"dice": round(best[0], 4), "threshold": f.threshold, "postprocess": list(f.steps),
               "n_tune": len(tune_set), "n_pos": len(pos_keys), "n_neg": len(neg_keys),
               "n_tiles": len(neg_keys) - n_pg_neg, "ellipse_radius": f.radius,
-              "call_smoothing": f.call_smoothing, "frame_threshold": f.agree_at,
-              "operating_point": {"call_smoothing": smoothing}}
+              "call_smoothing": f.call_smoothing, "operating_point": {"call_smoothing": smoothing}}
     return f
 
 
@@ -269,8 +223,7 @@ def inner_fits(store, train: dict[str, list[Item]], v: Variant, m: Manifest, inn
     from rtseg.recipes.layout import group_folds
 
     folds = {s: group_folds(its, inner, seed=1) for s, its in train.items()}
-    # the inner fits are probes (the end-to-end step costs minutes) unless the variant asks
-    v = dataclasses.replace(v, finetune_steps=v.inner_finetune_steps)
+    v = dataclasses.replace(v, finetune_steps=0)  # the inner fits are probes: the end-to-end step costs minutes
     seeds = seeds_of(train)  # an inner fit reads the masks of the outer fit's seeds in its folds only
     for k in range(inner):
         tr = {s: [it for j, fl in enumerate(fs) if j != k for it in fl] for s, fs in folds.items()}
@@ -289,30 +242,16 @@ def clip_probs(f: Fit, store, items: list[Item]) -> list[tuple[list[Item], np.nd
 def choose_call_smoothing(store, train: dict[str, list[Item]], v: Variant, m: Manifest, log=print,
                           inner: int = 2) -> tuple[float, dict]:
     """The video call's smoothing factor (:mod:`rtseg.recipes.distill.call_smoothing`) by an
-    ``inner``-fold CV inside ``train`` (sequences never span two inner folds); with
-    ``v.inner_finetune_steps`` jointly with the frame-call threshold (:data:`FRAME_THRESHOLDS`,
-    info ``frame_threshold``)."""
-    ts = FRAME_THRESHOLDS if v.inner_finetune_steps else (0.5,)
-    tot = {(a, t): np.zeros(4, dtype=np.int64) for a in CALL_FACTORS for t in ts}
+    ``inner``-fold CV inside ``train`` (sequences never span two inner folds)."""
+    tot = {a: np.zeros(4, dtype=np.int64) for a in CALL_FACTORS}
     for f, held in inner_fits(store, train, v, m, inner):
         singles = [it for s in POLYP_SOURCES if s not in VIDEO_SOURCES for it in held.get(s, [])]
-        sp = call_parts(f, store.get([str(it.image) for it in singles])) if singles else None
-        cp = [(clip, call_parts(f, store.get([str(it.image) for it in clip]))) for clip in clips(held["cvc"])]
-        npp = [(clip, call_parts(f, store.get([str(it.image) for it in clip]))) for clip in clips(held["pg_neg"])]
-        for t in ts:
-            n_pos = int((frame_probs(sp, t) > 0.5).sum()) if singles else 0
-            rates = call_rates(n_pos, len(singles), [(c, frame_probs(p, t)) for c, p in cp],
-                               [(c, frame_probs(p, t)) for c, p in npp])
-            for a, r in rates.items():
-                tot[(a, t)] += np.asarray(r)
-    table = {k: (round(r[0] / max(1, r[1]), 4), round(r[2] / max(1, r[3]), 4)) for k, r in tot.items()}
-    # the best min(polyp rate, polyp-free rate); ties: less smoothing, then the threshold nearer 0.5
-    a, t = max(table, key=lambda k: (min(table[k]), -k[0], -abs(k[1] - 0.5)))
-    log(f"    call smoothing (inner {inner}-fold CV): a = {a}" + (f", threshold {t}" if len(ts) > 1 else "")
-        + f": polyp {table[(a, t)][0]:.3f}, polyp-free {table[(a, t)][1]:.3f} "
-        f"(a = 0: {table[(0.0, 0.5)][0]:.3f} / {table[(0.0, 0.5)][1]:.3f})")
-    info = {"inner_folds": inner, "table": {str(k[0]) if len(ts) == 1 else f"{k[0]}@{k[1]}": list(r)
-                                            for k, r in table.items()}}
-    if len(ts) > 1:
-        info["frame_threshold"] = t
-    return a, info
+        n_pos = int((maps_of(f, store.get([str(it.image) for it in singles]), False, True)[0] > 0.5).sum()
+                    ) if singles else 0
+        rates = call_rates(n_pos, len(singles), clip_probs(f, store, held["cvc"]), clip_probs(f, store, held["pg_neg"]))
+        for a, r in rates.items():
+            tot[a] += np.asarray(r)
+    best, table = best_factor(tot)
+    log(f"    call smoothing (inner {inner}-fold CV): a = {best}: polyp {table[best][0]:.3f}, "
+        f"polyp-free {table[best][1]:.3f} (a = 0: {table[0.0][0]:.3f} / {table[0.0][1]:.3f})")
+    return best, {"inner_folds": inner, "table": {str(a): list(r) for a, r in table.items()}}
