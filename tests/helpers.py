@@ -6,10 +6,8 @@ import warnings
 from pathlib import Path
 
 
-def run_cli(argv, capsys):
-    """Run ``rtseg ARGV`` in-process the way ``python -m rtseg`` does: (exit code, stdout, stderr)."""
-    from rtseg.cli import main
-
+def _run_main(main, argv, capsys):
+    """Run an entry point in-process: (exit code, stdout, stderr); warnings' hook restored."""
     saved = warnings.showwarning
     try:
         main([str(a) for a in argv])
@@ -22,17 +20,19 @@ def run_cli(argv, capsys):
     return code, cap.out, cap.err
 
 
+def run_cli(argv, capsys):
+    """Run ``rtseg ARGV`` in-process the way ``python -m rtseg`` does: (exit code, stdout, stderr)."""
+    from rtseg.cli import main
+
+    return _run_main(main, argv, capsys)
+
+
 def run_recipe(argv, capsys):
     """Run ``python -m rtseg.recipes.distill ARGV`` in-process: (exit code, stdout, stderr lines)."""
     from rtseg.recipes.distill.__main__ import main
 
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err.strip().splitlines()
+    code, out, err = _run_main(main, argv, capsys)
+    return code, out, err.strip().splitlines()
 
 
 def count_frames(path) -> int:

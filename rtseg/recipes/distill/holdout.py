@@ -104,6 +104,7 @@ def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: lis
     written as a bundle, ``<folds_dir>/<variant>/<held-out source>`` (to run the product on the
     source it never saw); ``size``: the network's input size."""
     from rtseg.errors import UserError
+    from rtseg.recipes.distill.build import bundle_of, write_bundle
     from rtseg.recipes.distill.data import load_all, open_store
     from rtseg.recipes.distill.fit import fit, variant_named
 
@@ -132,8 +133,6 @@ def hold_out(data: Path, variants: list[str], cache: Path | None, hospitals: lis
             r["fit_seconds"] = round(time.time() - t, 1)
             log(f"held out {h} [{name}]: {line_of(r)} [{r['fit_seconds']:.0f} s]")
             if folds_dir is not None:
-                from rtseg.recipes.distill.build import bundle_of, write_bundle
-
                 write_bundle(bundle_of(f, v, name), Path(folds_dir) / name / h)
         res = {"hospitals": hospitals, "arch": store.m.arch, "input_size": size,
                "variants": {n: chosen[n].__dict__ for n in variants},
