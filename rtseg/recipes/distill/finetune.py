@@ -66,8 +66,15 @@ def erased(view: np.ndarray, region: np.ndarray, grow: float = 0.05, seed: int =
 
 def erasable(region: np.ndarray, peak: float, hi: float = 0.7, most: float = 0.3) -> bool:
     """A frame can be shown with its polyp erased when the polyp is found (``peak`` above
-    ``hi``) and covers at most ``most`` of the view (larger holes are mostly filler)."""
-    return peak > hi and 0.0 < float(region.mean()) <= most
+    ``hi``), covers at most ``most`` of the view (larger holes are mostly filler) and is one
+    blob: where the map marks two places, a third, fainter polyp is likelier to be missed."""
+    if not (peak > hi and 0.0 < float(region.mean()) <= most):
+        return False
+    return cv2.connectedComponents(region.astype(np.uint8))[0] == 2  # background + one blob
+
+
+#: the teacher's map at or above this is erased with the polyp (its mucosa targets start below 0.2)
+ERASE_FROM = 0.1
 
 
 def samples(store, train: dict[str, list[Item]], v, f, seeds: list[Item]) -> list[list[Sample]]:
@@ -86,8 +93,8 @@ def samples(store, train: dict[str, list[Item]], v, f, seeds: list[Item]) -> lis
     tgt, wgt = teacher_targets(maps)
     unlabeled = [Sample(view_of(it.image)[0], 1.0, t, w) for it, t, w in zip(pos, tgt, wgt)]
     if v.erase:  # everything the teacher is not sure is mucosa goes
-        gone += [erased(s.view, (p >= 0.2).astype(np.float32), seed=i)
-                 for i, (s, p) in enumerate(zip(unlabeled, maps)) if erasable(p >= 0.2, float(p.max()))]
+        gone += [erased(s.view, (p >= ERASE_FROM).astype(np.float32), seed=i)
+                 for i, (s, p) in enumerate(zip(unlabeled, maps)) if erasable(p >= ERASE_FROM, float(p.max()))]
     gone = [Sample(g, 0.0) for g in gone if g is not None]
     neg = [Sample(view_of(it.image)[0], 0.0) for it in train["pg_neg"]]
     for it in seeds:  # the seed images' polyp-free tiles: close-up mucosa of every masked source
