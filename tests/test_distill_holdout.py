@@ -214,3 +214,30 @@ def test_folds_without_fold_bundles_is_one_error(data_folder, tmp_path, capsys, 
     code, _, err = run_recipe(argv, capsys)
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and "fold bundle" in err[0]
+
+
+def test_polyp_sequence_frames_without_a_visible_polyp_are_set_apart(data_folder, tmp_path):
+    """A held-out PolypGen frame whose evaluation mask is empty (the polyp out of view or
+    removed) is no polyp frame: it is neither scored for Dice nor counted as a missed polyp."""
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    from rtseg.recipes.distill.data import load_all
+    from rtseg.recipes.distill.holdout import NO_POLYP, split
+
+    root = tmp_path / "data"
+    shutil.copytree(data_folder, root)
+    masks = sorted((root / "polypgen" / "positive-masks").glob("*.png"))
+    items = load_all(root)
+    a_stems = {it.image.stem for it in items["pg_pos"] if it.hospital == "pg-A"}
+    cleared = next(m for m in masks if m.stem in a_stems)
+    cv2.imwrite(str(cleared), np.zeros_like(cv2.imread(str(cleared), cv2.IMREAD_GRAYSCALE)))
+    train, test = split(items, "pg-A", root)
+    assert [it.image.stem for it in test[NO_POLYP]] == [cleared.stem]
+    assert cleared.stem not in {it.image.stem for it in test["pg_pos"]}
+    assert len(test["pg_pos"]) == len(a_stems) - 1
+    # training keeps the frame as an image-level positive: it cannot read the mask that says otherwise
+    train_b, test_b = split(items, "pg-B", root)
+    assert cleared.stem in {it.image.stem for it in train_b["pg_pos"]} and not test_b[NO_POLYP]

@@ -33,7 +33,9 @@ def predictions(bundle, test: dict[str, list[Item]]) -> dict[str, tuple[float, n
     from rtseg.errors import UserError
     from rtseg.evaluate.predict import iter_predictions
 
-    everything = [it for s in (*POLYP, "pg_neg") for it in test.get(s, [])]
+    from rtseg.recipes.distill.holdout import NO_POLYP
+
+    everything = [it for s in (*POLYP, "pg_neg", NO_POLYP) for it in test.get(s, [])]
     skipped: list = []
     out = {str(p.path): (p.prob, p.mask)
            for p in iter_predictions(bundle, [it.image for it in everything], skipped=skipped)}
@@ -56,6 +58,7 @@ def score(bundle, test: dict[str, list[Item]]) -> dict:
     """The held-out source's scores and threshold sweep (see the module's text)."""
     from rtseg.evaluate.metrics import image_scores
     from rtseg.imageio import read_mask
+    from rtseg.recipes.distill.holdout import NO_POLYP
 
     pred = predictions(bundle, test)
     shown = shown_probs(pred, test, float(bundle.manifest.call_smoothing or 0.0))
@@ -70,6 +73,9 @@ def score(bundle, test: dict[str, list[Item]]) -> dict:
                         "called_polyp": round(float(called.mean()), 4),
                         "stream_called_polyp": round(float(np.mean(
                             [is_polyp(shown[str(it.image)]) for it in polyp])), 4)}
+    if test.get(NO_POLYP):
+        out["no_visible_polyp"] = {"n": len(test[NO_POLYP]), "called_non_polyp": round(float(np.mean(
+            [not is_polyp(pred[str(it.image)][0]) for it in test[NO_POLYP]])), 4)}
     if neg:
         groups = np.array([it.group for it in neg])
         ok = np.array([not is_polyp(shown[str(it.image)]) for it in neg])
@@ -108,6 +114,9 @@ def score_folds(data: Path, folds: Path, log=print, save=None) -> dict:
         parts = []
         if "polyp" in r:
             parts.append(f"Dice {r['polyp']['dice']}; polyp called polyp {r['polyp']['stream_called_polyp']}")
+        if "no_visible_polyp" in r:
+            parts.append(f"{r['no_visible_polyp']['n']} frames without a visible polyp called non-polyp "
+                         f"{r['no_visible_polyp']['called_non_polyp']}")
         if "polyp_free" in r:
             parts.append(f"polyp-free called non-polyp {r['polyp_free']['stream_called_non_polyp']}")
             b = best_pair(r["sweep"])

@@ -14,6 +14,12 @@ user would meet it:
   evaluation-only masks of ``polypgen/positive-masks/``, read here and nowhere in training;
   BKAI-IGH has no masks, so only its call), beside the constant ellipse and all-foreground
   masks, and the fraction called polyp (as the live loop shows it where frames are a video);
+- a held-out PolypGen centre's frames of polyp sequences whose evaluation mask is empty
+  (:data:`NO_POLYP`: the polyp has left the view or been removed; the resection site, often
+  blue from the lifting injection, remains): no polyp to outline or to call, so they are not
+  polyp frames; reported apart, as the fraction called non-polyp. Scored as polyp frames they
+  would add a Dice of 0 whatever the model does (0/0 is 0, as in the Medico scorer) and reward
+  calling a resection site a polyp;
 - a held-out PolypGen centre's polyp-free sequences: the fraction called non-polyp as the live
   loop shows them (played in frame order through the call smoothing) and each frame alone.
 """
@@ -32,6 +38,7 @@ from rtseg.recipes.distill.data import SIZE
 from rtseg.recipes.distill.fit import Fit, clip_probs, maps_of
 
 HOSPITALS = ("pg-A", "pg-B", "kvasir", "cvc", "bkai")  # the PolypGen centres first: the most telling
+NO_POLYP = "pg_no_polyp"  # held-out PolypGen polyp-sequence frames whose evaluation mask is empty
 
 
 def evaluation_mask(root: Path, it: Item) -> Path | None:
@@ -43,10 +50,16 @@ def evaluation_mask(root: Path, it: Item) -> Path | None:
 def split(items: dict[str, list[Item]], hospital: str, root: Path
           ) -> tuple[dict[str, list[Item]], dict[str, list[Item]]]:
     """(training selection, held-out selection) for ``hospital``. The held-out PolypGen polyp
-    frames carry their evaluation-only masks; the training side never sees one."""
+    frames carry their evaluation-only masks, and those whose mask is empty are set apart
+    (``test[NO_POLYP]``); the training side never sees a mask."""
+    from rtseg.imageio import read_mask
+
     train = {s: [it for it in its if it.hospital != hospital] for s, its in items.items()}
     test = {s: [it for it in its if it.hospital == hospital] for s, its in items.items()}
-    test["pg_pos"] = [dataclasses.replace(it, mask=evaluation_mask(root, it)) for it in test.get("pg_pos", [])]
+    pos = [dataclasses.replace(it, mask=evaluation_mask(root, it)) for it in test.get("pg_pos", [])]
+    empty = {str(it.image) for it in pos if it.mask is not None and not read_mask(it.mask).any()}
+    test["pg_pos"] = [it for it in pos if str(it.image) not in empty]
+    test[NO_POLYP] = [it for it in pos if str(it.image) in empty]
     assert not any(it.mask is not None for it in train.get("pg_pos", [])), "no PolypGen mask is trained on"
     return train, test
 
@@ -70,6 +83,9 @@ def score_hospital(store, f: Fit, test: dict[str, list[Item]]) -> dict:
                              "called_polyp": round(float(np.mean(called)), 4),
                              "stream_called_polyp": round(float(np.mean(
                                  [shown.get(str(it.image), z) for it, z in zip(polyp, called)])), 4)})
+    if test.get(NO_POLYP):  # single frames: no call smoothing
+        prob, _ = maps_of(f, store.get([str(it.image) for it in test[NO_POLYP]]), False, True)
+        out["no_visible_polyp"] = {"n": len(prob), "called_non_polyp": round(float((~is_polyp(prob)).mean()), 4)}
     neg = test.get("pg_neg", [])
     if neg:
         prob, _ = maps_of(f, store.get([str(it.image) for it in neg]), False, True)
@@ -154,6 +170,9 @@ def line_of(r: dict) -> str:
     if "polyp_free" in r:
         parts.append(f"polyp-free called non-polyp {r['polyp_free']['stream_called_non_polyp']:.3f} "
                      f"(each frame alone {r['polyp_free']['called_non_polyp']:.3f})")
+    if "no_visible_polyp" in r:
+        q = r["no_visible_polyp"]
+        parts.append(f"{q['n']} polyp-sequence frames without a visible polyp called non-polyp {q['called_non_polyp']:.3f}")
     return "; ".join(parts)
 
 
