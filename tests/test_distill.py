@@ -86,7 +86,7 @@ def test_cross_validation_on_generated_data(data_folder, tmp_path, monkeypatch):
     n = {g: sum(it.group == g for it in pg) for g in per}
     assert abs(s["pg_neg_called_non_polyp_all_frames"] - sum(per[g] * n[g] for g in per) / len(pg)) < 1e-3
     assert 0.0 <= s["polyp_called_polyp_all_frames"] <= 1.0
-    assert res["variants"] == {"video-bkai": {"name": "video-bkai", "finetune_steps": 0, "erase": False}}
+    assert res["variants"] == {"video-bkai": {"name": "video-bkai", "finetune_steps": 0}}
     # the feature cache is reused: a new store reads it instead of decoding images again
     store = rd.FeatureStore(None, rd.manifest(), tmp_path / "cache")
     keys = [str(it.image) for it in rd.load_all(data_folder)["kvasir"]]
@@ -206,7 +206,7 @@ def test_build_model_writes_the_fine_tuned_network_it_scored(data_folder, tmp_pa
     b = load_bundle(out)
     assert b.manifest.arch == "efficientnet-lite1" and b.manifest.active_area
     assert b.manifest.head["agree"] is True and b.manifest.head["gate"] is True  # the shipped frame rule
-    assert b.manifest.training["variant"] == {"name": "ft", "finetune_steps": 3, "erase": False}
+    assert b.manifest.training["variant"] == {"name": "ft", "finetune_steps": 3}
     assert b.manifest.training["recipe"] == "rtseg build-model --variant ft"
     assert b.manifest.call_smoothing in rlf.CALL_FACTORS  # chosen by the inner CV
     assert "blocks 7-20" in b.manifest.training["backbone"] and "end to end" in b.manifest.training["backbone"]

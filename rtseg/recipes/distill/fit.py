@@ -36,7 +36,6 @@ class Variant:
 
     name: str
     finetune_steps: int = 0  # > 0: the probe fine-tuned end to end through augmented views (steps)
-    erase: bool = False  # fine-tuning also sees polyp frames with their polyp erased, as polyp-free
 
 
 VARIANTS = {
@@ -47,10 +46,6 @@ VARIANTS = {
     # video-bkai whose network (blocks 7-20, classifier, head) is then fine-tuned end to end
     # through augmented views, the probe teaching the frames without a mask (rtseg.train.finetune)
     "finetune": Variant("finetune", finetune_steps=240),
-    # finetune whose polyp-free views also include the polyp frames of every training source with
-    # their polyp erased (seed masks; the teacher's map where it is sure): negatives that look
-    # like every hospital, so no source's look means "polyp"
-    "finetune-erase": Variant("finetune-erase", finetune_steps=240, erase=True),
 }
 DEFAULT_VARIANT = "finetune"  # the shipped model's (rtseg build-model)
 C = 0.5  # the classifier's logistic-regression C
