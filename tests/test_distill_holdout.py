@@ -186,6 +186,18 @@ def test_hold_out_at_another_input_size_saves_each_fold_as_a_bundle(data_folder,
     assert r["sweep"]["0.05"][0] >= r["sweep"]["0.95"][0] and r["sweep"]["0.05"][1] <= r["sweep"]["0.95"][1]
     assert best_pair({"0.3": [0.95, 0.7], "0.6": [0.91, 0.8], "0.9": [0.8, 0.99]}) == ("0.6", [0.91, 0.8])
     assert best_pair({"0.9": [0.8, 0.99]}) is None
+    # a polyp frame whose evaluation mask is empty is reported apart, with the call the product made
+    import shutil
+
+    import cv2
+
+    root = tmp_path / "cleared"
+    shutil.copytree(data_folder, root)
+    mask = root / "polypgen" / "positive-masks" / f"{held[0].stem}.png"
+    cv2.imwrite(str(mask), np.zeros_like(cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)))
+    c = score_folds(root, folds / "small", log=lambda *_: None)["per_source"]["pg-A"]
+    made = next(p for p in preds if p.path.name == held[0].name).prob
+    assert c["polyp"]["n"] == 7 and c["no_visible_polyp"] == {"n": 1, "called_non_polyp": float(made <= 0.5)}
     # a held-out frame that cannot be read is one error, not a frame left out of the figures
     import rtseg.imageio
     from rtseg.errors import UserError
