@@ -57,9 +57,9 @@ def split(items: dict[str, list[Item]], hospital: str, root: Path
     train = {s: [it for it in its if it.hospital != hospital] for s, its in items.items()}
     test = {s: [it for it in its if it.hospital == hospital] for s, its in items.items()}
     pos = [dataclasses.replace(it, mask=evaluation_mask(root, it)) for it in test.get("pg_pos", [])]
-    empty = {str(it.image) for it in pos if it.mask is not None and not read_mask(it.mask).any()}
-    test["pg_pos"] = [it for it in pos if str(it.image) not in empty]
-    test[NO_POLYP] = [it for it in pos if str(it.image) in empty]
+    shows = [it.mask is None or bool(read_mask(it.mask).any()) for it in pos]
+    test["pg_pos"] = [it for it, s in zip(pos, shows) if s]
+    test[NO_POLYP] = [it for it, s in zip(pos, shows) if not s]
     assert not any(it.mask is not None for it in train.get("pg_pos", [])), "no PolypGen mask is trained on"
     return train, test
 
