@@ -253,3 +253,27 @@ def test_polyp_sequence_frames_without_a_visible_polyp_are_set_apart(data_folder
     # training keeps the frame as an image-level positive: it cannot read the mask that says otherwise
     train_b, test_b = split(items, "pg-B", root)
     assert cleared.stem in {it.image.stem for it in train_b["pg_pos"]} and not test_b[NO_POLYP]
+
+
+def test_site_threshold_experiment_calibrates_on_one_half_and_scores_the_other(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "site_threshold.py"
+    spec = importlib.util.spec_from_file_location("site_threshold", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    neg = {"s1": np.array([0.1, 0.2]), "s2": np.array([0.9, 0.95]), "s3": np.array([0.3, 0.4])}
+    pos = np.array([0.6, 0.8, 0.97])
+    clean, hard = mod.calibrate(pos, neg, 1.0)
+    assert clean["calibrated_on"] == ["s1", "s3"] and clean["threshold"] == 0.5  # never below the product's 0.5
+    assert clean["other_half_called_non_polyp"] == 0.0 and clean["polyp_called_polyp"] == 1.0
+    assert hard["calibrated_on"] == ["s2"] and hard["threshold"] == 0.95
+    assert hard["other_half_called_non_polyp"] == 1.0 and round(hard["polyp_called_polyp"], 3) == 0.333
+    with pytest.raises(SystemExit) as exc:
+        mod.run_script(lambda: mod.main(["--data", str(tmp_path), "--folds-dir", str(tmp_path / "none")]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "fold bundle" in err[0]
