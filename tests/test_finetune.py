@@ -99,3 +99,52 @@ def test_fine_tuning_trains_the_top_and_head_only(model):
     assert not torch.equal(st.top.blocks[-1]._project_conv.weight, net._blocks[-1]._project_conv.weight)
     assert torch.equal(st.base._blocks[6]._project_conv.weight, net._blocks[6]._project_conv.weight)
 
+
+
+def test_mix_style_keeps_content_and_mixes_statistics():
+    """MixStyle: each frame normalised by its own channel statistics and rescaled by a mix of
+    its own and another frame's; with one frame nothing changes."""
+    from rtseg.train.finetune import mix_style
+
+    torch.manual_seed(0)
+    h = torch.randn(4, 3, 5, 5) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1, 1) \
+        + torch.tensor([0.0, 10.0, -5.0, 3.0]).view(4, 1, 1, 1)
+    out = mix_style(h)
+    norm = lambda t: (t - t.mean(dim=(2, 3), keepdim=True)) / t.std(dim=(2, 3), keepdim=True)
+    assert torch.allclose(norm(out), norm(h), atol=1e-3)  # the content (normalised map) stays
+    mu_in, mu_out = h.mean(dim=(2, 3)), out.mean(dim=(2, 3))
+    lo, hi = mu_in.min(dim=0).values, mu_in.max(dim=0).values
+    assert torch.all(mu_out >= lo - 1e-4) and torch.all(mu_out <= hi + 1e-4)  # a mix of the batch's means
+    assert not torch.allclose(mu_out, mu_in, atol=1e-2)
+    one = h[:1]
+    assert torch.equal(mix_style(one), one)
+
+
+def test_weight_average_installs_the_mean_of_the_steps():
+    from rtseg.train.finetune import WeightAverage
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    avg = WeightAverage([p])
+    for v in (1.0, 2.0, 6.0):
+        with torch.no_grad():
+            p.fill_(v)
+        avg.update()
+    avg.install()
+    assert torch.allclose(p, torch.full((3,), 3.0))
+
+
+def test_fine_tuning_with_averaging_and_mixstyle_runs(model):
+    from rtseg.train.finetune import FinetuneConfig, Sample, finetune
+
+    net, m = model
+    rng = np.random.default_rng(2)
+    views = [rng.integers(0, 255, (80, 100, 3), dtype=np.uint8) for _ in range(4)]
+    tgt = np.zeros((56, 56), np.float32)
+    tgt[20:36, 20:36] = 1
+    groups = [[Sample(views[0], 1.0, tgt)], [Sample(views[1], 1.0, tgt, np.ones_like(tgt))],
+              [Sample(views[2], 0.0), Sample(views[3], 0.0)]]
+    lines = []
+    st = finetune(net, m, groups, FinetuneConfig(steps=4, shares=(1, 2, 1), mixstyle=1.0, average_from=0.5),
+                  log=lines.append)
+    assert any("mean of the last 2 steps" in ln for ln in lines)
+    assert all(torch.isfinite(p).all() for p in st.top.parameters())

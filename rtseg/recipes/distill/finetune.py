@@ -65,6 +65,7 @@ def finetuned(store, train: dict[str, list[Item]], v, m, f, seeds: list[Item], l
     groups = samples(store, train, v, f, seeds)
     log(f"    fine-tuning end to end: {len(groups[0])} seed images, {len(groups[1])} polyp frames "
         f"without mask, {len(groups[2])} polyp-free views")
-    st = finetune(model, m, groups, FinetuneConfig(steps=v.finetune_steps), log=log)
+    st = finetune(model, m, groups, FinetuneConfig(steps=v.finetune_steps, mixstyle=v.mixstyle,
+                                                       average_from=v.average_from), log=log)
     w = st.fc.weight.detach()[0].numpy().copy()
     return dataclasses.replace(f, w=w, b=float(st.fc.bias.detach()), head=st.head, top=st.top)
