@@ -4,7 +4,8 @@ head, fine-tuning, call smoothing, threshold, clean-up, the constant ellipse's r
 from the training folds only; the held-out fold is scored as the product shows it (full-frame
 Medico Dice / Jaccard on Kvasir-SEG and CVC-ClinicDB beside the constant baselines; polyp-free
 PolypGen frames called non-polyp, each frame alone and as the live loop shows video; polyp
-frames called polyp). Several variants share one feature extraction."""
+frames called polyp, PolypGen's counted over the frames whose evaluation-only mask shows a
+polyp, the others reported apart). Several variants share one feature extraction."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from rtseg.model.call import is_polyp
 from rtseg.model.thresholds import ThresholdPolicy
 from rtseg.recipes.distill.data import SIZE, FeatureStore, add_tiles, load_all, open_store, seeds_of
 from rtseg.recipes.distill.fit import Fit, fit, maps_of, variant_named
+from rtseg.recipes.distill.holdout import NO_POLYP, set_apart
 from rtseg.recipes.layout import Item, group_folds
 
 
@@ -41,10 +43,10 @@ def score(store: FeatureStore, f: Fit, test: dict[str, list[Item]]) -> dict:
     for src in ("kvasir", "cvc"):
         if test[src]:
             out[src] = polyp_scores(store, f, test[src], shown)
-    for src in ("pg_neg", "pg_pos", "non_polyp"):
+    for src in ("pg_neg", "pg_pos", NO_POLYP, "non_polyp"):
         if test.get(src):
             prob, _ = maps_of(f, store.get([str(it.image) for it in test[src]]), False, True)
-            key = "called_non_polyp" if src in ("pg_neg", "non_polyp") else "called_polyp"
+            key = "called_polyp" if src == "pg_pos" else "called_non_polyp"
             ok = ~is_polyp(prob) if key == "called_non_polyp" else is_polyp(prob)
             out[src] = {key: round(float(ok.mean()), 4), "n": len(test[src])}
             if src == "pg_neg":  # per held-out sequence: one sequence can carry a fold
@@ -124,6 +126,9 @@ def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | No
     for k in range(folds):
         train = {src: [it for j, f in enumerate(fl) if j != k for it in f] for src, fl in fold_of.items()}
         test = {src: fl[k] for src, fl in fold_of.items()}
+        # held-out PolypGen frames of polyp sequences without a visible polyp (their evaluation
+        # mask is empty: the polyp left the view or was removed) are scored apart, not as polyp frames
+        test["pg_pos"], test[NO_POLYP] = set_apart(test.get("pg_pos", []), data)
         add_tiles(store, seeds_of(train))
         for name in variants:
             v = chosen[name]
@@ -154,6 +159,9 @@ def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | No
         pos = [(r[src]["called_polyp"], r[src]["n"]) for r in rs for src in ("kvasir", "cvc", "pg_pos")]
         s["polyp_called_polyp_all_frames"] = round(sum(a * n for a, n in pos) / max(1, sum(n for _, n in pos)), 4)
         s["pg_pos_called_polyp"] = _mean_sd([r["pg_pos"]["called_polyp"] for r in rs])
+        apart = [(r[NO_POLYP]["called_non_polyp"], r[NO_POLYP]["n"]) for r in rs if NO_POLYP in r]
+        s["pg_no_visible_polyp"] = {"n": sum(n for _, n in apart), "called_non_polyp": round(
+            sum(a * n for a, n in apart) / max(1, sum(n for _, n in apart)), 4)}
         s.update(stream_summary(rs))
         s["crops_called_non_polyp"] = _mean_sd([r["non_polyp"]["called_non_polyp"] for r in rs])
         summary[name] = s

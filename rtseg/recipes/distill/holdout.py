@@ -47,19 +47,24 @@ def evaluation_mask(root: Path, it: Item) -> Path | None:
     return p if p.is_file() else None
 
 
+def set_apart(pos: list[Item], root: Path) -> tuple[list[Item], list[Item]]:
+    """(held-out PolypGen polyp frames with a visible polyp, those whose evaluation mask is
+    empty), each carrying its evaluation-only mask (none where the data folder has none)."""
+    from rtseg.imageio import read_mask
+
+    pos = [dataclasses.replace(it, mask=evaluation_mask(root, it)) for it in pos]
+    shows = [it.mask is None or bool(read_mask(it.mask).any()) for it in pos]
+    return [it for it, s in zip(pos, shows) if s], [it for it, s in zip(pos, shows) if not s]
+
+
 def split(items: dict[str, list[Item]], hospital: str, root: Path
           ) -> tuple[dict[str, list[Item]], dict[str, list[Item]]]:
     """(training selection, held-out selection) for ``hospital``. The held-out PolypGen polyp
     frames carry their evaluation-only masks, and those whose mask is empty are set apart
     (``test[NO_POLYP]``); the training side never sees a mask."""
-    from rtseg.imageio import read_mask
-
     train = {s: [it for it in its if it.hospital != hospital] for s, its in items.items()}
     test = {s: [it for it in its if it.hospital == hospital] for s, its in items.items()}
-    pos = [dataclasses.replace(it, mask=evaluation_mask(root, it)) for it in test.get("pg_pos", [])]
-    shows = [it.mask is None or bool(read_mask(it.mask).any()) for it in pos]
-    test["pg_pos"] = [it for it, s in zip(pos, shows) if s]
-    test[NO_POLYP] = [it for it, s in zip(pos, shows) if not s]
+    test["pg_pos"], test[NO_POLYP] = set_apart(test.get("pg_pos", []), root)
     assert not any(it.mask is not None for it in train.get("pg_pos", [])), "no PolypGen mask is trained on"
     return train, test
 
