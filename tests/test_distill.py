@@ -293,27 +293,3 @@ def test_a_failed_build_keeps_the_bundle_that_was_there(data_folder, tmp_path, m
     assert {p.name: p.read_text() for p in out.iterdir()} == {"weights.pt": "old weights",
                                                                "manifest.json": "old manifest"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary folder left
-
-
-def test_a_second_round_is_taught_by_the_first_rounds_network(data_folder, tmp_path, monkeypatch):
-    """``teacher_rounds`` 2: the first student is taught by the probe, the second (a fresh
-    student) by the first student's maps, computed through its fine-tuned blocks."""
-    import rtseg.recipes.distill.data as rd
-    import rtseg.recipes.distill.finetune as rft
-    import rtseg.recipes.distill.fit as rlf
-    from rtseg.recipes.layout import group_folds
-
-    small(monkeypatch)
-    teachers, real = [], rft.samples
-    monkeypatch.setattr(rft, "samples", lambda store, train, v, f, seeds: teachers.append(f) or
-                        real(store, train, v, f, seeds))
-    items = rd.load_all(data_folder)
-    store = rd.open_store(items, tmp_path / "cache", rd.SIZE)
-    train = {s: [it for f in group_folds(its, 2)[1:] for it in f] for s, its in items.items()}
-    f = rlf.fit(store, train, rlf.Variant("two", finetune_steps=2, teacher_rounds=2), store.m,
-                log=lambda *_: None, tune=False)
-    assert len(teachers) == 2 and teachers[0].top is None  # the probe taught the first round
-    assert teachers[1].top is not None and teachers[1].top is not f.top  # the first student the second
-    import torch
-
-    assert not torch.equal(teachers[1].top.blocks[-1]._project_conv.weight, f.top.blocks[-1]._project_conv.weight)

@@ -16,13 +16,6 @@ classifier and the Grad-CAM-fed head, exactly the graph that is exported. Losses
 - every frame: its image label for the classifier (balanced BCE).
 
 Batches mix the three kinds in fixed shares, so no source is all-positive or all-negative.
-
-Two domain-generalisation options, off by default: ``mixstyle`` mixes the channel statistics
-(the "style") of the frozen blocks' output between frames of a batch, which come from different
-hospitals, so the trained blocks see endoscope looks between the training sources'; ``average_from``
-keeps the mean of the trainable weights over the last steps (stochastic weight averaging; the
-BatchNorm statistics are frozen, so the mean needs no recomputed statistics), a flatter solution
-that tends to hold up better on unseen domains than the last step's.
 """
 
 from __future__ import annotations
@@ -79,8 +72,6 @@ class Student(nn.Module):
         self.head.train(mode)
         return self
 
-    mixstyle: float = 0.0  # probability per training batch of mixing styles after the frozen blocks
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(frame logits [B], head logits [B, 1, g, g])."""
         m, k = self.base, self.top.from_block
@@ -91,49 +82,12 @@ class Student(nn.Module):
                 h = m._blocks[i](h)
                 if i in self.features:
                     feats[i] = h
-            if self.head.training and self.mixstyle > 0 and float(torch.rand(())) < self.mixstyle:
-                h = mix_style(h)
-                if k in feats:
-                    feats[k] = h
         a, outs = self.top.run(h, tuple(self.features))
         feats.update(outs)
         z = self.fc(a.mean(dim=(2, 3)))[:, 0]
         # Grad-CAM at "head" of a linear classifier on pooled activations (rtseg.train.probe.head_cams)
         raw = F.relu(torch.einsum("nchw,c->nhw", a, self.fc.weight[0] / (a.shape[2] * a.shape[3])))
         return z, self.head.logits([feats[i] for i in self.features], raw)
-
-
-def mix_style(h: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
-    """MixStyle (Zhou et al., ICLR 2021): each frame's per-channel mean and std replaced by a
-    random convex mix of its own and another frame's of the batch; the content stays."""
-    b = h.shape[0]
-    if b < 2:
-        return h
-    mu = h.mean(dim=(2, 3), keepdim=True)
-    sig = (h.var(dim=(2, 3), keepdim=True) + 1e-6).sqrt()
-    lam = torch.distributions.Beta(alpha, alpha).sample((b, 1, 1, 1)).to(h.dtype)
-    perm = torch.randperm(b)
-    return (h - mu) / sig * (lam * sig + (1 - lam) * sig[perm]) + lam * mu + (1 - lam) * mu[perm]
-
-
-class WeightAverage:
-    """The running mean of the weights being trained (stochastic weight averaging)."""
-
-    def __init__(self, params) -> None:
-        self.params, self.n = list(params), 0
-        self.mean = [p.detach().clone() for p in self.params]
-
-    def update(self) -> None:
-        self.n += 1
-        with torch.no_grad():
-            for a, p in zip(self.mean, self.params):
-                a.mul_((self.n - 1) / self.n).add_(p.detach(), alpha=1 / self.n)
-
-    def install(self) -> None:
-        """Put the mean into the weights."""
-        with torch.no_grad():
-            for a, p in zip(self.mean, self.params):
-                p.copy_(a)
 
 
 @dataclass
@@ -145,8 +99,6 @@ class FinetuneConfig:
     lr: float = 1e-4  # backbone blocks; the classifier and head learn 10x faster
     from_block: int = 6  # the blocks after this one are fine-tuned (a head feature block)
     seed: int = 0
-    mixstyle: float = 0.0  # probability per batch of MixStyle after the frozen blocks (0: off)
-    average_from: float = 1.0  # fraction of the steps after which the weights are averaged (1: off)
 
 
 def batches(groups: list[list[Sample]], cfg: FinetuneConfig, aug: AugmentConfig, m):
@@ -179,7 +131,6 @@ def finetune(model, m, groups: list[list[Sample]], cfg: FinetuneConfig | None = 
     aug = aug or AugmentConfig(size=m.input_size)
     torch.manual_seed(cfg.seed)
     st = Student(model.eval(), cfg.from_block)
-    st.mixstyle = cfg.mixstyle
     opt = torch.optim.Adam([{"params": list(st.top.parameters()), "lr": cfg.lr},
                             {"params": list(st.fc.parameters()) + list(st.head.parameters()), "lr": 10 * cfg.lr}],
                            weight_decay=1e-4)
@@ -191,9 +142,6 @@ def finetune(model, m, groups: list[list[Sample]], cfg: FinetuneConfig | None = 
     st.train()
     it = batches(groups, cfg, aug, m)
     run = 0.0
-    start_avg = round(cfg.average_from * cfg.steps)
-    trained = list(st.top.parameters()) + list(st.fc.parameters()) + list(st.head.parameters())
-    avg = WeightAverage(trained) if start_avg < cfg.steps else None
     for step in range(cfg.steps):
         x, y, t, w = next(it)
         z, logits = st(x)
@@ -202,13 +150,8 @@ def finetune(model, m, groups: list[list[Sample]], cfg: FinetuneConfig | None = 
         loss.backward()
         opt.step()
         sched.step()
-        if avg is not None and step >= start_avg:
-            avg.update()
         run = 0.9 * run + 0.1 * loss.item() if step else loss.item()
         if (step + 1) % 40 == 0:
             log(f"    fine-tune step {step + 1}/{cfg.steps}: loss {run:.3f}")
-    if avg is not None:
-        avg.install()
-        log(f"    fine-tuned weights: the mean of the last {avg.n} steps")
     st.eval()
     return st

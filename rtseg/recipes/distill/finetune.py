@@ -42,7 +42,7 @@ def samples(store, train: dict[str, list[Item]], v, f, seeds: list[Item]) -> lis
         view, box = view_of(it.image)
         seed.append(Sample(view, 1.0, mask_target(read_mask(it.mask), box, TARGET)))
     pos = rest_of(train, seeds) + image_positives(train)
-    c = f.view(store.get([str(it.image) for it in pos]))  # as the teacher's network computes them
+    c = store.get([str(it.image) for it in pos])
     tgt, wgt = teacher_targets(head_maps(f.head, c, head_cams(c.head, f.w), TARGET))
     unlabeled = [Sample(view_of(it.image)[0], 1.0, t, w) for it, t, w in zip(pos, tgt, wgt)]
     neg = [Sample(view_of(it.image)[0], 0.0) for it in train["pg_neg"]]
@@ -53,24 +53,18 @@ def samples(store, train: dict[str, list[Item]], v, f, seeds: list[Item]) -> lis
 
 def finetuned(store, train: dict[str, list[Item]], v, m, f, seeds: list[Item], log=print):
     """The probe's fit ``f`` fine-tuned end to end (``v.finetune_steps`` steps): a new Fit with
-    the fine-tuned top, classifier and head. With ``v.teacher_rounds`` > 1 the fine-tuned
-    network then teaches a fresh student (self-training with a student as the next teacher)."""
+    the fine-tuned top, classifier and head."""
     import dataclasses
 
     from rtseg.model.bundle import build_model
     from rtseg.train.probe import set_classifier
 
-    teacher = f
-    for r in range(v.teacher_rounds):
-        # each round a fresh student from the probe, taught by the previous round's network
-        model = build_model(m.arch, pretrained=True, head=m.head).eval()
-        set_classifier(model, f.w, f.b)
-        model.rtseg_head.load_state_dict(f.head.state_dict())
-        groups = samples(store, train, v, teacher, seeds)
-        log(f"    fine-tuning end to end (round {r + 1} of {v.teacher_rounds}): {len(groups[0])} seed images, "
-            f"{len(groups[1])} polyp frames without mask, {len(groups[2])} polyp-free views")
-        st = finetune(model, m, groups, FinetuneConfig(steps=v.finetune_steps, mixstyle=v.mixstyle,
-                                                           average_from=v.average_from), log=log)
-        w = st.fc.weight.detach()[0].numpy().copy()
-        teacher = dataclasses.replace(f, w=w, b=float(st.fc.bias.detach()), head=st.head, top=st.top)
-    return teacher
+    model = build_model(m.arch, pretrained=True, head=m.head).eval()
+    set_classifier(model, f.w, f.b)
+    model.rtseg_head.load_state_dict(f.head.state_dict())
+    groups = samples(store, train, v, f, seeds)
+    log(f"    fine-tuning end to end: {len(groups[0])} seed images, {len(groups[1])} polyp frames "
+        f"without mask, {len(groups[2])} polyp-free views")
+    st = finetune(model, m, groups, FinetuneConfig(steps=v.finetune_steps), log=log)
+    w = st.fc.weight.detach()[0].numpy().copy()
+    return dataclasses.replace(f, w=w, b=float(st.fc.bias.detach()), head=st.head, top=st.top)

@@ -36,9 +36,6 @@ class Variant:
 
     name: str
     finetune_steps: int = 0  # > 0: the probe fine-tuned end to end through augmented views (steps)
-    mixstyle: float = 0.0  # the end-to-end step's MixStyle probability (rtseg.train.finetune)
-    average_from: float = 1.0  # the end-to-end step's weights averaged from this fraction of the steps
-    teacher_rounds: int = 1  # > 1: each fine-tuned network teaches a fresh student's unmasked frames
 
 
 VARIANTS = {
@@ -49,12 +46,6 @@ VARIANTS = {
     # video-bkai whose network (blocks 7-20, classifier, head) is then fine-tuned end to end
     # through augmented views, the probe teaching the frames without a mask (rtseg.train.finetune)
     "finetune": Variant("finetune", finetune_steps=240),
-    # finetune with the weights averaged over the second half of the steps
-    "finetune-swa": Variant("finetune-swa", finetune_steps=240, average_from=0.5),
-    # finetune with MixStyle after the frozen blocks (every other batch)
-    "finetune-mixstyle": Variant("finetune-mixstyle", finetune_steps=240, mixstyle=0.5),
-    # finetune, then a fresh student taught by the fine-tuned network's maps
-    "finetune-student2": Variant("finetune-student2", finetune_steps=240, teacher_rounds=2),
 }
 DEFAULT_VARIANT = "finetune"  # the shipped model's (rtseg build-model)
 C = 0.5  # the classifier's logistic-regression C
