@@ -20,9 +20,9 @@ from rtseg.imageio import read_mask
 from rtseg.model.cam import cam_to_mask
 from rtseg.model.call import is_polyp
 from rtseg.model.thresholds import ThresholdPolicy
-from rtseg.recipes.distill.data import SIZE, FeatureStore, add_tiles, load_all, open_store, seeds_of
+from rtseg.recipes.distill.data import (NO_POLYP, SIZE, FeatureStore, add_tiles, load_all, open_store, seeds_of,
+                                        set_apart)
 from rtseg.recipes.distill.fit import Fit, fit, maps_of, variant_named
-from rtseg.recipes.distill.holdout import NO_POLYP, set_apart
 from rtseg.recipes.layout import Item, group_folds
 
 

@@ -10,6 +10,7 @@ reused when it holds exactly the keys asked for."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -199,3 +200,21 @@ def seeds_of(train: dict[str, list[Item]]) -> list[Item]:
     """The seed images of a training selection (the only masks the recipe reads)."""
     n = seed_counts(train)
     return [it for s in SEEDS for it in ordered(train.get(s, []))[:n.get(s, 0)]]
+
+
+# Scoring only: PolypGen's evaluation-only masks are read to score held-out frames, never by a fit.
+NO_POLYP = "pg_no_polyp"  # held-out PolypGen polyp-sequence frames whose evaluation mask is empty
+
+
+def evaluation_mask(root: Path, it: Item) -> Path | None:
+    """The evaluation-only mask of a PolypGen polyp frame, where the data folder has one."""
+    p = root / "polypgen" / "positive-masks" / f"{it.image.stem}.png"
+    return p if p.is_file() else None
+
+
+def set_apart(pos: list[Item], root: Path) -> tuple[list[Item], list[Item]]:
+    """(held-out PolypGen polyp frames with a visible polyp, those whose evaluation mask is
+    empty), each carrying its evaluation-only mask (none where the data folder has none)."""
+    pos = [dataclasses.replace(it, mask=evaluation_mask(root, it)) for it in pos]
+    shows = [it.mask is None or bool(read_mask(it.mask).any()) for it in pos]
+    return [it for it, s in zip(pos, shows) if s], [it for it, s in zip(pos, shows) if not s]

@@ -33,7 +33,7 @@ def predictions(bundle, test: dict[str, list[Item]]) -> dict[str, tuple[float, n
     from rtseg.errors import UserError
     from rtseg.evaluate.predict import iter_predictions
 
-    from rtseg.recipes.distill.holdout import NO_POLYP
+    from rtseg.recipes.distill.data import NO_POLYP
 
     everything = [it for s in (*POLYP, "pg_neg", NO_POLYP) for it in test.get(s, [])]
     skipped: list = []
@@ -58,7 +58,7 @@ def score(bundle, test: dict[str, list[Item]]) -> dict:
     """The held-out source's scores and threshold sweep (see the module's text)."""
     from rtseg.evaluate.metrics import image_scores
     from rtseg.imageio import read_mask
-    from rtseg.recipes.distill.holdout import NO_POLYP
+    from rtseg.recipes.distill.data import NO_POLYP
 
     pred = predictions(bundle, test)
     shown = shown_probs(pred, test, float(bundle.manifest.call_smoothing or 0.0))

@@ -26,7 +26,6 @@ user would meet it:
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -34,29 +33,10 @@ import numpy as np
 
 from rtseg.model.call import is_polyp
 from rtseg.recipes.layout import Item
-from rtseg.recipes.distill.data import SIZE
+from rtseg.recipes.distill.data import NO_POLYP, SIZE, set_apart
 from rtseg.recipes.distill.fit import Fit, clip_probs, maps_of
 
 HOSPITALS = ("pg-A", "pg-B", "kvasir", "cvc", "bkai")  # the PolypGen centres first: the most telling
-NO_POLYP = "pg_no_polyp"  # held-out PolypGen polyp-sequence frames whose evaluation mask is empty
-
-
-def evaluation_mask(root: Path, it: Item) -> Path | None:
-    """The evaluation-only mask of a PolypGen polyp frame, where the data folder has one."""
-    p = root / "polypgen" / "positive-masks" / f"{it.image.stem}.png"
-    return p if p.is_file() else None
-
-
-def set_apart(pos: list[Item], root: Path) -> tuple[list[Item], list[Item]]:
-    """(held-out PolypGen polyp frames with a visible polyp, those whose evaluation mask is
-    empty), each carrying its evaluation-only mask (none where the data folder has none)."""
-    from rtseg.imageio import read_mask
-
-    pos = [dataclasses.replace(it, mask=evaluation_mask(root, it)) for it in pos]
-    shows = [it.mask is None or bool(read_mask(it.mask).any()) for it in pos]
-    return [it for it, s in zip(pos, shows) if s], [it for it, s in zip(pos, shows) if not s]
-
-
 def split(items: dict[str, list[Item]], hospital: str, root: Path
           ) -> tuple[dict[str, list[Item]], dict[str, list[Item]]]:
     """(training selection, held-out selection) for ``hospital``. The held-out PolypGen polyp
