@@ -93,26 +93,31 @@ def polyp_scores(store: FeatureStore, f: Fit, items: list[Item], shown: dict[str
     return out
 
 
+def _pooled(pairs) -> float:
+    """The rate over all frames of (rate, frame count) pairs."""
+    pairs = list(pairs)
+    return round(sum(a * n for a, n in pairs) / max(1, sum(n for _, n in pairs)), 4)
+
+
 def _mean_sd(vals: list[float]) -> str:
     return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
 
 
 def stream_summary(rs: list[dict]) -> dict:
     """The held-out folds' calls as the live loop shows them on video (``score``'s "stream")."""
-    n_neg = [r["pg_neg"]["n"] for r in rs]
     pos = [(r[s]["called_polyp"], r[s]["n"]) for r in rs for s in ("kvasir", "pg_pos")] + \
         [(r["cvc"]["stream_called_polyp"], r["cvc"]["n"]) for r in rs]
     fl = [sum(r["stream"]["flips"][i] for r in rs) for i in (0, 1)]
     fl0 = [sum(r["stream"]["flips_each_frame_alone"][i] for r in rs) for i in (0, 1)]
     return {"call_smoothing_by_fold": [r["stream"]["call_smoothing"] for r in rs],
             "stream_pg_neg_called_non_polyp": _mean_sd([r["pg_neg"]["stream_called_non_polyp"] for r in rs]),
-            "stream_pg_neg_called_non_polyp_all_frames": round(
-                sum(r["pg_neg"]["stream_called_non_polyp"] * n for r, n in zip(rs, n_neg)) / max(1, sum(n_neg)), 4),
+            "stream_pg_neg_called_non_polyp_all_frames": _pooled(
+                (r["pg_neg"]["stream_called_non_polyp"], r["pg_neg"]["n"]) for r in rs),
             "stream_pg_neg_called_non_polyp_per_sequence": dict(sorted(
                 (g, a) for r in rs for g, a in r["pg_neg"]["stream_per_sequence"].items())),
             "stream_cvc_called_polyp": _mean_sd([r["cvc"]["stream_called_polyp"] for r in rs]),
             "stream_cvc_masked": _mean_sd([r["cvc"]["stream_masked"] for r in rs]),
-            "stream_polyp_called_polyp_all_frames": round(sum(a * n for a, n in pos) / max(1, sum(n for _, n in pos)), 4),
+            "stream_polyp_called_polyp_all_frames": _pooled(pos),
             "stream_flips_per_100_frames": round(100 * fl[0] / max(1, fl[1]), 2),
             "flips_per_100_frames_each_frame_alone": round(100 * fl0[0] / max(1, fl0[1]), 2)}
 
@@ -153,15 +158,13 @@ def cross_validate(data: Path, folds: int, variants: list[str], cache: Path | No
         s["pg_neg_called_non_polyp"] = _mean_sd([r["pg_neg"]["called_non_polyp"] for r in rs])
         # every PolypGen polyp-free frame is held out once: the rate over all of them, and per sequence
         seqs = {g: v for r in rs for g, v in r["pg_neg"]["per_sequence"].items()}
-        s["pg_neg_called_non_polyp_all_frames"] = round(sum(a * n for a, n in seqs.values()) /
-                                                        max(1, sum(n for _, n in seqs.values())), 4)
+        s["pg_neg_called_non_polyp_all_frames"] = _pooled(seqs.values())
         s["pg_neg_called_non_polyp_per_sequence"] = {g: a for g, (a, _) in sorted(seqs.items())}
         pos = [(r[src]["called_polyp"], r[src]["n"]) for r in rs for src in ("kvasir", "cvc", "pg_pos")]
-        s["polyp_called_polyp_all_frames"] = round(sum(a * n for a, n in pos) / max(1, sum(n for _, n in pos)), 4)
+        s["polyp_called_polyp_all_frames"] = _pooled(pos)
         s["pg_pos_called_polyp"] = _mean_sd([r["pg_pos"]["called_polyp"] for r in rs])
         apart = [(r[NO_POLYP]["called_non_polyp"], r[NO_POLYP]["n"]) for r in rs if NO_POLYP in r]
-        s["pg_no_visible_polyp"] = {"n": sum(n for _, n in apart), "called_non_polyp": round(
-            sum(a * n for a, n in apart) / max(1, sum(n for _, n in apart)), 4)}
+        s["pg_no_visible_polyp"] = {"n": sum(n for _, n in apart), "called_non_polyp": _pooled(apart)}
         s.update(stream_summary(rs))
         s["crops_called_non_polyp"] = _mean_sd([r["non_polyp"]["called_non_polyp"] for r in rs])
         summary[name] = s

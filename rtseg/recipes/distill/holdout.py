@@ -37,6 +37,8 @@ from rtseg.recipes.distill.data import NO_POLYP, SIZE, set_apart
 from rtseg.recipes.distill.fit import Fit, clip_probs, maps_of
 
 HOSPITALS = ("pg-A", "pg-B", "kvasir", "cvc", "bkai")  # the PolypGen centres first: the most telling
+
+
 def split(items: dict[str, list[Item]], hospital: str, root: Path
           ) -> tuple[dict[str, list[Item]], dict[str, list[Item]]]:
     """(training selection, held-out selection) for ``hospital``. The held-out PolypGen polyp
